@@ -1,0 +1,176 @@
+"""
+Configuration: one TOML file per role (``conf/<role>.toml``) or ``conf/all.toml``
+with a table per role, overridden by ``--set dotted.key=value``.
+
+Every key a role takes is declared in :data:`SCHEMA` with its type and default;
+an unknown key or a value of the wrong type is a :class:`ConfigError` naming
+it, which ``twistd`` reports as a usage error rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import Any
+
+import attrs
+
+ROLES = ("pop", "dc-proxy", "encoder", "origin")
+ALL = "all"
+
+
+class ConfigError(Exception):
+    """A configuration file or override is wrong; the message says where."""
+
+
+@attrs.frozen
+class Setting:
+    kind: type  # str, int, float, bool or list (of str)
+    default: Any
+    help: str
+
+
+def _rtmp(listen: str) -> dict[str, Setting]:
+    return {
+        "rtmp.listen": Setting(list, [listen], "endpoint strings to accept RTMP on (ssl:... for RTMPS)"),
+        "rtmp.app": Setting(str, "live", "the RTMP application name publishers and players use"),
+        "rtmp.handshake_timeout": Setting(float, 10.0, "seconds to complete handshake and connect"),
+        "rtmp.idle_timeout": Setting(float, 30.0, "seconds a publisher may stay silent"),
+        "rtmp.max_message_size": Setting(int, 8 * 1024 * 1024, "largest RTMP message accepted, bytes"),
+        "rtmp.max_chunk_streams": Setting(int, 64, "chunk stream ids one connection may use"),
+        "rtmp.player_queue_bytes": Setting(int, 8 * 1024 * 1024, "bytes a slow player may lag before it is dropped"),
+        "rtmp.gop_cache_bytes": Setting(int, 32 * 1024 * 1024, "largest GOP kept for players that join late"),
+        "rtmp.video_codecs": Setting(list, ["avc1", "hvc1", "av01", "vp09"], "video codecs publishers may send"),
+        "rtmp.audio_codecs": Setting(list, ["AAC", "MP3", "mp4a", "Opus"], "audio codecs publishers may send"),
+        "record.dir": Setting(str, "", "record every publish to FLV in this directory (empty: off)"),
+        "record.max_backlog": Setting(int, 64 * 1024 * 1024, "bytes a recording may wait for the disk before it is abandoned"),
+    }
+
+
+def _http(listen: str) -> dict[str, Setting]:
+    return {"http.listen": Setting(list, [listen], "endpoint strings for HTTP (/metrics and the role's URLs)")}
+
+
+SCHEMA: dict[str, dict[str, Setting]] = {
+    "pop": {**_rtmp("tcp:1935"), **_http("tcp:8080")},
+    "dc-proxy": {**_rtmp("tcp:1936"), **_http("tcp:8081")},
+    "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082")},
+    "origin": {**_http("tcp:8083")},
+}
+
+
+@attrs.frozen
+class RoleConfig:
+    """The checked settings of one role: ``config["rtmp.listen"]``."""
+
+    role: str
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+def defaults(role: str) -> dict[str, Any]:
+    return {key: setting.default for key, setting in SCHEMA[role].items()}
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = prefix + key
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _coerce(role: str, key: str, value: Any, where: str, raw: str | None = None) -> Any:
+    setting = SCHEMA[role].get(key)
+    if setting is None:
+        raise ConfigError("%s: unknown setting %r for role %s" % (where, key, role))
+    kind = setting.kind
+    if raw is not None and kind in (str, list) and not isinstance(value, (str, list)):
+        value = raw  # --set rtmp.listen=5 means the text "5"
+    if kind is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError("%s: %s must be a string or a list of strings" % (where, key))
+        return list(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(
+            "%s: %s must be %s, not %r" % (where, key, kind.__name__, value)
+        )
+    if kind in (int, float) and value < 0:
+        raise ConfigError("%s: %s must not be negative" % (where, key))
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any, str]:
+    """
+    Split ``dotted.key=value`` into the key, the value (TOML if it parses, else
+    the text) and the raw text.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError("--set %r: expected dotted.key=value" % (text,))
+    try:
+        value = tomllib.loads("v = " + raw)["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value, raw
+
+
+def load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("cannot read %s: %s" % (path, e.strerror)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("%s is not valid TOML: %s" % (path, e)) from None
+
+
+def default_path(role: str) -> str | None:
+    """``conf/<role>.toml`` beside the working directory, if there is one."""
+    path = os.path.join("conf", role + ".toml")
+    return path if os.path.exists(path) else None
+
+
+def load(role: str, path: str | None, overrides: list[str]) -> dict[str, RoleConfig]:
+    """
+    The configuration of each role that ``role`` runs (every role for ``all``).
+
+    With no ``path`` the role's file under ``conf/`` is used if present, else the
+    built-in defaults (which the shipped files repeat).
+    """
+    if role != ALL and role not in ROLES:
+        raise ConfigError("unknown role %r (choose from %s)" % (role, ", ".join(ROLES + (ALL,))))
+    if path is None:
+        path = default_path(role)
+    raw = load_file(path) if path else {}
+    where = path or "defaults"
+    roles = ROLES if role == ALL else (role,)
+    values = {r: defaults(r) for r in roles}
+
+    def apply(flat: dict[str, Any], where: str, raw: str | None = None) -> None:
+        for dotted, value in flat.items():
+            if role == ALL:
+                target, _, key = dotted.partition(".")
+                if target not in values:
+                    raise ConfigError(
+                        "%s: %r does not start with a role (%s)" % (where, dotted, ", ".join(ROLES))
+                    )
+            else:
+                target, key = role, dotted
+            values[target][key] = _coerce(target, key, value, where, raw)
+
+    apply(_flatten(raw), where)
+    for text in overrides:
+        key, value, raw = parse_override(text)
+        apply({key: value}, "--set " + key, raw)
+    return {r: RoleConfig(r, values[r]) for r in roles}

@@ -1,0 +1,241 @@
+"""
+A synthetic broadcaster: a test pattern with a running clock and a tone,
+encoded with PyAV (libx264 + AAC) and published over RTMP(S) like any other
+broadcaster, through the real ingest.
+
+``twistd fbstream --role=all --demo`` runs it as a child process (restarted if
+it exits); the tests run it directly as a publisher that we did not write the
+RTMP client of (it is libavformat's). Run alone::
+
+    python -m fbstream.demo --url rtmp://127.0.0.1:1935/live/demo
+
+It prints one JSON line with the packets it sent when it finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from fractions import Fraction
+from typing import Any, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+from fbstream.config import RoleConfig
+
+
+def publish(
+    url: str,
+    duration: float | None,
+    size: str = "1280x720",
+    rate: int = 30,
+    gop: int = 60,
+    bitrate: int = 2_000_000,
+    audio: bool = True,
+    realtime: bool = True,
+    start_ms: int = 0,
+    bframes: int = 0,
+) -> dict[str, Any]:
+    """Publish until ``duration`` seconds of media are sent (forever if None)."""
+    import av
+    import av.filter
+
+    width, height = (int(v) for v in size.split("x"))
+    graph = av.filter.Graph()
+    vsrc = graph.add("testsrc2", "size=%dx%d:rate=%d" % (width, height, rate))
+    vsink = graph.add("buffersink")
+    vsrc.link_to(vsink)
+    graph.configure()
+    if audio:
+        agraph = av.filter.Graph()
+        asrc = agraph.add("sine", "frequency=440:beep_factor=4:sample_rate=48000:samples_per_frame=1024")
+        aformat = agraph.add("aformat", "sample_fmts=fltp:channel_layouts=stereo")
+        asink = agraph.add("abuffersink")
+        asrc.link_to(aformat)
+        aformat.link_to(asink)
+        agraph.configure()
+
+    container = av.open(url, "w", format="flv", options={"rtmp_live": "live"})
+    video = container.add_stream("libx264", rate=rate)
+    video.width = width
+    video.height = height
+    video.pix_fmt = "yuv420p"
+    video.bit_rate = bitrate
+    video.codec_context.gop_size = gop
+    video.codec_context.max_b_frames = bframes
+    video.options = {
+        "preset": "veryfast",
+        "tune": "zerolatency" if not bframes else "film",
+        "x264-params": "keyint=%d:min-keyint=%d:scenecut=0" % (gop, gop),
+    }
+    astream = None
+    if audio:
+        astream = container.add_stream("aac", rate=48000)
+        astream.layout = "stereo"
+        astream.bit_rate = 128_000
+
+    counts = {"video_packets": 0, "audio_packets": 0, "keyframes": 0}
+    vtb = Fraction(1, rate)
+
+    def mux(packets: Sequence[Any], kind: str) -> None:
+        for packet in packets:
+            if packet.dts is None:
+                continue
+            if start_ms:
+                shift = int(Fraction(start_ms, 1000) / packet.time_base)
+                packet.pts += shift
+                packet.dts += shift
+            container.mux(packet)
+            counts[kind + "_packets"] += 1
+            if kind == "video" and packet.is_keyframe:
+                counts["keyframes"] += 1
+
+    began = time.monotonic()
+    frame_no = 0
+    audio_samples = 0
+    while duration is None or frame_no < duration * rate:
+        frame = vsink.pull()
+        frame.pts = frame_no
+        frame.time_base = vtb
+        mux(video.encode(frame), "video")
+        frame_no += 1
+        if astream is not None:
+            while audio_samples < frame_no * 48000 // rate:
+                aframe = asink.pull()
+                aframe.pts = audio_samples
+                aframe.time_base = Fraction(1, 48000)
+                audio_samples += aframe.samples
+                mux(astream.encode(aframe), "audio")
+        if realtime:
+            # This runs in its own process, never on a reactor thread.
+            ahead = began + frame_no / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    mux(video.encode(None), "video")
+    if astream is not None:
+        mux(astream.encode(None), "audio")
+    container.close()
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--rate", type=int, default=30)
+    parser.add_argument("--gop", type=int, default=60, help="frames between keyframes")
+    parser.add_argument("--bitrate", type=int, default=2_000_000)
+    parser.add_argument("--bframes", type=int, default=0)
+    parser.add_argument("--no-audio", action="store_true")
+    parser.add_argument("--fast", action="store_true", help="do not pace in real time")
+    parser.add_argument("--start-ms", type=int, default=0, help="offset every timestamp (ms)")
+    args = parser.parse_args(argv)
+    counts = publish(
+        args.url,
+        args.duration,
+        size=args.size,
+        rate=args.rate,
+        gop=args.gop,
+        bitrate=args.bitrate,
+        audio=not args.no_audio,
+        realtime=not args.fast,
+        start_ms=args.start_ms,
+        bframes=args.bframes,
+    )
+    sys.stdout.write(json.dumps(counts) + "\n")
+    return 0
+
+
+def demo_url(pop: RoleConfig, name: str = "demo") -> str:
+    """The ingest URL of the PoP's first RTMP listener, as seen from this host."""
+    for description in pop["rtmp.listen"]:
+        parts = description.split(":")
+        kind = parts[0]
+        if kind not in ("tcp", "ssl"):
+            continue
+        port = None
+        host = "127.0.0.1"
+        for part in parts[1:]:
+            key, eq, value = part.partition("=")
+            if eq and key == "port":
+                port = value
+            elif eq and key == "interface" and value not in ("", "0.0.0.0", "::"):
+                host = value
+            elif not eq and port is None:
+                port = part
+        if port:
+            scheme = "rtmp" if kind == "tcp" else "rtmps"
+            return "%s://%s:%s/%s/%s" % (scheme, host, port, pop["rtmp.app"], name)
+    raise ValueError("the PoP has no tcp: or ssl: RTMP listener for the demo to publish to")
+
+
+class _DemoProcess(ProcessProtocol):
+    log = Logger()
+
+    def __init__(self, service: "DemoPublisherService") -> None:
+        self.service = service
+
+    def errReceived(self, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.log.debug("demo publisher: {line}", line=line)
+
+    def processEnded(self, reason: Any) -> None:
+        self.service.ended(reason)
+
+
+class DemoPublisherService(Service):
+    """Keeps a demo publisher process running, restarting it with a back-off."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, python: str, url: str) -> None:
+        self.reactor = reactor
+        self.python = python
+        self.url = url
+        self._process: Any = None
+        self._restart: Any = None
+        self._delay = 1.0
+
+    def startService(self) -> None:
+        super().startService()
+        # Give the listeners a moment to come up before the first publish.
+        self._restart = self.reactor.callLater(0.5, self._spawn)
+
+    def _spawn(self) -> None:
+        self._restart = None
+        self.log.info("demo publisher -> {url}", url=self.url)
+        self._process = self.reactor.spawnProcess(
+            _DemoProcess(self),
+            self.python,
+            [self.python, "-m", "fbstream.demo", "--url", self.url],
+            env=None,
+        )
+
+    def ended(self, reason: Any) -> None:
+        self._process = None
+        if not self.running:
+            return
+        self.log.warn("demo publisher exited ({why}); restarting in {delay}s",
+                      why=reason.value, delay=self._delay)
+        self._restart = self.reactor.callLater(self._delay, self._spawn)
+        self._delay = min(self._delay * 2, 30.0)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        if self._process is not None:
+            try:
+                self._process.signalProcess("TERM")
+            except Exception:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

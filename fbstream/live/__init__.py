@@ -1,0 +1,1 @@
+"""Live streams inside one process: the hub of publishers, players and consumers."""

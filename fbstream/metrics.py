@@ -1,0 +1,63 @@
+"""
+Prometheus metrics of every role, and the ``/metrics`` resource that serves them.
+
+Metrics live in the process's default registry with a ``role`` label, so the
+``all`` role (every role in one process) exposes each role's figures apart.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Info
+from prometheus_client.twisted import MetricsResource
+
+from fbstream import __version__
+
+BUILD = Info("fbstream_build", "fbstream version")
+BUILD.info({"version": __version__})
+
+ROLE_UP = Gauge("fbstream_role_up", "1 for each role this process runs", ["role"])
+
+RTMP_CONNECTIONS = Gauge(
+    "fbstream_rtmp_connections_open", "Open RTMP connections", ["role"]
+)
+RTMP_CONNECTIONS_TOTAL = Counter(
+    "fbstream_rtmp_connections", "RTMP connections accepted", ["role"]
+)
+RTMP_PROTOCOL_ERRORS = Counter(
+    "fbstream_rtmp_protocol_errors",
+    "RTMP connections closed for a protocol error or hostile input",
+    ["role"],
+)
+RTMP_STREAMS_LIVE = Gauge(
+    "fbstream_rtmp_streams_live", "Streams being published", ["role"]
+)
+RTMP_PUBLISH_REJECTED = Counter(
+    "fbstream_rtmp_publish_rejected",
+    "Publish attempts refused",
+    ["role", "reason"],
+)
+RTMP_MEDIA_MESSAGES = Counter(
+    "fbstream_rtmp_media_messages",
+    "Audio, video and data messages received from publishers",
+    ["role", "kind"],
+)
+RTMP_MEDIA_BYTES = Counter(
+    "fbstream_rtmp_media_bytes", "Media payload bytes received from publishers", ["role"]
+)
+RTMP_PLAYERS = Gauge("fbstream_rtmp_players", "RTMP players attached", ["role"])
+RTMP_PLAYERS_DROPPED = Counter(
+    "fbstream_rtmp_players_dropped",
+    "RTMP players disconnected for falling too far behind",
+    ["role"],
+)
+RECORDER_BYTES = Counter(
+    "fbstream_recorder_bytes", "Bytes written by FLV recorders", ["role"]
+)
+RECORDER_FAILURES = Counter(
+    "fbstream_recorder_failures", "Recordings abandoned (disk error or backlog)", ["role"]
+)
+
+
+def metrics_resource() -> MetricsResource:
+    """The twisted.web resource for ``/metrics``."""
+    return MetricsResource(registry=REGISTRY)

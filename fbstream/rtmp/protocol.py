@@ -1,0 +1,457 @@
+"""
+Twisted protocols around the sans-IO RTMP connections: they move bytes between
+the transport and the core and act on its events, nothing more.
+
+:class:`RTMPServerProtocol` serves publishers and players against a
+:class:`~fbstream.live.hub.StreamHub`; :class:`RTMPClientProtocol` is the
+client side used to relay a stream onward and by tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from fbstream.live.hub import (
+    AlreadyPublishing,
+    IPlayer,
+    IPublisher,
+    LiveStream,
+    MediaMessage,
+    StreamHub,
+)
+from fbstream.metrics import (
+    RTMP_CONNECTIONS,
+    RTMP_CONNECTIONS_TOTAL,
+    RTMP_PLAYERS,
+    RTMP_PLAYERS_DROPPED,
+    RTMP_PROTOCOL_ERRORS,
+    RTMP_PUBLISH_REJECTED,
+)
+from fbstream.rtmp import amf0, connection as c
+from fbstream.rtmp.errors import RTMPError, UnsupportedCodec
+from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
+
+#: Stream names we accept: what fits in a URL path segment and a file name.
+STREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+@attrs.define
+class RTMPServerSettings:
+    """What an operator tunes about an RTMP listener."""
+
+    app: str = "live"
+    handshake_timeout: float = 10.0
+    #: A publisher silent this long is dropped.
+    idle_timeout: float = 30.0
+    max_message_size: int = 8 * 1024 * 1024
+    max_chunk_streams: int = 64
+    #: Bytes a slow player may fall behind before it is dropped.
+    player_queue_bytes: int = 8 * 1024 * 1024
+
+
+class RTMPServerFactory(Factory):
+    def __init__(self, hub: StreamHub, reactor: Any, settings: RTMPServerSettings) -> None:
+        self.hub = hub
+        self.reactor = reactor
+        self.settings = settings
+        self.role = hub.role
+
+    def buildProtocol(self, addr: Any) -> "RTMPServerProtocol":
+        proto = RTMPServerProtocol(self)
+        proto.factory = self
+        return proto
+
+
+@implementer(IPublisher)
+class _Publisher:
+    def __init__(self, proto: "RTMPServerProtocol", stream_id: int) -> None:
+        self.proto = proto
+        self.stream_id = stream_id
+        self.description = proto.peer
+
+    def stop(self, reason: str) -> None:
+        self.proto.log.info("stopping publisher {peer}: {reason}", peer=self.proto.peer, reason=reason)
+        self.proto.transport.loseConnection()
+
+
+@implementer(IPlayer)
+class _Player:
+    def __init__(self, proto: "RTMPServerProtocol", stream_id: int, name: str) -> None:
+        self.proto = proto
+        self.stream_id = stream_id
+        self.name = name
+        self.description = proto.peer
+
+    def send(self, message: MediaMessage) -> None:
+        self.proto.send_media(self.stream_id, message)
+
+    def stream_ended(self) -> None:
+        self.proto.player_ended(self)
+
+
+@implementer(IPushProducer)
+class RTMPServerProtocol(Protocol, TimeoutMixin):
+    """One RTMP connection from a publisher or a player."""
+
+    log = Logger()
+
+    def __init__(self, factory: RTMPServerFactory) -> None:
+        self.factory = factory
+        self.settings = factory.settings
+        self.hub = factory.hub
+        self.peer = "?"
+        self.conn: c.ServerConnection | None = None
+        self.publishing: dict[int, LiveStream] = {}
+        self.playing: dict[int, tuple[LiveStream, _Player]] = {}
+        self._paused = False
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._closed = False
+
+    # Transport plumbing --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = "%s:%s" % (getattr(peer, "host", peer), getattr(peer, "port", ""))
+        self.conn = c.ServerConnection(
+            time_ms=int(self.factory.reactor.seconds() * 1000),
+            max_message_size=self.settings.max_message_size,
+            max_chunk_streams=self.settings.max_chunk_streams,
+        )
+        self.callLater = self.factory.reactor.callLater
+        self.setTimeout(self.settings.handshake_timeout)
+        RTMP_CONNECTIONS.labels(role=self.factory.role).inc()
+        RTMP_CONNECTIONS_TOTAL.labels(role=self.factory.role).inc()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        assert self.conn is not None
+        if self.publishing:
+            self.resetTimeout()
+        try:
+            for event in self.conn.receive(data):
+                self._event(event)
+                if self._closed:
+                    return
+        except RTMPError as e:
+            self._protocol_error(str(e))
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.conn is not None
+        data = self.conn.bytes_to_send()
+        if data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._paused or self._queue:
+            self._queue.append(data)
+            self._queued += len(data)
+            if self._queued > self.settings.player_queue_bytes:
+                RTMP_PLAYERS_DROPPED.labels(role=self.factory.role).inc()
+                self.log.warn(
+                    "dropping slow player {peer}: {queued} bytes behind",
+                    peer=self.peer,
+                    queued=self._queued,
+                )
+                self._abort()
+            return
+        self.transport.write(data)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while self._queue and not self._paused and not self._closed:
+            data = self._queue.popleft()
+            self._queued -= len(data)
+            self.transport.write(data)
+
+    def stopProducing(self) -> None:
+        self._abort()
+
+    def timeoutConnection(self) -> None:
+        self.log.info("closing idle RTMP connection from {peer}", peer=self.peer)
+        self._abort()
+
+    def _protocol_error(self, reason: str) -> None:
+        RTMP_PROTOCOL_ERRORS.labels(role=self.factory.role).inc()
+        self.log.warn("closing RTMP connection from {peer}: {reason}", peer=self.peer, reason=reason)
+        self._abort()
+
+    def _abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        self._queued = 0
+        self.transport.abortConnection()
+
+    def _close_after_flush(self) -> None:
+        self._flush()
+        self._closed = True
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        self.setTimeout(None)
+        RTMP_CONNECTIONS.labels(role=self.factory.role).dec()
+        for stream in list(self.publishing.values()):
+            self.hub.unpublish(stream, "publisher disconnected")
+        self.publishing.clear()
+        for sid in list(self.playing):
+            self._stop_playing(sid)
+        self._queue.clear()
+
+    # Events --------------------------------------------------------------
+
+    def _event(self, event: Any) -> None:
+        assert self.conn is not None
+        if isinstance(event, c.MediaReceived):
+            stream = self.publishing.get(event.stream_id)
+            if stream is not None:
+                try:
+                    stream.media(MediaMessage(event.type_id, event.timestamp, event.payload))
+                except UnsupportedCodec as e:
+                    self._refuse_stream(event.stream_id, str(e))
+        elif isinstance(event, c.DataReceived):
+            stream = self.publishing.get(event.stream_id)
+            if stream is not None and event.name == "onMetaData":
+                first = event.values[0] if event.values else None
+                if isinstance(first, amf0.ECMAArray):
+                    values = first.items
+                else:
+                    values = first if isinstance(first, dict) else {}
+                stream.set_metadata(MediaMessage(DATA_AMF0, event.timestamp, event.payload), values)
+        elif isinstance(event, c.ConnectRequest):
+            if event.app != self.settings.app:
+                self.conn.reject_connect(event, "unknown application %r" % (event.app,))
+                self._close_after_flush()
+                return
+            self.conn.accept_connect(event)
+            self.setTimeout(self.settings.idle_timeout)
+        elif isinstance(event, c.PublishRequest):
+            self._publish(event)
+        elif isinstance(event, c.PlayRequest):
+            self._play(event)
+        elif isinstance(event, c.StreamClosed):
+            stream = self.publishing.pop(event.stream_id, None)
+            if stream is not None:
+                self.hub.unpublish(stream, event.reason)
+            self._stop_playing(event.stream_id)
+
+    def _publish(self, request: c.PublishRequest) -> None:
+        assert self.conn is not None
+        if not STREAM_NAME.match(request.name):
+            self._reject_publish(request, "NetStream.Publish.BadName", "bad-name",
+                                 "invalid stream name %r" % (request.name,))
+            return
+        try:
+            stream = self.hub.publish(request.name, _Publisher(self, request.stream_id))
+        except AlreadyPublishing:
+            self._reject_publish(request, "NetStream.Publish.BadName", "busy",
+                                 "stream %s is already being published" % (request.name,))
+            return
+        self.publishing[request.stream_id] = stream
+        self.conn.accept_publish(request)
+
+    def _reject_publish(self, request: c.PublishRequest, code: str, reason: str, description: str) -> None:
+        assert self.conn is not None
+        RTMP_PUBLISH_REJECTED.labels(role=self.factory.role, reason=reason).inc()
+        self.log.info("refusing publish of {name} from {peer}: {description}",
+                      name=request.name, peer=self.peer, description=description)
+        self.conn.reject_publish(request, code, description)
+        self._close_after_flush()
+
+    def _refuse_stream(self, stream_id: int, description: str) -> None:
+        assert self.conn is not None
+        stream = self.publishing.pop(stream_id)
+        RTMP_PUBLISH_REJECTED.labels(role=self.factory.role, reason="codec").inc()
+        self.log.warn("refusing stream {name} from {peer}: {description}",
+                      name=stream.name, peer=self.peer, description=description)
+        self.hub.unpublish(stream, description)
+        self.conn.send_status(stream_id, "error", "NetStream.Failed", description)
+        self._close_after_flush()
+
+    def _play(self, request: c.PlayRequest) -> None:
+        assert self.conn is not None
+        if request.name not in self.hub.streams:
+            self.conn.reject_play(request, "NetStream.Play.StreamNotFound",
+                                  "stream %s is not live" % (request.name,))
+            self._close_after_flush()
+            return
+        self.conn.accept_play(request)
+        player = _Player(self, request.stream_id, request.name)
+        stream = self.hub.play(request.name, player)
+        self.playing[request.stream_id] = (stream, player)
+        RTMP_PLAYERS.labels(role=self.factory.role).inc()
+        self.setTimeout(None)
+        self.transport.registerProducer(self, True)
+
+    def _stop_playing(self, stream_id: int) -> None:
+        entry = self.playing.pop(stream_id, None)
+        if entry is not None:
+            stream, player = entry
+            self.hub.stop_playing(stream, player)
+            RTMP_PLAYERS.labels(role=self.factory.role).dec()
+
+    def send_media(self, stream_id: int, message: MediaMessage) -> None:
+        if self._closed or self.conn is None:
+            return
+        self.conn.send_media(stream_id, message.type_id, message.timestamp, message.payload)
+        self._flush()
+
+    def player_ended(self, player: _Player) -> None:
+        if self._closed or self.conn is None:
+            return
+        self.conn.end_play(player.stream_id, player.name)
+        self._flush()
+        self._stop_playing(player.stream_id)
+
+
+# The client side ------------------------------------------------------------
+
+
+class RTMPStatusError(Exception):
+    """The server answered with an error status or ``_error``."""
+
+
+class RTMPClientProtocol(Protocol):
+    """
+    The client side of one RTMP connection.
+
+    ``connected`` fires once ``connect`` succeeds; :meth:`create_stream`,
+    :meth:`publish` and :meth:`play` return Deferreds of the answers. Media and
+    data from the server (when playing) go to ``on_media(MediaMessage)``.
+    """
+
+    log = Logger()
+
+    def __init__(self, app: str, tc_url: str, reactor: Any,
+                 on_media: Callable[[MediaMessage], None] | None = None) -> None:
+        self.conn = c.ClientConnection(app, tc_url)
+        self.reactor = reactor
+        self.on_media = on_media
+        self.connected: Deferred[dict[str, Any]] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+        self._creating: deque[Deferred[int]] = deque()
+        self._status_waiters: dict[int, Deferred[c.StatusReceived]] = {}
+        #: Every status received, in order.
+        self.statuses: list[c.StatusReceived] = []
+
+    def connectionMade(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.conn.bytes_to_send()
+        if data:
+            self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive(data)
+        except RTMPError as e:
+            self.log.warn("RTMP server sent bad data: {reason}", reason=str(e))
+            self.transport.abortConnection()
+            return
+        for event in events:
+            self._event(event)
+        self._flush()
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, c.Connected):
+            self.connected.callback(event.info)
+        elif isinstance(event, c.StreamCreated):
+            if self._creating:
+                self._creating.popleft().callback(event.stream_id)
+        elif isinstance(event, c.StatusReceived):
+            self.statuses.append(event)
+            waiter = self._status_waiters.pop(event.stream_id, None)
+            if waiter is not None:
+                if event.level == "error":
+                    waiter.errback(RTMPStatusError("%s: %s" % (event.code, event.description)))
+                else:
+                    waiter.callback(event)
+        elif isinstance(event, c.CommandFailed):
+            error = RTMPStatusError("%s failed: %r" % (event.command, event.info))
+            if event.command == "connect" and not self.connected.called:
+                self.connected.errback(error)
+            elif event.command == "createStream" and self._creating:
+                self._creating.popleft().errback(error)
+        elif isinstance(event, (c.MediaReceived, c.DataReceived)):
+            if self.on_media is not None:
+                if isinstance(event, c.MediaReceived):
+                    self.on_media(MediaMessage(event.type_id, event.timestamp, event.payload))
+                else:
+                    self.on_media(MediaMessage(DATA_AMF0, event.timestamp, event.payload))
+
+    def create_stream(self) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        self._creating.append(d)
+        self.conn.create_stream()
+        self._flush()
+        return d
+
+    def _await_status(self, stream_id: int) -> Deferred[c.StatusReceived]:
+        d: Deferred[c.StatusReceived] = Deferred()
+        self._status_waiters[stream_id] = d
+        return d
+
+    def publish(self, stream_id: int, name: str) -> Deferred[c.StatusReceived]:
+        """Publish; fires on ``NetStream.Publish.Start``, fails on an error status."""
+        d = self._await_status(stream_id)
+        self.conn.publish(stream_id, name)
+        self._flush()
+        return d
+
+    def play(self, stream_id: int, name: str) -> Deferred[c.StatusReceived]:
+        """Play; fires on the first status (``NetStream.Play.Reset``)."""
+        d = self._await_status(stream_id)
+        self.conn.play(stream_id, name)
+        self._flush()
+        return d
+
+    def send_media(self, stream_id: int, message: MediaMessage) -> None:
+        self.conn.send_media(stream_id, message.type_id, message.timestamp, message.payload)
+        self._flush()
+
+    def unpublish(self, stream_id: int, name: str) -> None:
+        self.conn.unpublish(stream_id, name)
+        self._flush()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for waiter in [*self._creating, *self._status_waiters.values()]:
+            if not waiter.called:
+                waiter.errback(reason)
+        self._creating.clear()
+        self._status_waiters.clear()
+        if not self.connected.called:
+            self.connected.errback(reason)
+        self.lost.callback(None)
+
+
+__all__ = [
+    "AUDIO",
+    "VIDEO",
+    "RTMPClientProtocol",
+    "RTMPServerFactory",
+    "RTMPServerProtocol",
+    "RTMPServerSettings",
+    "RTMPStatusError",
+]

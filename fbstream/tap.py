@@ -1,0 +1,65 @@
+"""
+``twistd fbstream``: the options and the service of every role.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from fbstream import config as _config
+from fbstream.roles.services import build_role
+
+
+class Options(usage.Options):
+    synopsis = "[--role=ROLE] [--config=PATH] [--set key=value ...] [--demo]"
+    longdesc = (
+        "Run one role of fbstream (pop, dc-proxy, encoder, origin) or all of them "
+        "in one process. Settings come from conf/<role>.toml (or --config) and "
+        "--set overrides, e.g. --set rtmp.listen=tcp:1936 (for --role=all, prefix "
+        "the role: --set pop.rtmp.listen=tcp:1936)."
+    )
+    optParameters = [
+        ["role", "r", "all", "pop, dc-proxy, encoder, origin or all"],
+        ["config", "c", None, "TOML configuration file (default: conf/<role>.toml)"],
+    ]
+    optFlags = [
+        ["demo", None, "with --role=all: publish a synthetic test pattern to the PoP's RTMP ingest"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["set"] = []
+        self.configs: dict[str, _config.RoleConfig] = {}
+
+    def opt_set(self, value: str) -> None:
+        """Override one setting: dotted.key=value (repeatable)"""
+        self["set"].append(value)
+
+    def postOptions(self) -> None:
+        try:
+            self.configs = _config.load(self["role"], self["config"], self["set"])
+        except _config.ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["demo"] and "pop" not in self.configs:
+            raise usage.UsageError("--demo needs a role that includes the PoP (pop or all)")
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    top = MultiService()
+    for role, cfg in options.configs.items():
+        build_role(cfg, reactor).setServiceParent(top)
+    if options["demo"]:
+        from fbstream.demo import DemoPublisherService, demo_url
+
+        DemoPublisherService(
+            reactor, sys.executable, demo_url(options.configs["pop"])
+        ).setServiceParent(top)
+    return top
