@@ -202,6 +202,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self._queue.clear()
         self._queued = 0
         self.transport.abortConnection()
+        self._detach("connection aborted")
 
     def _close_after_flush(self) -> None:
         self._flush()
@@ -212,12 +213,16 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self._closed = True
         self.setTimeout(None)
         RTMP_CONNECTIONS.labels(role=self.factory.role).dec()
+        self._detach("publisher disconnected")
+        self._queue.clear()
+
+    def _detach(self, reason: str) -> None:
+        """Leave every stream this connection publishes or plays."""
         for stream in list(self.publishing.values()):
-            self.hub.unpublish(stream, "publisher disconnected")
+            self.hub.unpublish(stream, reason)
         self.publishing.clear()
         for sid in list(self.playing):
             self._stop_playing(sid)
-        self._queue.clear()
 
     # Events --------------------------------------------------------------
 
@@ -336,7 +341,7 @@ class RTMPClientProtocol(Protocol):
     """
     The client side of one RTMP connection.
 
-    ``connected`` fires once ``connect`` succeeds; :meth:`create_stream`,
+    ``ready`` fires once ``connect`` succeeds; :meth:`create_stream`,
     :meth:`publish` and :meth:`play` return Deferreds of the answers. Media and
     data from the server (when playing) go to ``on_media(MediaMessage)``.
     """
@@ -348,7 +353,7 @@ class RTMPClientProtocol(Protocol):
         self.conn = c.ClientConnection(app, tc_url)
         self.reactor = reactor
         self.on_media = on_media
-        self.connected: Deferred[dict[str, Any]] = Deferred()
+        self.ready: Deferred[dict[str, Any]] = Deferred()
         self.lost: Deferred[None] = Deferred()
         self._creating: deque[Deferred[int]] = deque()
         self._status_waiters: dict[int, Deferred[c.StatusReceived]] = {}
@@ -376,7 +381,7 @@ class RTMPClientProtocol(Protocol):
 
     def _event(self, event: Any) -> None:
         if isinstance(event, c.Connected):
-            self.connected.callback(event.info)
+            self.ready.callback(event.info)
         elif isinstance(event, c.StreamCreated):
             if self._creating:
                 self._creating.popleft().callback(event.stream_id)
@@ -390,8 +395,8 @@ class RTMPClientProtocol(Protocol):
                     waiter.callback(event)
         elif isinstance(event, c.CommandFailed):
             error = RTMPStatusError("%s failed: %r" % (event.command, event.info))
-            if event.command == "connect" and not self.connected.called:
-                self.connected.errback(error)
+            if event.command == "connect" and not self.ready.called:
+                self.ready.errback(error)
             elif event.command == "createStream" and self._creating:
                 self._creating.popleft().errback(error)
         elif isinstance(event, (c.MediaReceived, c.DataReceived)):
@@ -441,8 +446,8 @@ class RTMPClientProtocol(Protocol):
                 waiter.errback(reason)
         self._creating.clear()
         self._status_waiters.clear()
-        if not self.connected.called:
-            self.connected.errback(reason)
+        if not self.ready.called:
+            self.ready.errback(reason)
         self.lost.callback(None)
 
 

@@ -1,0 +1,227 @@
+"""The sans-IO server and client connections, talking to each other in memory."""
+
+import pytest
+
+from fbstream.rtmp import amf0, messages as m
+from fbstream.rtmp import connection as c
+from fbstream.rtmp.chunk import ChunkEncoder, Message
+from fbstream.rtmp.errors import ProtocolError
+from fbstream.rtmp.handshake import ClientHandshake
+
+
+class Pair:
+    def __init__(self, step=None):
+        self.server = c.ServerConnection()
+        self.client = c.ClientConnection("live", "rtmp://127.0.0.1/live")
+        self.step = step
+        self.server_events = []
+        self.client_events = []
+
+    def _feed(self, conn, data):
+        if self.step is None:
+            return conn.receive(data)
+        out = []
+        for i in range(0, len(data), self.step):
+            out += conn.receive(data[i : i + self.step])
+        return out
+
+    def pump(self):
+        for _ in range(20):
+            a = self.client.bytes_to_send()
+            b = self.server.bytes_to_send()
+            if not a and not b:
+                break
+            if a:
+                self.server_events += self._feed(self.server, a)
+            if b:
+                self.client_events += self._feed(self.client, b)
+        s, cl = self.server_events, self.client_events
+        self.server_events, self.client_events = [], []
+        return s, cl
+
+    def publish(self, name="cam1?token=abc"):
+        (req,), _ = self.pump()
+        assert isinstance(req, c.ConnectRequest) and req.app == "live"
+        self.server.accept_connect(req)
+        _, (connected,) = self.pump()
+        assert isinstance(connected, c.Connected)
+        self.client.create_stream()
+        _, (created,) = self.pump()
+        self.client.publish(created.stream_id, name)
+        (preq,), _ = self.pump()
+        return preq
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_publish_flow(step):
+    pair = Pair(step)
+    preq = pair.publish()
+    assert preq == c.PublishRequest(1, "cam1", "token=abc", "live")
+    pair.server.accept_publish(preq)
+    _, (status,) = pair.pump()
+    assert status.code == "NetStream.Publish.Start" and status.level == "status"
+    pair.client.send_media(1, m.DATA_AMF0, 0, amf0.encode("@setDataFrame", "onMetaData", amf0.ECMAArray({"width": 1280.0})))
+    video = b"\x17\x01\x00\x00\x00" + bytes(range(256)) * 40
+    pair.client.send_media(1, m.VIDEO, 40, video)
+    pair.client.send_media(1, m.AUDIO, 41, b"\xaf\x01abc")
+    events, _ = pair.pump()
+    assert events[0].name == "onMetaData" and events[0].values == [amf0.ECMAArray({"width": 1280.0})]
+    assert amf0.decode_all(events[0].payload)[0] == "onMetaData"  # @setDataFrame stripped
+    assert events[1] == c.MediaReceived(1, m.VIDEO, 40, video)
+    assert events[2] == c.MediaReceived(1, m.AUDIO, 41, b"\xaf\x01abc")
+    pair.client.unpublish(1, "cam1")
+    events, _ = pair.pump()
+    assert events == [c.StreamClosed(1, "FCUnpublish")]
+    assert 1 not in pair.server.streams
+
+
+def test_reject_publish_sends_an_error_status():
+    pair = Pair()
+    preq = pair.publish()
+    pair.server.reject_publish(preq, "NetStream.Publish.BadName", "already publishing")
+    _, (status,) = pair.pump()
+    assert status.level == "error" and status.code == "NetStream.Publish.BadName"
+
+
+def test_reject_connect():
+    pair = Pair()
+    (req,), _ = pair.pump()
+    pair.server.reject_connect(req, "no such app")
+    _, (failed,) = pair.pump()
+    assert isinstance(failed, c.CommandFailed) and failed.info["code"] == "NetConnection.Connect.Rejected"
+
+
+def test_play_flow_and_media_to_player():
+    pair = Pair()
+    (req,), _ = pair.pump()
+    pair.server.accept_connect(req)
+    pair.pump()
+    pair.client.create_stream()
+    _, (created,) = pair.pump()
+    pair.client.play(created.stream_id, "cam1")
+    (preq,), _ = pair.pump()
+    assert preq == c.PlayRequest(1, "cam1", "")
+    pair.server.accept_play(preq)
+    pair.server.send_media(1, m.VIDEO, 0x01000000, b"\x17\x01\x00\x00\x00" + b"x" * 9000)
+    _, events = pair.pump()
+    codes = [e.code for e in events if isinstance(e, c.StatusReceived)]
+    assert codes == ["NetStream.Play.Reset", "NetStream.Play.Start"]
+    media = [e for e in events if isinstance(e, c.MediaReceived)]
+    assert media[0].timestamp == 0x01000000 and len(media[0].payload) == 9005
+
+
+def test_server_acknowledges_every_window():
+    pair = Pair()
+    preq = pair.publish()
+    pair.server.accept_publish(preq)
+    pair.pump()
+    # The client asks the server to ack every 10 kB.
+    pair.client._control(m.WINDOW_ACK_SIZE, m.u32(10_000))
+    for i in range(10):
+        pair.client.send_media(1, m.AUDIO, i, b"\xaf\x01" + b"a" * 3000)
+    pair.pump()
+    assert pair.client.peer_acknowledged >= 30_000 - 10_000
+
+
+class RecordingClient(c.ClientConnection):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.raw = []
+
+    def _message(self, msg, events):
+        self.raw.append(msg)
+        super()._message(msg, events)
+
+
+def test_ping_is_answered():
+    pair = Pair()
+    pair.client = RecordingClient("live", "rtmp://127.0.0.1/live")
+    (req,), _ = pair.pump()
+    pair.server.accept_connect(req)
+    pair.pump()
+    pair.client._control(m.USER_CONTROL, m.user_control(m.UC_PING_REQUEST, 777))
+    pair.pump()
+    assert Message(2, 0, m.USER_CONTROL, 0, m.user_control(m.UC_PING_RESPONSE, 777)) in pair.client.raw
+
+
+def test_aggregate_messages_are_split():
+    from fbstream.rtmp import flv
+
+    pair = Pair()
+    preq = pair.publish()
+    pair.server.accept_publish(preq)
+    pair.pump()
+    agg = flv.file_tag(9, 0, b"\x17\x01\x00\x00\x00k") + flv.file_tag(8, 23, b"\xaf\x01a")
+    pair.client.send_media(1, m.AGGREGATE, 1000, agg)
+    events, _ = pair.pump()
+    assert events == [
+        c.MediaReceived(1, m.VIDEO, 1000, b"\x17\x01\x00\x00\x00k"),
+        c.MediaReceived(1, m.AUDIO, 1023, b"\xaf\x01a"),
+    ]
+
+
+def raw_server_after_handshake():
+    server = c.ServerConnection()
+    client = ClientHandshake()
+    server.receive(client.bytes_to_send())
+    client.receive(server.bytes_to_send())
+    return server, client.bytes_to_send()
+
+
+def test_unknown_message_type_is_a_protocol_error():
+    server, c2 = raw_server_after_handshake()
+    enc = ChunkEncoder()
+    with pytest.raises(ProtocolError, match="unknown message type 99"):
+        server.receive(c2 + enc.encode(3, 0, 99, 0, b"x"))
+
+
+def test_command_before_connect_is_a_protocol_error():
+    server, c2 = raw_server_after_handshake()
+    enc = ChunkEncoder()
+    with pytest.raises(ProtocolError, match="before the connection was accepted"):
+        server.receive(c2 + enc.encode(3, 0, m.COMMAND_AMF0, 0, m.command("createStream", 2, None)))
+
+
+def test_amf3_command_is_refused_cleanly():
+    server, c2 = raw_server_after_handshake()
+    enc = ChunkEncoder()
+    with pytest.raises(ProtocolError, match="AMF3"):
+        server.receive(c2 + enc.encode(3, 0, m.COMMAND_AMF3, 0, b"\x00\x11\x06\x07abc"))
+
+
+def test_amf3_wrapped_amf0_command_is_read():
+    server, c2 = raw_server_after_handshake()
+    enc = ChunkEncoder()
+    (req,) = server.receive(
+        c2 + enc.encode(3, 0, m.COMMAND_AMF3, 0, b"\x00" + m.command("connect", 1, {"app": "live"}))
+    )
+    assert isinstance(req, c.ConnectRequest)
+
+
+def test_obs_style_chunk_size_before_connect():
+    server, c2 = raw_server_after_handshake()
+    enc = ChunkEncoder()
+    data = c2 + enc.set_chunk_size(4096) + enc.encode(
+        3, 0, m.COMMAND_AMF0, 0, m.command("connect", 1, {"app": "live", "tcUrl": "rtmp://h/live", "x": "y" * 500})
+    )
+    (req,) = server.receive(data)
+    assert req.tc_url == "rtmp://h/live"
+
+
+def test_too_many_streams():
+    pair = Pair()
+    (req,), _ = pair.pump()
+    pair.server.accept_connect(req)
+    pair.pump()
+    for _ in range(c.MAX_MESSAGE_STREAMS + 1):
+        pair.client.create_stream()
+    _, events = pair.pump()
+    assert len([e for e in events if isinstance(e, c.StreamCreated)]) == c.MAX_MESSAGE_STREAMS
+    assert isinstance(events[-1], c.CommandFailed)
+
+
+def test_truncated_user_control():
+    server, c2 = raw_server_after_handshake()
+    enc = ChunkEncoder()
+    with pytest.raises(ProtocolError, match="too short"):
+        server.receive(c2 + enc.encode(2, 0, m.USER_CONTROL, 0, b"\x00"))
