@@ -99,7 +99,7 @@ def _coerce(role: str, key: str, value: Any, where: str, raw: str | None = None)
             raise ConfigError("%s: %s must be a string or a list of strings" % (where, key))
         return list(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(
             "%s: %s must be %s, not %r" % (where, key, kind.__name__, value)

@@ -43,6 +43,7 @@ def publish(
     """Publish until ``duration`` seconds of media are sent (forever if None)."""
     import av
     import av.filter
+    from av.video.frame import PictureType
 
     width, height = (int(v) for v in size.split("x"))
     graph = av.filter.Graph()
@@ -99,6 +100,8 @@ def publish(
     audio_samples = 0
     while duration is None or frame_no < duration * rate:
         frame = vsink.pull()
+        # Source filters mark every frame I; let the encoder place keyframes.
+        frame.pict_type = PictureType.NONE
         frame.pts = frame_no
         frame.time_base = vtb
         mux(video.encode(frame), "video")

@@ -1,0 +1,199 @@
+"""
+Fixtures for the real-socket tests: roles started in this process on the real
+reactor, free loopback ports, a generated TLS certificate, and the external
+clients (the ffmpeg tool, PyAV in a child process) run without blocking the
+reactor.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from zope.interface import implementer
+
+from fbstream.config import load
+from fbstream.live.hub import IConsumerFactory, IStreamConsumer
+from fbstream.roles.services import build_role
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    """The path of a tool the tests need; CI installs them, so missing is a failure."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail("%s is not installed (run .ci/run, or apt-get install ffmpeg)" % (name,))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1/localhost, made now."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("tls")
+    key_path = d / "key.pem"
+    cert_path = d / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(key_path), str(cert_path)
+
+
+@implementer(IStreamConsumer)
+class StreamTally:
+    def __init__(self, stream):
+        self.stream = stream
+        self.messages = []
+        self.done = defer.Deferred()
+
+    def media(self, message):
+        self.messages.append(message)
+
+    def ended(self, reason):
+        self.done.callback(reason)
+
+    def of_type(self, type_id):
+        return [m for m in self.messages if m.type_id == type_id]
+
+
+@implementer(IConsumerFactory)
+class Tallies:
+    def __init__(self):
+        self.by_name = {}
+        self.started = {}
+
+    def consumer_for(self, stream):
+        tally = self.by_name[stream.name] = StreamTally(stream)
+        waiter = self.started.pop(stream.name, None)
+        if waiter is not None:
+            waiter.callback(tally)
+        return tally
+
+    def wait_for(self, name):
+        if name in self.by_name:
+            return defer.succeed(self.by_name[name])
+        d = self.started[name] = defer.Deferred()
+        return d
+
+
+class RunningRole:
+    def __init__(self, service, rtmp_port, rtmps_port, http_port, tallies, record_dir):
+        self.service = service
+        self.hub = service.hub
+        self.rtmp_port = rtmp_port
+        self.rtmps_port = rtmps_port
+        self.http_port = http_port
+        self.tallies = tallies
+        self.record_dir = record_dir
+
+    def url(self, name, tls=False):
+        if tls:
+            return "rtmps://127.0.0.1:%d/live/%s" % (self.rtmps_port, name)
+        return "rtmp://127.0.0.1:%d/live/%s" % (self.rtmp_port, name)
+
+
+@pytest.fixture
+def pop(tmp_path, tls_files):
+    """A pop role on free ports (RTMP, RTMPS, HTTP), recording to tmp_path."""
+    key, cert = tls_files
+    rtmp, rtmps, http = free_port(), free_port(), free_port()
+    record = tmp_path / "recordings"
+    cfg = load(
+        "pop",
+        os.path.join(ROOT, "conf", "pop.toml"),
+        [
+            'rtmp.listen=["tcp:%d:interface=127.0.0.1", "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s"]'
+            % (rtmp, rtmps, key, cert),
+            "http.listen=tcp:%d:interface=127.0.0.1" % (http,),
+            "record.dir=%s" % (record,),
+        ],
+    )["pop"]
+    service = build_role(cfg, reactor)
+    tallies = Tallies()
+    service.hub.consumer_factories.append(tallies)
+    service.startService()
+    yield RunningRole(service, rtmp, rtmps, http, tallies, str(record))
+    pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+
+
+def run(executable, *args, env=None):
+    """Run a process without blocking the reactor; fires (out, err, code)."""
+    return getProcessOutputAndValue(
+        executable, [str(a) for a in args], env=env if env is not None else dict(os.environ)
+    )
+
+
+def pyav_publish(url, *extra):
+    """Publish with PyAV (libavformat's RTMP client) in a child process."""
+    return run(sys.executable, "-m", "fbstream.demo", "--url", url, *extra)
+
+
+def pyav_counts(result):
+    out, err, code = result
+    assert code == 0, err.decode("utf-8", "replace")[-2000:]
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def probe_packets(path):
+    """(codec_type, dts ms, is keyframe) of every packet, by ffprobe."""
+    out = subprocess.run(
+        [tool("ffprobe"), "-v", "error", "-show_entries", "packet=codec_type,dts,flags",
+         "-of", "csv=p=0", path],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    packets = []
+    for line in out.splitlines():
+        kind, dts, flags = line.split(",")[:3]
+        packets.append((kind, int(dts), "K" in flags))
+    return packets
+
+
+def sleep(seconds):
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
