@@ -1,0 +1,96 @@
+"""The real ``twistd fbstream`` binary: every role up, the demo stream playable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import pytest_twisted
+import treq
+
+from .conftest import ROOT, free_port, run, sleep, tool
+
+
+def twistd() -> str:
+    path = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
+    assert os.path.exists(path), "twistd is not installed"
+    return path
+
+
+@pytest.fixture(params=["default", "asyncio"])
+def all_role(request, tmp_path):
+    ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin")}
+    args = [twistd(), "-n", "--pidfile=", "--logfile=%s" % (tmp_path / "twistd.log",)]
+    if request.param == "asyncio":
+        args.append("--reactor=asyncio")
+    args += [
+        "fbstream", "--role=all", "--demo",
+        "--config", os.path.join(ROOT, "conf", "all.toml"),
+        "--set", "pop.rtmp.listen=tcp:%d:interface=127.0.0.1" % (ports["rtmp"],),
+        "--set", "dc-proxy.rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
+        "--set", "encoder.rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
+    ]
+    for role in ("pop", "dc-proxy", "encoder", "origin"):
+        args += ["--set", "%s.http.listen=tcp:%d:interface=127.0.0.1" % (role, ports[role])]
+    proc = subprocess.Popen(args, cwd=str(tmp_path))
+    yield ports, tmp_path / "twistd.log"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+@pytest_twisted.inlineCallbacks
+def test_all_role_runs_the_demo_and_serves_metrics(all_role):
+    ports, log = all_role
+    body = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports["pop"],))
+            body = yield response.text()
+            if 'fbstream_rtmp_streams_live{role="pop"} 1.0' in body:
+                break
+        except Exception:
+            pass
+        yield sleep(0.5)
+    assert body is not None, "the pop never answered"
+    assert 'fbstream_rtmp_streams_live{role="pop"} 1.0' in body, log.read_text()[-3000:]
+    for role in ("pop", "dc-proxy", "encoder", "origin"):
+        response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports[role],))
+        assert response.code == 200
+        text = yield response.text()
+        assert 'fbstream_role_up{role="%s"} 1.0' % (role,) in text
+    # A newcomer watches the demo stream with any RTMP player.
+    out, err, code = yield run(
+        tool("ffmpeg"), "-hide_banner", "-loglevel", "error",
+        "-i", "rtmp://127.0.0.1:%d/live/demo" % (ports["rtmp"],), "-t", "2", "-f", "null", "-",
+    )
+    assert code == 0, err.decode()[-2000:]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--role=edge"], b"unknown role 'edge'"),
+        (["--role=pop", "--set", "rtmp.idle_timeout=soon"], b"rtmp.idle_timeout must be float"),
+        (["--role=pop", "--config", "/nonexistent.toml"], b"cannot read /nonexistent.toml"),
+    ],
+)
+def test_usage_errors_are_not_tracebacks(argv, message):
+    result = subprocess.run([twistd(), "fbstream", *argv], capture_output=True, timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert b"Traceback" not in result.stderr
+
+
+def test_twistd_lists_the_plugin():
+    result = subprocess.run([twistd(), "--help"], capture_output=True, timeout=60)
+    assert b"fbstream" in result.stdout
