@@ -17,7 +17,10 @@ from .conftest import ROOT, free_port, run, sleep, tool
 
 
 def twistd() -> str:
-    path = shutil.which("twistd") or os.path.join(os.path.dirname(sys.executable), "twistd")
+    """The twistd beside this Python (a virtualenv's), else the one on PATH."""
+    path = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(path):
+        path = shutil.which("twistd") or ""
     assert os.path.exists(path), "twistd is not installed"
     return path
 
