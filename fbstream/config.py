@@ -38,6 +38,7 @@ def _rtmp(listen: str) -> dict[str, Setting]:
         "rtmp.idle_timeout": Setting(float, 30.0, "seconds a publisher may stay silent"),
         "rtmp.max_message_size": Setting(int, 8 * 1024 * 1024, "largest RTMP message accepted, bytes"),
         "rtmp.max_chunk_streams": Setting(int, 64, "chunk stream ids one connection may use"),
+        "rtmp.max_connections": Setting(int, 1000, "RTMP connections one listener keeps open at once"),
         "rtmp.player_queue_bytes": Setting(int, 8 * 1024 * 1024, "bytes a slow player may lag before it is dropped"),
         "rtmp.gop_cache_bytes": Setting(int, 32 * 1024 * 1024, "largest GOP kept for players that join late"),
         "rtmp.video_codecs": Setting(list, ["avc1", "hvc1", "av01", "vp09"], "video codecs publishers may send"),
@@ -104,7 +105,7 @@ def _coerce(role: str, key: str, value: Any, where: str, raw: str | None = None)
         raise ConfigError(
             "%s: %s must be %s, not %r" % (where, key, kind.__name__, value)
         )
-    if kind in (int, float) and value < 0:
+    if isinstance(value, (int, float)) and value < 0:
         raise ConfigError("%s: %s must not be negative" % (where, key))
     return value
 
@@ -152,7 +153,7 @@ def load(role: str, path: str | None, overrides: list[str]) -> dict[str, RoleCon
         raise ConfigError("unknown role %r (choose from %s)" % (role, ", ".join(ROLES + (ALL,))))
     if path is None:
         path = default_path(role)
-    raw = load_file(path) if path else {}
+    table = load_file(path) if path else {}
     where = path or "defaults"
     roles = ROLES if role == ALL else (role,)
     values = {r: defaults(r) for r in roles}
@@ -169,7 +170,7 @@ def load(role: str, path: str | None, overrides: list[str]) -> dict[str, RoleCon
                 target, key = role, dotted
             values[target][key] = _coerce(target, key, value, where, raw)
 
-    apply(_flatten(raw), where)
+    apply(_flatten(table), where)
     for text in overrides:
         key, value, raw = parse_override(text)
         apply({key: value}, "--set " + key, raw)

@@ -100,6 +100,7 @@ def publish(
     audio_samples = 0
     while duration is None or frame_no < duration * rate:
         frame = vsink.pull()
+        assert isinstance(frame, av.VideoFrame)
         # Source filters mark every frame I; let the encoder place keyframes.
         frame.pict_type = PictureType.NONE
         frame.pts = frame_no
@@ -109,6 +110,7 @@ def publish(
         if astream is not None:
             while audio_samples < frame_no * 48000 // rate:
                 aframe = asink.pull()
+                assert isinstance(aframe, av.AudioFrame)
                 aframe.pts = audio_samples
                 aframe.time_base = Fraction(1, 48000)
                 audio_samples += aframe.samples

@@ -118,7 +118,10 @@ class SerialFileWriter:
             return
         self.failure = failure
         self._pending = []
-        self.log.failure("writing {path} failed", failure, path=self.path)
+        if failure.check(BacklogExceeded):
+            self.log.warn("abandoning {path}: {why}", path=self.path, why=failure.value)
+        else:
+            self.log.failure("writing {path} failed", failure, path=self.path)
         file, self._file = self._file, None
         if file is not None:
             self._pool.callInThread(file.close)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter, Gauge, Info
 from prometheus_client.twisted import MetricsResource
+from twisted.web.resource import IResource
 
 from fbstream import __version__
 
@@ -22,6 +23,11 @@ RTMP_CONNECTIONS = Gauge(
 )
 RTMP_CONNECTIONS_TOTAL = Counter(
     "fbstream_rtmp_connections", "RTMP connections accepted", ["role"]
+)
+RTMP_CONNECTIONS_REFUSED = Counter(
+    "fbstream_rtmp_connections_refused",
+    "RTMP connections closed at once because rtmp.max_connections were open",
+    ["role"],
 )
 RTMP_PROTOCOL_ERRORS = Counter(
     "fbstream_rtmp_protocol_errors",
@@ -58,6 +64,6 @@ RECORDER_FAILURES = Counter(
 )
 
 
-def metrics_resource() -> MetricsResource:
+def metrics_resource() -> IResource:
     """The twisted.web resource for ``/metrics``."""
     return MetricsResource(registry=REGISTRY)

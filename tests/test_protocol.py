@@ -173,6 +173,16 @@ class PublishTests(SynchronousTestCase):
         pump.flush()
         self.assertNotIn("cam", self.h.hub.streams)
 
+    def test_connections_beyond_the_limit_are_refused(self):
+        self.h.factory.settings.max_connections = 2
+        first = self.h.factory.buildProtocol(None)
+        first.makeConnection(StringTransport())
+        second = self.h.factory.buildProtocol(None)
+        second.makeConnection(StringTransport())
+        self.assertIsNone(self.h.factory.buildProtocol(None))
+        first.connectionLost()
+        self.assertIsNotNone(self.h.factory.buildProtocol(None))
+
     def test_wrong_app_refused(self):
         self.h.factory.settings.app = "other"
         client, server, pump = self.h.connect()

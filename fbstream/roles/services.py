@@ -10,7 +10,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -22,7 +22,7 @@ from fbstream.metrics import ROLE_UP, metrics_resource
 from fbstream.rtmp.protocol import RTMPServerFactory, RTMPServerSettings
 
 
-def listen(parent: MultiService, reactor: Any, descriptions: list[str], factory: Factory) -> None:
+def listen(parent: MultiService, reactor: Any, descriptions: list[str], factory: IProtocolFactory) -> None:
     """Add one listening service per endpoint string to ``parent``."""
     for description in descriptions:
         service = StreamServerEndpointService(serverFromString(reactor, description), factory)
@@ -44,6 +44,7 @@ def rtmp_settings(config: RoleConfig) -> RTMPServerSettings:
         max_message_size=config["rtmp.max_message_size"],
         max_chunk_streams=config["rtmp.max_chunk_streams"],
         player_queue_bytes=config["rtmp.player_queue_bytes"],
+        max_connections=config["rtmp.max_connections"],
     )
 
 

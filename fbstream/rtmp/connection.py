@@ -342,8 +342,8 @@ class ServerConnection(_Connection):
             events.append(PlayRequest(stream_id, sname, query))
         elif name == "FCUnpublish":
             sname, _ = _split_name(args[1] if len(args) > 1 else "")
-            sid = self._published_names.pop(sname, None)
-            if sid is not None and self.streams.get(sid) == "publish":
+            sid = self._published_names.pop(sname, 0)  # 0 is never a publishing stream
+            if sid and self.streams.get(sid) == "publish":
                 self.streams[sid] = "created"
                 events.append(StreamClosed(sid, "FCUnpublish"))
             if tid:

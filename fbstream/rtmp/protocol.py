@@ -32,6 +32,7 @@ from fbstream.live.hub import (
 )
 from fbstream.metrics import (
     RTMP_CONNECTIONS,
+    RTMP_CONNECTIONS_REFUSED,
     RTMP_CONNECTIONS_TOTAL,
     RTMP_PLAYERS,
     RTMP_PLAYERS_DROPPED,
@@ -58,16 +59,29 @@ class RTMPServerSettings:
     max_chunk_streams: int = 64
     #: Bytes a slow player may fall behind before it is dropped.
     player_queue_bytes: int = 8 * 1024 * 1024
+    #: Connections one listener keeps open at once; more are closed at once.
+    max_connections: int = 1000
 
 
 class RTMPServerFactory(Factory):
+    log = Logger()
+
     def __init__(self, hub: StreamHub, reactor: Any, settings: RTMPServerSettings) -> None:
         self.hub = hub
         self.reactor = reactor
         self.settings = settings
         self.role = hub.role
+        self.open_connections = 0
 
-    def buildProtocol(self, addr: Any) -> "RTMPServerProtocol":
+    def buildProtocol(self, addr: Any) -> "RTMPServerProtocol | None":
+        if self.open_connections >= self.settings.max_connections:
+            self.log.warn(
+                "refusing RTMP connection from {addr}: {n} connections open",
+                addr=addr,
+                n=self.open_connections,
+            )
+            RTMP_CONNECTIONS_REFUSED.labels(role=self.role).inc()
+            return None
         proto = RTMPServerProtocol(self)
         proto.factory = self
         return proto
@@ -105,6 +119,8 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
     """One RTMP connection from a publisher or a player."""
 
     log = Logger()
+    #: Set by makeConnection: a TCP or TLS transport (abortConnection, producers).
+    transport: Any
 
     def __init__(self, factory: RTMPServerFactory) -> None:
         self.factory = factory
@@ -129,10 +145,14 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             max_message_size=self.settings.max_message_size,
             max_chunk_streams=self.settings.max_chunk_streams,
         )
-        self.callLater = self.factory.reactor.callLater
         self.setTimeout(self.settings.handshake_timeout)
+        self.factory.open_connections += 1
         RTMP_CONNECTIONS.labels(role=self.factory.role).inc()
         RTMP_CONNECTIONS_TOTAL.labels(role=self.factory.role).inc()
+
+    def callLater(self, period: float, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        # TimeoutMixin waits through this: the factory's (injectable) reactor.
+        return self.factory.reactor.callLater(period, func, *args, **kw)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -212,6 +232,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
         self.setTimeout(None)
+        self.factory.open_connections -= 1
         RTMP_CONNECTIONS.labels(role=self.factory.role).dec()
         self._detach("publisher disconnected")
         self._queue.clear()
@@ -347,6 +368,7 @@ class RTMPClientProtocol(Protocol):
     """
 
     log = Logger()
+    transport: Any
 
     def __init__(self, app: str, tc_url: str, reactor: Any,
                  on_media: Callable[[MediaMessage], None] | None = None) -> None:
@@ -441,7 +463,8 @@ class RTMPClientProtocol(Protocol):
         self._flush()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for waiter in [*self._creating, *self._status_waiters.values()]:
+        waiters: list[Deferred[Any]] = [*self._creating, *self._status_waiters.values()]
+        for waiter in waiters:
             if not waiter.called:
                 waiter.errback(reason)
         self._creating.clear()
