@@ -193,6 +193,23 @@ def probe_packets(path):
     return packets
 
 
+@defer.inlineCallbacks
+def ffmpeg_play(url, path, seconds=3):
+    """
+    Play ``url`` with the ffmpeg tool for ``seconds`` into ``path``, check the
+    recording decodes without an error, and return its packets (as
+    :func:`probe_packets`).
+    """
+    out, err, code = yield run(
+        tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-y", "-i", url,
+        "-t", str(seconds), "-c", "copy", path,
+    )
+    assert code == 0, err.decode()[-2000:]
+    out, err, code = yield run(tool("ffmpeg"), "-v", "error", "-i", path, "-f", "null", "-")
+    assert code == 0 and not err.strip(), err.decode()[-2000:]
+    return probe_packets(path)
+
+
 def sleep(seconds):
     d = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
