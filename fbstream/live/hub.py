@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple
 
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, Interface
 
 from fbstream.metrics import (
     RTMP_STREAMS_LIVE,
@@ -276,17 +276,3 @@ class StreamHub:
         if player in stream.players:
             stream.players.remove(player)
 
-
-@implementer(IStreamConsumer)
-class CountingConsumer:
-    """A consumer that counts what it is given (for tests and diagnostics)."""
-
-    def __init__(self) -> None:
-        self.messages: list[MediaMessage] = []
-        self.end_reason: str | None = None
-
-    def media(self, message: MediaMessage) -> None:
-        self.messages.append(message)
-
-    def ended(self, reason: str) -> None:
-        self.end_reason = reason

@@ -206,3 +206,20 @@ def test_hostile_clients_do_not_disturb_a_publisher(pop):
     yield tally.done
     assert len(media_only(tally, VIDEO)) == counts["video_packets"]
     assert len(media_only(tally, AUDIO)) == counts["audio_packets"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_rtmpdump_plays_until_the_publisher_leaves(pop, tmp_path):
+    """librtmp (what OBS is built on) as an independent player."""
+    publishing = pyav_publish(pop.url("lib"), "--duration", "5", "--size", "320x240")
+    yield pop.tallies.wait_for("lib")
+    yield sleep(1)
+    played = str(tmp_path / "rtmpdump.flv")
+    out, err, code = yield run(tool("rtmpdump"), "-q", "-r", pop.url("lib"), "--live", "-o", played)
+    assert code == 0, err.decode()[-2000:]
+    pyav_counts((yield publishing))
+    packets = probe_packets(played)
+    video = [p for p in packets if p[0] == "video"]
+    assert video[0][2] and len(video) >= 90  # from the cached keyframe to the end
+    out, err, code = yield run(tool("ffmpeg"), "-v", "error", "-i", played, "-f", "null", "-")
+    assert code == 0, err.decode()[-2000:]
