@@ -226,3 +226,23 @@ def file_tag(type_id: int, timestamp: int, payload: bytes) -> bytes:
         b"\x00\x00\x00",
     )
     return header + payload + (size + 11).to_bytes(4, "big")
+
+
+def read_file(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """
+    ``(type_id, timestamp, payload)`` of every tag of an FLV file, for tools and
+    benchmarks that replay a recording; ProtocolError if it is not FLV.
+    """
+    if len(data) < 13 or data[:3] != b"FLV":
+        raise ProtocolError("not an FLV file")
+    pos = int.from_bytes(data[5:9], "big") + 4
+    end = len(data)
+    while pos + 11 <= end:
+        type_id = data[pos] & 0x1F
+        size = int.from_bytes(data[pos + 1 : pos + 4], "big")
+        ts = int.from_bytes(data[pos + 4 : pos + 7], "big") | (data[pos + 7] << 24)
+        body = pos + 11
+        if body + size > end:
+            raise ProtocolError("truncated FLV tag at %d" % (pos,))
+        yield type_id, ts, data[body : body + size]
+        pos = body + size + 4

@@ -1,0 +1,94 @@
+"""
+Reading (never writing) fragmented MP4 as PyAV's mp4 muxer produces it: split
+its output into the init segment (``ftyp`` + ``moov``) and ``moof``+``mdat``
+chunks, and read a chunk's decode time.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterator
+
+_HEADER = struct.Struct(">I4s")
+
+
+class BoxError(ValueError):
+    """The bytes are not the MP4 boxes we expect."""
+
+
+def boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of each whole box in ``data[start:end]``."""
+    end = len(data) if end is None else end
+    pos = start
+    while pos + 8 <= end:
+        size, kind = _HEADER.unpack_from(data, pos)
+        if size == 1:
+            if pos + 16 > end:
+                return
+            size = struct.unpack_from(">Q", data, pos + 8)[0]
+        if size < 8:
+            raise BoxError("box %r of size %d" % (kind, size))
+        if pos + size > end:
+            return
+        yield kind, pos, size
+        pos += size
+
+
+class FragmentSplitter:
+    """
+    Fed the muxer's output as it is written; returns the init segment once and
+    each ``moof``+``mdat`` pair as soon as both are whole.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._init = bytearray()
+        self.init: bytes | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        chunks = []
+        consumed = 0
+        moof_at = -1
+        for kind, pos, size in boxes(self._buf):
+            if kind in (b"ftyp", b"moov") and self.init is None:
+                self._init += self._buf[pos : pos + size]
+                if kind == b"moov":
+                    self.init = bytes(self._init)
+                consumed = pos + size
+            elif kind == b"moof":
+                moof_at = pos
+            elif kind == b"mdat" and moof_at >= 0:
+                chunks.append(bytes(self._buf[moof_at : pos + size]))
+                consumed = pos + size
+                moof_at = -1
+            elif kind not in (b"moof",):
+                consumed = pos + size  # styp, sidx, free, mfra: not needed
+        del self._buf[:consumed]
+        return chunks
+
+
+def decode_time(chunk: bytes) -> int:
+    """The ``tfdt`` base media decode time of a chunk's first track fragment."""
+    for kind, pos, size in boxes(chunk):
+        if kind != b"moof":
+            continue
+        for kind2, pos2, size2 in boxes(chunk, pos + 8, pos + size):
+            if kind2 != b"traf":
+                continue
+            for kind3, pos3, size3 in boxes(chunk, pos2 + 8, pos2 + size2):
+                if kind3 == b"tfdt":
+                    if chunk[pos3 + 8] == 1:
+                        return int(struct.unpack_from(">Q", chunk, pos3 + 12)[0])
+                    return int(struct.unpack_from(">I", chunk, pos3 + 12)[0])
+    raise BoxError("no tfdt in chunk")
+
+
+def timescale(init: bytes) -> int:
+    """The ``mdhd`` timescale of the (single) track of an init segment."""
+    pos = init.find(b"mdhd")
+    if pos < 4:
+        raise BoxError("no mdhd in init segment")
+    version = init[pos + 4]
+    offset = pos + 4 + 4 + (16 if version == 1 else 8)
+    return int(struct.unpack_from(">I", init, offset)[0])

@@ -1,0 +1,522 @@
+"""
+The transcoder of one live stream: RTMP media messages in, CMAF segments out.
+
+It runs in a worker thread, never on the reactor, and touches no reactor: feed
+it :class:`~fbstream.live.hub.MediaMessage` s and it returns what they produced
+(init segments, chunks of the segment being made, segment ends).
+
+How segments are cut: media time starts at the stream's first coded message
+and segment *n* covers ``[(n-1)·d, n·d)``. Each rendition has one persistent
+encoder (libx264 with a zerolatency configuration, or AAC), and each segment
+gets a short-lived PyAV mp4 muxer with ``frag_discont`` so its fragments carry
+their absolute decode time. A video frame that starts a new segment is forced
+to be an IDR frame in every rendition, so the segments of all renditions are
+aligned and each starts with a keyframe whatever GOP the broadcaster sends. The
+muxer of segment *n* is closed the moment segment *n+1* starts, which writes
+its last fragment at once. Within a segment the muxer cuts a fragment
+(``moof``+``mdat``, a "chunk") every ``chunk_ms``, so the segment can be
+delivered while it grows.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from fractions import Fraction
+from typing import Any
+
+import attrs
+
+from fbstream.encoder.fmp4 import FragmentSplitter
+from fbstream.encoder.ladder import Rung, VideoRendition, plan
+from fbstream.live.hub import MediaMessage
+from fbstream.rtmp import flv
+from fbstream.rtmp.messages import AUDIO, VIDEO
+
+MS = Fraction(1, 1000)
+#: Segment duration; the MPD's SegmentTemplate@duration.
+SEGMENT_MS = 1000
+AUDIO_RATE = 48000
+AUDIO_NAME = "audio"
+
+
+# What a transcoder produces ------------------------------------------------
+
+
+@attrs.frozen
+class RenditionInfo:
+    name: str
+    kind: str  # "video" or "audio"
+    codecs: str
+    bandwidth: int
+    width: int = 0
+    height: int = 0
+    frame_rate: str = ""
+    sample_rate: int = 0
+    timescale: int = 1000
+
+
+@attrs.frozen
+class InitSegment:
+    info: RenditionInfo
+    data: bytes
+
+
+@attrs.frozen
+class Chunk:
+    rendition: str
+    number: int
+    data: bytes
+
+
+@attrs.frozen
+class SegmentEnd:
+    rendition: str
+    number: int
+    start_ms: int
+    duration_ms: int
+    frames: int
+
+
+@attrs.frozen
+class Notice:
+    """Something an operator should hear about (a drop, a refused input)."""
+
+    level: str  # "warn" or "error"
+    message: str
+
+
+@attrs.frozen
+class Refused:
+    """The input cannot be transcoded; the stream must stop."""
+
+    reason: str
+
+
+Output = InitSegment | Chunk | SegmentEnd | Notice | Refused
+
+
+# Muxing --------------------------------------------------------------------
+
+
+class _Sink(io.RawIOBase):
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:
+        self.written.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self.written)
+        self.written = []
+        return data
+
+
+MUX_OPTIONS = {
+    "movflags": "frag_keyframe+empty_moov+default_base_moof+skip_trailer+frag_discont",
+    "use_editlist": "0",
+    "avoid_negative_ts": "disabled",
+}
+
+
+class _SegmentMuxer:
+    """One mp4 muxer writing one segment of one rendition."""
+
+    def __init__(self, template: Any, chunk_ms: int) -> None:
+        import av
+
+        self.sink = _Sink()
+        options = dict(MUX_OPTIONS, frag_duration=str(chunk_ms * 1000))
+        self.container = av.open(self.sink, "w", format="mp4", options=options)
+        self.stream = self.container.add_stream_from_template(template)
+        self.stream.time_base = template.time_base
+        self.stream.codec_context.extradata = template.codec_context.extradata
+        self.splitter = FragmentSplitter()
+
+    def mux(self, packet: Any) -> list[bytes]:
+        packet.stream = self.stream
+        self.container.mux(packet)
+        return self.splitter.feed(self.sink.take())
+
+    def close(self) -> list[bytes]:
+        self.container.close()
+        return self.splitter.feed(self.sink.take())
+
+
+class _Rendition:
+    """State shared by video and audio renditions: the segment being written."""
+
+    def __init__(self, name: str, template: Any, chunk_ms: int) -> None:
+        self.name = name
+        self.template = template
+        self.chunk_ms = chunk_ms
+        self.muxer: _SegmentMuxer | None = None
+        self.number = 0
+        self.start_ms = 0
+        self.last_ms = 0
+        self.frames = 0
+        self.init_sent = False
+        self.info: RenditionInfo | None = None
+
+    def _roll(self, number: int, start_ms: int, out: list[Output]) -> None:
+        self._close(start_ms, out)
+        self.muxer = _SegmentMuxer(self.template, self.chunk_ms)
+        self.number = number
+        self.start_ms = start_ms
+        self.frames = 0
+
+    def _close(self, end_ms: int, out: list[Output]) -> None:
+        if self.muxer is None:
+            return
+        chunks = self.muxer.close()
+        self._emit(chunks, out)
+        out.append(SegmentEnd(self.name, self.number, self.start_ms, end_ms - self.start_ms, self.frames))
+        self.muxer = None
+
+    def _emit(self, chunks: list[bytes], out: list[Output]) -> None:
+        assert self.muxer is not None
+        if not self.init_sent and self.muxer.splitter.init is not None:
+            assert self.info is not None
+            out.append(InitSegment(self.info, self.muxer.splitter.init))
+            self.init_sent = True
+        for data in chunks:
+            out.append(Chunk(self.name, self.number, data))
+
+    def mux(self, packet: Any, out: list[Output]) -> None:
+        assert self.muxer is not None
+        self._emit(self.muxer.mux(packet), out)
+
+
+class _VideoRendition(_Rendition):
+    def __init__(self, spec: VideoRendition, rate: Fraction, preset: str, chunk_ms: int) -> None:
+        import av
+
+        holder = av.open(io.BytesIO(), "w", format="mp4")
+        stream = holder.add_stream("libx264", rate=rate)
+        stream.width = spec.width
+        stream.height = spec.height
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = spec.bitrate
+        stream.time_base = MS
+        ctx = stream.codec_context
+        ctx.gop_size = 100000  # keyframes only where we force them
+        ctx.max_b_frames = 0
+        ctx.options = {
+            "preset": preset,
+            "tune": "zerolatency",
+            "forced-idr": "1",
+            "x264-params": "scenecut=0:vbv-maxrate=%d:vbv-bufsize=%d:nal-hrd=none"
+            % (spec.bitrate * 12 // 10000, spec.bitrate // 1000),
+        }
+        ctx.open()
+        super().__init__(spec.name, stream, chunk_ms)
+        self.holder = holder
+        self.spec = spec
+        self.info = RenditionInfo(
+            spec.name,
+            "video",
+            _avc_codecs(bytes(ctx.extradata or b"")),
+            spec.bitrate,
+            spec.width,
+            spec.height,
+            _rate_string(rate),
+            timescale=1000,
+        )
+
+    def encode(self, frame: Any, media_ms: int, number: int, out: list[Output]) -> None:
+        from av.video.frame import PictureType
+
+        if number != self.number:
+            self._roll(number, (number - 1) * SEGMENT_MS, out)
+            frame.pict_type = PictureType.I
+        else:
+            frame.pict_type = PictureType.NONE
+        frame.pts = media_ms
+        frame.time_base = MS
+        self.last_ms = media_ms
+        self.frames += 1
+        for packet in self.template.encode(frame):
+            self.mux(packet, out)
+
+    def finish(self, end_ms: int, out: list[Output]) -> None:
+        if self.muxer is not None:
+            for packet in self.template.encode(None):
+                self.mux(packet, out)
+            self._close(end_ms, out)
+
+
+class _AudioRendition(_Rendition):
+    def __init__(self, bitrate: int, chunk_ms: int) -> None:
+        import av
+
+        holder = av.open(io.BytesIO(), "w", format="mp4")
+        stream = holder.add_stream("aac", rate=AUDIO_RATE)
+        stream.layout = "stereo"
+        stream.bit_rate = bitrate
+        stream.time_base = Fraction(1, AUDIO_RATE)
+        stream.codec_context.open()
+        super().__init__(AUDIO_NAME, stream, chunk_ms)
+        self.holder = holder
+        self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+        self.fifo = av.AudioFifo()
+        self.next_sample: int | None = None
+        self.info = RenditionInfo(
+            AUDIO_NAME, "audio", "mp4a.40.2", bitrate, sample_rate=AUDIO_RATE, timescale=AUDIO_RATE
+        )
+
+    def feed(self, frame: Any, media_ms: int, segment_ms: int, out: list[Output]) -> None:
+        import av
+
+        expected = media_ms * AUDIO_RATE // 1000
+        if self.next_sample is None or abs(expected - (self.next_sample + self.fifo.samples)) > AUDIO_RATE // 5:
+            # First audio, or the publisher's audio clock jumped: re-anchor.
+            self.fifo = av.AudioFifo()
+            self.next_sample = expected
+        for resampled in self.resampler.resample(frame):
+            resampled.pts = None
+            self.fifo.write(resampled)
+        while self.fifo.samples >= 1024:
+            chunk = self.fifo.read(1024)
+            assert self.next_sample is not None
+            chunk.pts = self.next_sample
+            chunk.time_base = Fraction(1, AUDIO_RATE)
+            self.next_sample += 1024
+            for packet in self.template.encode(chunk):
+                self._packet(packet, segment_ms, out)
+
+    def _packet(self, packet: Any, segment_ms: int, out: list[Output]) -> None:
+        if packet.dts is None or packet.dts < 0:
+            return  # the encoder's priming packet
+        packet_ms = packet.pts * 1000 // AUDIO_RATE
+        number = packet_ms // segment_ms + 1
+        if number != self.number:
+            self._roll(number, (number - 1) * segment_ms, out)
+        self.frames += 1
+        self.last_ms = packet_ms
+        self.mux(packet, out)
+
+    def finish(self, segment_ms: int, out: list[Output]) -> None:
+        if self.next_sample is not None:
+            for packet in self.template.encode(None):
+                self._packet(packet, segment_ms, out)
+        self._close(self.last_ms + 21, out)
+
+
+def _avc_codecs(extradata: bytes) -> str:
+    """``avc1.PPCCLL`` from an encoder's extradata (Annex B or avcC)."""
+    if extradata[:1] == b"\x01" and len(extradata) >= 4:
+        return "avc1.%02x%02x%02x" % (extradata[1], extradata[2], extradata[3])
+    i = extradata.find(b"\x00\x00\x01\x67")
+    if i >= 0 and len(extradata) >= i + 7:
+        return "avc1.%02x%02x%02x" % (extradata[i + 4], extradata[i + 5], extradata[i + 6])
+    return "avc1.64001f"
+
+
+def _rate_string(rate: Fraction) -> str:
+    return str(rate.numerator) if rate.denominator == 1 else "%d/%d" % (rate.numerator, rate.denominator)
+
+
+@attrs.define
+class TranscoderSettings:
+    rungs: list[Rung]
+    audio_bitrate: int = 64_000
+    preset: str = "veryfast"
+    segment_ms: int = 1000
+    chunk_ms: int = 250
+    #: Video codecs the decoder accepts (FLV/Enhanced RTMP names).
+    video_codecs: tuple[str, ...] = ("avc1",)
+
+
+class Transcoder:
+    """
+    Transcodes one stream. Not thread-safe: one thread at a time feeds it (the
+    stream's serial worker).
+    """
+
+    def __init__(self, settings: TranscoderSettings, frame_rate: float | None = None) -> None:
+        if settings.segment_ms != SEGMENT_MS:
+            raise ValueError("only 1-second segments are supported")
+        self.settings = settings
+        self.frame_rate = frame_rate
+        self.origin_ms: int | None = None
+        self.video_decoder: Any = None
+        self.audio_decoder: Any = None
+        self.videos: list[_VideoRendition] = []
+        self.audio: _AudioRendition | None = None
+        self.refused: str | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.decode_errors = 0
+        self.encode_seconds = 0.0
+        self._source_size: tuple[int, int] | None = None
+        self._last_video_ms = 0
+        #: Audio that arrived before the first video frame fixed the origin.
+        self._held_audio: list[MediaMessage] = []
+
+    def feed(self, message: MediaMessage) -> list[Output]:
+        out: list[Output] = []
+        if self.refused is not None:
+            return out
+        try:
+            if message.type_id == VIDEO:
+                self._video(message, out)
+                if self._held_audio and self.origin_ms is not None:
+                    held, self._held_audio = self._held_audio, []
+                    for audio in held:
+                        self._audio(audio, out)
+            elif message.type_id == AUDIO:
+                if self._hold(message, out):
+                    return out
+                self._audio(message, out)
+        except _Refuse as e:
+            self.refused = str(e)
+            out.append(Refused(str(e)))
+        return out
+
+    def finish(self) -> list[Output]:
+        """The publisher is gone: flush every encoder and close the last segments."""
+        out: list[Output] = []
+        if self.refused is not None:
+            return out
+        if self.video_decoder is not None and self.videos:
+            import av
+
+            try:
+                for frame in self.video_decoder.decode(None):
+                    self._encode_frame(frame, out)
+            except av.FFmpegError:
+                self.decode_errors += 1
+        end = self._last_video_ms + int(1000 / (self.frame_rate or 30))
+        for rendition in self.videos:
+            rendition.finish(end, out)
+        if self.audio is not None:
+            self.audio.finish(self.settings.segment_ms, out)
+        return out
+
+    def _hold(self, message: MediaMessage, out: list[Output]) -> bool:
+        """
+        Media time 0 is the first video frame's presentation time (a source
+        with B-frames presents its first frame after its first dts), so coded
+        audio that comes first waits for it, up to a second; with no video by
+        then the stream is taken as audio only.
+        """
+        if self.origin_ms is not None or self.video_decoder is None:
+            return False
+        if flv.parse_audio(message.payload).sequence_header:
+            return False
+        self._held_audio.append(message)
+        first = self._held_audio[0].timestamp
+        if (message.timestamp - first) & 0xFFFFFFFF < 1000:
+            return True
+        held, self._held_audio = self._held_audio[:-1], []
+        self.origin_ms = first
+        for audio in held:
+            self._audio(audio, out)
+        return False
+
+    def _media_ms(self, timestamp: int) -> int:
+        if self.origin_ms is None:
+            self.origin_ms = timestamp
+        # Serial arithmetic: RTMP timestamps wrap at 2**32 ms.
+        delta = (timestamp - self.origin_ms) & 0xFFFFFFFF
+        return delta - (1 << 32) if delta >= 1 << 31 else delta
+
+    # Video -----------------------------------------------------------------
+
+    def _video(self, message: MediaMessage, out: list[Output]) -> None:
+        import av
+
+        tag = flv.parse_video(message.payload)
+        if tag.command or tag.end_of_sequence:
+            return
+        if tag.codec not in self.settings.video_codecs:
+            raise _Refuse("video codec %r cannot be transcoded (only H.264)" % (tag.codec,))
+        data = message.payload[tag.data_offset :]
+        if tag.sequence_header:
+            decoder = av.CodecContext.create("h264", "r")
+            decoder.extradata = data
+            # Frame threading would hold frames back (latency); slices do not.
+            decoder.thread_type = "SLICE"
+            self.video_decoder = decoder
+            return
+        if self.video_decoder is None:
+            return  # frames before the sequence header cannot be decoded
+        if self.origin_ms is None:
+            self.origin_ms = (message.timestamp + tag.composition_time) & 0xFFFFFFFF
+        dts = self._media_ms(message.timestamp)
+        packet = av.Packet(data)
+        packet.dts = dts
+        packet.pts = dts + tag.composition_time
+        packet.time_base = MS
+        self.frames_in += 1
+        try:
+            frames = self.video_decoder.decode(packet)
+        except av.FFmpegError:
+            self.decode_errors += 1
+            return
+        for frame in frames:
+            self._encode_frame(frame, out)
+
+    def _encode_frame(self, frame: Any, out: list[Output]) -> None:
+        media_ms = int(frame.pts * (frame.time_base or MS) * 1000) if frame.pts is not None else self._last_video_ms
+        if not self.videos:
+            self._start_video(frame.width, frame.height, out)
+        number = max(1, media_ms // self.settings.segment_ms + 1)
+        self._last_video_ms = max(self._last_video_ms, media_ms)
+        began = time.perf_counter()
+        for rendition in self.videos:
+            spec = rendition.spec
+            if frame.width == spec.width and frame.height == spec.height and frame.format.name == "yuv420p":
+                scaled = frame
+            else:
+                scaled = frame.reformat(spec.width, spec.height, "yuv420p", interpolation="BILINEAR")
+            rendition.encode(scaled, media_ms, number, out)
+        self.encode_seconds += time.perf_counter() - began
+        self.frames_out += 1
+
+    def _start_video(self, width: int, height: int, out: list[Output]) -> None:
+        self._source_size = (width, height)
+        rate = Fraction(self.frame_rate or 30).limit_denominator(1001)
+        for spec in plan(width, height, self.settings.rungs):
+            self.videos.append(_VideoRendition(spec, rate, self.settings.preset, self.settings.chunk_ms))
+
+    # Audio -----------------------------------------------------------------
+
+    def _audio(self, message: MediaMessage, out: list[Output]) -> None:
+        import av
+
+        tag = flv.parse_audio(message.payload)
+        if tag.codec not in ("AAC", "mp4a"):
+            raise _Refuse("audio codec %r cannot be transcoded (only AAC)" % (tag.codec,))
+        data = message.payload[tag.data_offset :]
+        if tag.sequence_header:
+            decoder = av.CodecContext.create("aac", "r")
+            decoder.extradata = data
+            self.audio_decoder = decoder
+            if self.audio is None:
+                self.audio = _AudioRendition(self.settings.audio_bitrate, self.settings.chunk_ms)
+            return
+        if self.audio_decoder is None or self.audio is None:
+            return
+        media_ms = self._media_ms(message.timestamp)
+        packet = av.Packet(data)
+        packet.pts = packet.dts = media_ms
+        packet.time_base = MS
+        try:
+            frames = self.audio_decoder.decode(packet)
+        except av.FFmpegError:
+            self.decode_errors += 1
+            return
+        for frame in frames:
+            self.audio.feed(frame, media_ms, self.settings.segment_ms, out)
+
+
+class _Refuse(Exception):
+    pass
