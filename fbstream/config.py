@@ -52,10 +52,23 @@ def _http(listen: str) -> dict[str, Setting]:
     return {"http.listen": Setting(list, [listen], "endpoint strings for HTTP (/metrics and the role's URLs)")}
 
 
+ENCODER: dict[str, Setting] = {
+    "encoder.ladder": Setting(list, ["720:2500", "480:1000", "360:600", "240:300"],
+                              "video renditions as <height>:<kbps>; taller than the source are skipped"),
+    "encoder.audio_bitrate": Setting(int, 64000, "AAC bitrate, bits per second"),
+    "encoder.preset": Setting(str, "veryfast", "x264 preset (with tune=zerolatency)"),
+    "encoder.chunk_ms": Setting(int, 250, "CMAF chunk (moof+mdat) length inside each 1 s segment"),
+    "encoder.window_seconds": Setting(float, 120.0, "live DASH/HLS window (timeShiftBufferDepth)"),
+    "encoder.max_lag_ms": Setting(int, 3000, "transcoding backlog past which video is dropped to the next keyframe"),
+    "encoder.max_streams": Setting(int, 4, "streams transcoded at once (worker threads)"),
+    "archive.dir": Setting(str, "archive", "where segments are archived for replay (empty: no archive)"),
+    "archive.retention_hours": Setting(float, 168.0, "archived videos older than this are deleted"),
+}
+
 SCHEMA: dict[str, dict[str, Setting]] = {
     "pop": {**_rtmp("tcp:1935"), **_http("tcp:8080")},
     "dc-proxy": {**_rtmp("tcp:1936"), **_http("tcp:8081")},
-    "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082")},
+    "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082"), **ENCODER},
     "origin": {**_http("tcp:8083")},
 }
 

@@ -16,7 +16,7 @@ class BoxError(ValueError):
     """The bytes are not the MP4 boxes we expect."""
 
 
-def boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
+def boxes(data: bytes | bytearray, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
     """``(type, offset, size)`` of each whole box in ``data[start:end]``."""
     end = len(data) if end is None else end
     pos = start

@@ -76,6 +76,8 @@ class SegmentEnd:
     start_ms: int
     duration_ms: int
     frames: int
+    #: The RTMP presentation timestamp of the segment's last frame (video).
+    last_source_pts: int = -1
 
 
 @attrs.frozen
@@ -164,6 +166,7 @@ class _Rendition:
         self.frames = 0
         self.init_sent = False
         self.info: RenditionInfo | None = None
+        self.last_source_pts = -1
 
     def _roll(self, number: int, start_ms: int, out: list[Output]) -> None:
         self._close(start_ms, out)
@@ -177,7 +180,8 @@ class _Rendition:
             return
         chunks = self.muxer.close()
         self._emit(chunks, out)
-        out.append(SegmentEnd(self.name, self.number, self.start_ms, end_ms - self.start_ms, self.frames))
+        out.append(SegmentEnd(self.name, self.number, self.start_ms, end_ms - self.start_ms,
+                              self.frames, self.last_source_pts))
         self.muxer = None
 
     def _emit(self, chunks: list[bytes], out: list[Output]) -> None:
@@ -230,7 +234,7 @@ class _VideoRendition(_Rendition):
             timescale=1000,
         )
 
-    def encode(self, frame: Any, media_ms: int, number: int, out: list[Output]) -> None:
+    def encode(self, frame: Any, media_ms: int, number: int, source_pts: int, out: list[Output]) -> None:
         from av.video.frame import PictureType
 
         if number != self.number:
@@ -241,6 +245,7 @@ class _VideoRendition(_Rendition):
         frame.pts = media_ms
         frame.time_base = MS
         self.last_ms = media_ms
+        self.last_source_pts = source_pts
         self.frames += 1
         for packet in self.template.encode(frame):
             self.mux(packet, out)
@@ -284,7 +289,7 @@ class _AudioRendition(_Rendition):
             self.fifo.write(resampled)
         while self.fifo.samples >= 1024:
             chunk = self.fifo.read(1024)
-            assert self.next_sample is not None
+            assert chunk is not None and self.next_sample is not None
             chunk.pts = self.next_sample
             chunk.time_base = Fraction(1, AUDIO_RATE)
             self.next_sample += 1024
@@ -477,7 +482,7 @@ class Transcoder:
                 scaled = frame
             else:
                 scaled = frame.reformat(spec.width, spec.height, "yuv420p", interpolation="BILINEAR")
-            rendition.encode(scaled, media_ms, number, out)
+            rendition.encode(scaled, media_ms, number, (media_ms + (self.origin_ms or 0)) & 0xFFFFFFFF, out)
         self.encode_seconds += time.perf_counter() - began
         self.frames_out += 1
 

@@ -53,6 +53,7 @@ class RoleService(MultiService):
 
     hub: StreamHub | None = None
     site: Site | None = None
+    encoder: Any = None
 
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -91,6 +92,13 @@ def build_role(config: RoleConfig, reactor: Any) -> RoleService:
         )
         factory = RTMPServerFactory(service.hub, reactor, rtmp_settings(config))
         listen(service, reactor, config["rtmp.listen"], factory)
-    service.site = Site(http_root())
+    root = http_root()
+    if role == "encoder":
+        from fbstream.encoder.service import build_encoder
+
+        assert service.hub is not None
+        service.encoder = build_encoder(service, config, reactor, root)
+        service.hub.consumer_factories.append(service.encoder)
+    service.site = Site(root)
     listen(service, reactor, config["http.listen"], service.site)
     return service

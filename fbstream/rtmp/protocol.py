@@ -95,8 +95,9 @@ class _Publisher:
         self.description = proto.peer
 
     def stop(self, reason: str) -> None:
+        """Tell the publisher why with an error status, then disconnect it."""
         self.proto.log.info("stopping publisher {peer}: {reason}", peer=self.proto.peer, reason=reason)
-        self.proto.transport.loseConnection()
+        self.proto.stop_publishing(self.stream_id, reason)
 
 
 @implementer(IPlayer)
@@ -313,6 +314,15 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
                       name=stream.name, peer=self.peer, description=description)
         self.hub.unpublish(stream, description)
         self.conn.send_status(stream_id, "error", "NetStream.Failed", description)
+        self._close_after_flush()
+
+    def stop_publishing(self, stream_id: int, reason: str) -> None:
+        if self._closed or self.conn is None:
+            return
+        stream = self.publishing.pop(stream_id, None)
+        if stream is not None:
+            self.hub.unpublish(stream, reason)
+        self.conn.send_status(stream_id, "error", "NetStream.Failed", reason)
         self._close_after_flush()
 
     def _play(self, request: c.PlayRequest) -> None:

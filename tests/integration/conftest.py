@@ -161,6 +161,30 @@ def pop(tmp_path, tls_files):
     pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
 
+@pytest.fixture
+def encoder(tmp_path):
+    """An encoder role on free ports (RTMP, HTTP), archiving to tmp_path."""
+    rtmp, http = free_port(), free_port()
+    archive = tmp_path / "archive"
+    cfg = load(
+        "encoder",
+        os.path.join(ROOT, "conf", "encoder.toml"),
+        [
+            "rtmp.listen=tcp:%d:interface=127.0.0.1" % (rtmp,),
+            "http.listen=tcp:%d:interface=127.0.0.1" % (http,),
+            "archive.dir=%s" % (archive,),
+        ],
+    )["encoder"]
+    service = build_role(cfg, reactor)
+    tallies = Tallies()
+    service.hub.consumer_factories.append(tallies)
+    service.startService()
+    role = RunningRole(service, rtmp, None, http, tallies, str(archive))
+    role.base = "http://127.0.0.1:%d" % (http,)
+    yield role
+    pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+
+
 def run(executable, *args, env=None):
     """Run a process without blocking the reactor; fires (out, err, code)."""
     return getProcessOutputAndValue(

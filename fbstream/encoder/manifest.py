@@ -1,0 +1,197 @@
+"""
+Live and replay manifests: the DASH MPD (DASH-IF IOP live profile) and the HLS
+master and media playlists (fMP4, RFC 8216).
+
+The MPD uses ``SegmentTemplate`` with ``$Number$`` and a fixed ``@duration``
+rather than a ``SegmentTimeline``: every segment is cut at the same nominal
+second in every rendition, so the template describes them exactly, players
+need not refetch the manifest to learn of new segments (a timeline would need
+a ``minimumUpdatePeriod`` of about one segment, one manifest request per
+viewer per second through the caches), and the manifest stays byte-identical
+between segments so caches serve it well.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Iterable
+from xml.etree import ElementTree as ET
+
+from fbstream.encoder.store import LiveVideo, Rendition
+from fbstream.encoder.transcode import SEGMENT_MS
+
+NS = "urn:mpeg:dash:schema:mpd:2011"
+
+
+def iso_time(seconds: float) -> str:
+    """``2026-11-21T05:00:00.123Z``: what DASH and our ``/time`` use."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+
+
+def duration(seconds: float) -> str:
+    return "PT%.3fS" % (seconds,)
+
+
+def _sorted(video: LiveVideo, kind: str) -> list[Rendition]:
+    found = [r for r in video.renditions.values() if r.info.kind == kind]
+    return sorted(found, key=lambda r: -r.info.bandwidth)
+
+
+def mpd(
+    video: LiveVideo,
+    now: float,
+    suggested_delay: float = 3.0,
+    latency_target_ms: int = 3000,
+    chunk_ms: int = 250,
+) -> bytes:
+    """The MPD of ``video``: dynamic while live, static with every segment after."""
+    live = not video.ended
+    seg = SEGMENT_MS / 1000
+    root = ET.Element("MPD", {
+        "xmlns": NS,
+        "profiles": "urn:mpeg:dash:profile:isoff-live:2011",
+        "type": "dynamic" if live else "static",
+        "minBufferTime": duration(2 * seg),
+        "maxSegmentDuration": duration(seg),
+    })
+    if live:
+        root.set("availabilityStartTime", iso_time(video.availability_start))
+        root.set("publishTime", iso_time(video.publish_time))
+        root.set("minimumUpdatePeriod", duration(2 * seg))
+        root.set("timeShiftBufferDepth", duration(video.window_seconds))
+        root.set("suggestedPresentationDelay", duration(suggested_delay))
+        sd = ET.SubElement(root, "ServiceDescription", {"id": "0"})
+        ET.SubElement(sd, "Latency", {
+            "target": str(latency_target_ms),
+            "min": str(max(500, latency_target_ms - 1500)),
+            "max": str(latency_target_ms * 2),
+            "referenceId": "0",
+        })
+    else:
+        last = max((max(r.history) for r in video.renditions.values() if r.history), default=0)
+        end_ms = max(
+            (sum(r.history[last]) for r in video.renditions.values() if last in r.history),
+            default=0,
+        )
+        root.set("mediaPresentationDuration", duration(end_ms / 1000))
+        root.set("publishTime", iso_time(video.publish_time))
+    period = ET.SubElement(root, "Period", {"id": "0", "start": "PT0S"})
+    for index, kind in enumerate(("video", "audio")):
+        renditions = _sorted(video, kind)
+        if not renditions:
+            continue
+        aset = ET.SubElement(period, "AdaptationSet", {
+            "id": str(index),
+            "contentType": kind,
+            "mimeType": "%s/mp4" % (kind,),
+            "segmentAlignment": "true",
+            "startWithSAP": "1",
+        })
+        if kind == "video":
+            aset.set("maxWidth", str(max(r.info.width for r in renditions)))
+            aset.set("maxHeight", str(max(r.info.height for r in renditions)))
+            aset.set("par", "16:9" if renditions[0].info.width * 9 == renditions[0].info.height * 16 else "%d:%d" % (renditions[0].info.width, renditions[0].info.height))
+        else:
+            aset.set("lang", "und")
+        template = ET.SubElement(aset, "SegmentTemplate", {
+            "timescale": "1000",
+            "duration": str(SEGMENT_MS),
+            "startNumber": "1",
+            "initialization": "$RepresentationID$/init.mp4",
+            "media": "$RepresentationID$/$Number$.m4s",
+        })
+        if live:
+            # A segment may be fetched as soon as its first chunk exists; it is
+            # then delivered as it grows.
+            template.set("availabilityTimeOffset", "%.3f" % ((SEGMENT_MS - chunk_ms) / 1000))
+            template.set("availabilityTimeComplete", "false")
+        for r in renditions:
+            rep = ET.SubElement(aset, "Representation", {
+                "id": r.info.name,
+                "bandwidth": str(r.info.bandwidth),
+                "codecs": r.info.codecs,
+            })
+            if kind == "video":
+                rep.set("width", str(r.info.width))
+                rep.set("height", str(r.info.height))
+                rep.set("frameRate", r.info.frame_rate)
+                rep.set("sar", "1:1")
+            else:
+                rep.set("audioSamplingRate", str(r.info.sample_rate))
+                ET.SubElement(rep, "AudioChannelConfiguration", {
+                    "schemeIdUri": "urn:mpeg:dash:23003:3:audio_channel_configuration:2011",
+                    "value": "2",
+                })
+    ET.SubElement(root, "UTCTiming", {
+        "schemeIdUri": "urn:mpeg:dash:utc:http-iso:2014",
+        "value": "/time",
+    })
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8")
+
+
+def _audio_video(video: LiveVideo) -> tuple[list[Rendition], list[Rendition]]:
+    return _sorted(video, "video"), _sorted(video, "audio")
+
+
+def master_playlist(video: LiveVideo) -> bytes:
+    videos, audios = _audio_video(video)
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    audio_bw = audios[0].info.bandwidth if audios else 0
+    if audios:
+        a = audios[0].info
+        lines.append(
+            '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="aac",NAME="audio",DEFAULT=YES,AUTOSELECT=YES,'
+            'CHANNELS="2",URI="%s/playlist.m3u8"' % (a.name,)
+        )
+    for r in videos:
+        i = r.info
+        codecs = i.codecs + (",mp4a.40.2" if audios else "")
+        rate = eval_rate(i.frame_rate)
+        attrs = 'BANDWIDTH=%d,AVERAGE-BANDWIDTH=%d,CODECS="%s",RESOLUTION=%dx%d,FRAME-RATE=%.3f' % (
+            int((i.bandwidth + audio_bw) * 1.2), i.bandwidth + audio_bw, codecs, i.width, i.height, rate)
+        if audios:
+            attrs += ',AUDIO="aac"'
+        lines += ["#EXT-X-STREAM-INF:" + attrs, "%s/playlist.m3u8" % (i.name,)]
+    if not videos and audios:
+        a = audios[0].info
+        lines += ['#EXT-X-STREAM-INF:BANDWIDTH=%d,CODECS="%s"' % (a.bandwidth, a.codecs), "%s/playlist.m3u8" % (a.name,)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def eval_rate(rate: str) -> float:
+    num, _, den = rate.partition("/")
+    try:
+        return float(num) / float(den or 1)
+    except ValueError:
+        return 30.0
+
+
+def media_playlist(video: LiveVideo, rendition: Rendition) -> bytes:
+    """The rendition's complete segments: a sliding window while live, all after."""
+    numbers: Iterable[int] = sorted(rendition.history)
+    if not video.ended:
+        keep = int(video.window_seconds * 1000 // SEGMENT_MS)
+        numbers = list(numbers)[-keep:]
+    numbers = list(numbers)
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:7",
+        "#EXT-X-TARGETDURATION:%d" % (max(1, round(SEGMENT_MS / 1000)),),
+        "#EXT-X-MEDIA-SEQUENCE:%d" % (numbers[0] if numbers else 1,),
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+        '#EXT-X-MAP:URI="init.mp4"',
+    ]
+    if video.ended:
+        lines.insert(2, "#EXT-X-PLAYLIST-TYPE:EVENT")
+    for i, number in enumerate(numbers):
+        start_ms, duration_ms = rendition.history[number]
+        if i == 0 or numbers[i - 1] != number - 1:
+            if i:
+                lines.append("#EXT-X-DISCONTINUITY")
+            lines.append("#EXT-X-PROGRAM-DATE-TIME:" + iso_time(video.availability_start + start_ms / 1000))
+        lines.append("#EXTINF:%.3f," % (duration_ms / 1000,))
+        lines.append("%d.m4s" % (number,))
+    if video.ended:
+        lines.append("#EXT-X-ENDLIST")
+    return ("\n".join(lines) + "\n").encode()

@@ -1,0 +1,143 @@
+"""
+The encoder role's parts: the consumer factory that starts a transcoder for
+every published stream, the registry of videos, the archive (loaded at startup
+and expired by retention), and the playback resources.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from fbstream.config import RoleConfig
+from fbstream.diskio import ThreadPoolService
+from fbstream.encoder import metrics as em
+from fbstream.encoder.ladder import parse_rungs
+from fbstream.encoder.store import Archive, LiveVideo, Rendition
+from fbstream.encoder.transcode import RenditionInfo, Transcoder, TranscoderSettings
+from fbstream.encoder.web import LiveResource, TimeResource, VideoRegistry
+from fbstream.encoder.worker import StreamEncoder
+from fbstream.live.hub import IConsumerFactory, LiveStream
+
+
+@implementer(IConsumerFactory)
+class EncoderConsumers:
+    """Starts the transcoder of every stream published to this encoder."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        registry: VideoRegistry,
+        settings: TranscoderSettings,
+        transcode_pool: Any,
+        reactor: Any,
+        archive: Archive | None,
+        window_seconds: float,
+        max_lag_ms: int,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.transcode_pool = transcode_pool
+        self.reactor = reactor
+        self.archive = archive
+        self.window_seconds = window_seconds
+        self.max_lag_ms = max_lag_ms
+        #: The encoder of each stream, by id (the latest broadcast of each).
+        self.encoders: dict[str, StreamEncoder] = {}
+
+    def consumer_for(self, stream: LiveStream) -> StreamEncoder:
+        video = LiveVideo(
+            stream.name,
+            self.reactor.seconds(),
+            self.window_seconds,
+            self.archive.path(stream.name) if self.archive else None,
+        )
+        if self.archive is not None:
+            self.archive.start(stream.name)
+        self.registry.videos[stream.name] = video
+        em.LIVE_VIDEOS.inc()
+
+        def refused(reason: str) -> None:
+            em.REFUSED.inc()
+            stream.publisher.stop(reason)
+
+        encoder = StreamEncoder(
+            video,
+            Transcoder(self.settings),
+            self.transcode_pool,
+            self.reactor,
+            self.archive,
+            self.max_lag_ms,
+            refused,
+        )
+        self.encoders[stream.name] = encoder
+        return encoder
+
+
+def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: float) -> int:
+    """Put every archived video back in the registry, ended (at startup)."""
+    count = 0
+    for state in archive.load_all():
+        video = LiveVideo(state.stream, state.availability_start, window_seconds, archive.path(state.stream))
+        for info in state.renditions:
+            rendition = Rendition(RenditionInfo(**info), None)  # init read from the archive
+            history = state.segments.get(info["name"], {})
+            rendition.history = {int(n): (v[0], v[1]) for n, v in history.items()}
+            video.renditions[info["name"]] = rendition
+        video.ended = True
+        video.end_reason = "archived" if state.ended else "the encoder restarted"
+        registry.videos[state.stream] = video
+        count += 1
+    return count
+
+
+def settings_from(config: RoleConfig) -> TranscoderSettings:
+    return TranscoderSettings(
+        rungs=parse_rungs(config["encoder.ladder"]),
+        audio_bitrate=config["encoder.audio_bitrate"],
+        preset=config["encoder.preset"],
+        chunk_ms=config["encoder.chunk_ms"],
+    )
+
+
+def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource) -> EncoderConsumers:
+    """Add the encoder's pools, archive and resources; return its consumer factory."""
+    transcode = ThreadPoolService("fbstream-transcode", 1, config["encoder.max_streams"])
+    transcode.setServiceParent(parent)
+    archive = None
+    if config["archive.dir"]:
+        # One thread: archive writes of a stream happen in the order they were made.
+        disk = ThreadPoolService("fbstream-archive", 1, 1)
+        disk.setServiceParent(parent)
+        archive = Archive(config["archive.dir"], disk.pool, reactor)
+    registry = VideoRegistry()
+    window = config["encoder.window_seconds"]
+    if archive is not None:
+        load_archive(archive, registry, window)
+        retention = config["archive.retention_hours"] * 3600
+
+        def expire() -> None:
+            d = archive.expire(retention, reactor.seconds())
+            d.addCallback(lambda gone: [registry.videos.pop(name, None) for name in gone])
+
+        timer = TimerService(3600, expire)
+        timer.clock = reactor
+        timer.setServiceParent(parent)
+    consumers = EncoderConsumers(
+        registry,
+        settings_from(config),
+        transcode.pool,
+        reactor,
+        archive,
+        window,
+        config["encoder.max_lag_ms"],
+    )
+    root.putChild(b"live", LiveResource(registry, archive, reactor, config["encoder.chunk_ms"]))
+    root.putChild(b"time", TimeResource(reactor))
+    return consumers

@@ -1,0 +1,301 @@
+"""
+What the encoder keeps of each live video, on the reactor thread: its
+renditions, the segments in the rolling window (complete ones, and the one
+being made, which grows chunk by chunk and can be streamed while it grows),
+and the archive on disk that outlives the broadcast and the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo
+
+
+class Segment:
+    """One segment of one rendition; grows until ``complete``."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.failed = False
+        self.start_ms = (number - 1) * SEGMENT_MS
+        self.duration_ms = SEGMENT_MS
+        self._listeners: list[Callable[[Segment], None]] = []
+
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def append(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        self._notify()
+
+    def finish(self, start_ms: int, duration_ms: int) -> None:
+        self.start_ms = start_ms
+        self.duration_ms = duration_ms
+        self.complete = True
+        self._notify()
+
+    def fail(self) -> None:
+        """The stream died while this segment was growing: it will never complete."""
+        self.failed = True
+        self._notify()
+
+    def listen(self, callback: Callable[["Segment"], None]) -> None:
+        """Call ``callback`` on every change (a chunk, completion, failure)."""
+        self._listeners.append(callback)
+
+    def unlisten(self, callback: Callable[["Segment"], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def _notify(self) -> None:
+        for callback in list(self._listeners):
+            callback(self)
+        if self.complete or self.failed:
+            self._listeners = []
+
+
+class Rendition:
+    def __init__(self, info: RenditionInfo, init: bytes | None) -> None:
+        self.info = info
+        #: The init segment, or None when it is only in the archive.
+        self.init = init
+        self.segments: dict[int, Segment] = {}
+        #: Number -> (start_ms, duration_ms) of every complete segment, archived too.
+        self.history: dict[int, tuple[int, int]] = {}
+
+    def segment(self, number: int) -> Segment:
+        seg = self.segments.get(number)
+        if seg is None:
+            seg = self.segments[number] = Segment(number)
+        return seg
+
+
+@attrs.define
+class ArchiveState:
+    """What ``state.json`` of an archived video holds."""
+
+    stream: str
+    availability_start: float
+    ended: bool
+    renditions: list[dict[str, Any]]
+    segments: dict[str, dict[str, list[int]]]  # rendition -> {number: [start, duration]}
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ArchiveState":
+        return cls(**json.loads(text))
+
+
+class LiveVideo:
+    """One broadcast: live while its publisher is, then an archived replay."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        stream: str,
+        availability_start: float,
+        window_seconds: float,
+        archive_dir: str | None,
+    ) -> None:
+        self.stream = stream
+        self.availability_start = availability_start
+        self.window_seconds = window_seconds
+        self.archive_dir = archive_dir
+        self.renditions: dict[str, Rendition] = {}
+        self.ended = False
+        self.end_reason = ""
+        self.publish_time = availability_start
+        self.failure: str | None = None
+        #: Highest segment number complete in every rendition.
+        self.complete_through = 0
+        self._waiting: dict[tuple[str, int], list[Callable[[Segment | None], None]]] = {}
+
+    # Fed by the stream's worker (on the reactor thread) -------------------
+
+    def add_rendition(self, info: RenditionInfo, init: bytes) -> Rendition:
+        rendition = Rendition(info, init)
+        self.renditions[info.name] = rendition
+        self.publish_time = time.time()
+        return rendition
+
+    def chunk(self, name: str, number: int, data: bytes) -> None:
+        rendition = self.renditions.get(name)
+        if rendition is not None:
+            seg = rendition.segment(number)
+            seg.append(data)
+            for callback in self._waiting.pop((name, number), []):
+                callback(seg)
+
+    def when_started(self, name: str, number: int, callback: Callable[[Segment | None], None]) -> Callable[[], None]:
+        """
+        Call ``callback`` with segment ``number`` once its first chunk exists
+        (or with ``None`` if the broadcast ends first); returns a canceller.
+        """
+        key = (name, number)
+        self._waiting.setdefault(key, []).append(callback)
+
+        def cancel() -> None:
+            waiters = self._waiting.get(key, [])
+            if callback in waiters:
+                waiters.remove(callback)
+
+        return cancel
+
+    def segment_end(self, name: str, number: int, start_ms: int, duration_ms: int) -> Segment | None:
+        rendition = self.renditions.get(name)
+        if rendition is None:
+            return None
+        seg = rendition.segment(number)
+        seg.finish(start_ms, duration_ms)
+        rendition.history[number] = (start_ms, duration_ms)
+        self._trim(rendition)
+        everywhere = min(
+            (max(r.history) if r.history else 0) for r in self.renditions.values()
+        )
+        if everywhere > self.complete_through:
+            self.complete_through = everywhere
+            self.publish_time = time.time()
+        return seg
+
+    def _trim(self, rendition: Rendition) -> None:
+        """Keep only the window (and the segment being made) in memory."""
+        keep = int(self.window_seconds * 1000 // SEGMENT_MS) + 2
+        if len(rendition.segments) > keep:
+            for number in sorted(rendition.segments)[:-keep]:
+                seg = rendition.segments[number]
+                if seg.complete or seg.failed:
+                    del rendition.segments[number]
+
+    def end(self, reason: str) -> None:
+        self.ended = True
+        self.end_reason = reason
+        self.publish_time = time.time()
+        for rendition in self.renditions.values():
+            for seg in rendition.segments.values():
+                if not seg.complete:
+                    seg.fail()
+        waiting, self._waiting = self._waiting, {}
+        for callbacks in waiting.values():
+            for callback in callbacks:
+                callback(None)
+
+    # Read by the web resources -------------------------------------------
+
+    def live_edge(self) -> int:
+        """The newest segment number any rendition has started."""
+        return max((max(r.segments) for r in self.renditions.values() if r.segments), default=0)
+
+    def state(self) -> ArchiveState:
+        return ArchiveState(
+            self.stream,
+            self.availability_start,
+            self.ended,
+            [attrs.asdict(r.info) for r in self.renditions.values()],
+            {
+                name: {str(n): list(v) for n, v in sorted(r.history.items())}
+                for name, r in self.renditions.items()
+            },
+        )
+
+
+class Archive:
+    """
+    Segments on disk: ``<dir>/<stream>/<rendition>/{init.mp4,<n>.m4s}`` and
+    ``<dir>/<stream>/state.json``, every file written to a temporary name and
+    renamed, in a thread pool.
+    """
+
+    log = Logger()
+
+    def __init__(self, directory: str, pool: ThreadPool, reactor: Any) -> None:
+        self.directory = directory
+        self.pool = pool
+        self.reactor = reactor
+
+    def path(self, stream: str, *parts: str) -> str:
+        return os.path.join(self.directory, stream, *parts)
+
+    def _run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.pool, f, *args)
+
+    def write(self, stream: str, relative: tuple[str, ...], data: bytes) -> Deferred[None]:
+        return self._run(_write_atomically, self.path(stream, *relative), data)
+
+    def read(self, stream: str, relative: tuple[str, ...]) -> Deferred[bytes | None]:
+        return self._run(_read_or_none, self.path(stream, *relative))
+
+    def start(self, stream: str) -> Deferred[None]:
+        """Make room for a new broadcast of ``stream`` (an old one is kept aside)."""
+        return self._run(_set_aside, self.path(stream))
+
+    def load_all(self) -> list[ArchiveState]:
+        """Every archived video (at startup, before the reactor runs)."""
+        states: list[ArchiveState] = []
+        if not os.path.isdir(self.directory):
+            return states
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name, "state.json")
+            try:
+                with open(path) as f:
+                    states.append(ArchiveState.from_json(f.read()))
+            except (OSError, ValueError, TypeError):
+                continue
+        return states
+
+    def expire(self, retention_seconds: float, now: float) -> Deferred[list[str]]:
+        return self._run(_expire, self.directory, retention_seconds, now)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _read_or_none(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _set_aside(path: str) -> None:
+    if os.path.isdir(path):
+        os.replace(path, "%s.%d" % (path, int(time.time() * 1000)))
+
+
+def _expire(directory: str, retention_seconds: float, now: float) -> list[str]:
+    gone: list[str] = []
+    if not os.path.isdir(directory):
+        return gone
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        try:
+            age = now - os.path.getmtime(path)
+        except OSError:
+            continue
+        if os.path.isdir(path) and age > retention_seconds:
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(name)
+    return gone

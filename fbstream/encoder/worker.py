@@ -1,0 +1,227 @@
+"""
+The encoder's consumer of a live stream: it hands the stream's messages to
+its :class:`~fbstream.encoder.transcode.Transcoder` in a dedicated thread pool
+(one batch at a time per stream, so a stream's work stays in order), and
+applies what comes back to the stream's :class:`~fbstream.encoder.store.LiveVideo`
+and archive on the reactor thread.
+
+If the machine cannot keep up, the backlog is bounded by media time: past
+``max_lag_ms`` the video waiting to be transcoded is dropped up to the next
+keyframe (counted and logged), and ingest is never slowed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from fbstream.encoder import metrics as em
+from fbstream.encoder.store import Archive, LiveVideo
+from fbstream.encoder.transcode import (
+    Chunk,
+    InitSegment,
+    Notice,
+    Output,
+    Refused,
+    SegmentEnd,
+    Transcoder,
+)
+from fbstream.live.hub import IStreamConsumer, MediaMessage
+from fbstream.rtmp import flv
+from fbstream.rtmp.messages import AUDIO, VIDEO
+
+#: How many frame receipt times are remembered for the availability lag.
+_RECEIPTS = 600
+
+
+@implementer(IStreamConsumer)
+class StreamEncoder:
+    log = Logger()
+
+    def __init__(
+        self,
+        video: LiveVideo,
+        transcoder: Transcoder,
+        pool: ThreadPool,
+        reactor: Any,
+        archive: Archive | None,
+        max_lag_ms: int,
+        on_refused: Callable[[str], None],
+    ) -> None:
+        self.video = video
+        self.transcoder = transcoder
+        self.pool = pool
+        self.reactor = reactor
+        self.archive = archive
+        self.max_lag_ms = max_lag_ms
+        self.on_refused = on_refused
+        self._pending: list[MediaMessage] = []
+        self._busy = False
+        self._ending: str | None = None
+        self._finished = False
+        self._dropping = False
+        self._receipts: OrderedDict[int, float] = OrderedDict()
+        self._last_receipt: dict[int, float] = {}
+        self._seen = (0, 0, 0.0)
+        stream = video.stream
+        self.m_frames_in = em.FRAMES_IN.labels(stream=stream)
+        self.m_dropped = em.DROPPED_FRAMES.labels(stream=stream)
+        self.m_encode = em.ENCODE_SECONDS.labels(stream=stream)
+        self.m_lag = em.AVAILABILITY_LAG.labels(stream=stream)
+        #: Availability lag of each segment, seconds (newest last; for benchmarks).
+        self.lags: list[float] = []
+
+    # IStreamConsumer, on the reactor thread ---------------------------------
+
+    def media(self, message: MediaMessage) -> None:
+        if self._ending is not None or message.type_id not in (AUDIO, VIDEO):
+            return
+        if message.type_id == VIDEO:
+            tag = flv.parse_video(message.payload)
+            if not tag.sequence_header:
+                if self._dropping:
+                    if not tag.keyframe:
+                        self.m_dropped.inc()
+                        return
+                    self._dropping = False
+                pts = (message.timestamp + tag.composition_time) & 0xFFFFFFFF
+                self._receipts[pts] = self.reactor.seconds()
+                if len(self._receipts) > _RECEIPTS:
+                    self._receipts.popitem(last=False)
+        self._pending.append(message)
+        self._check_backlog()
+        self._kick()
+
+    def ended(self, reason: str) -> None:
+        self._ending = reason
+        self._kick()
+
+    def _check_backlog(self) -> None:
+        videos = [m for m in self._pending if m.type_id == VIDEO]
+        if len(videos) < 2:
+            return
+        span = (videos[-1].timestamp - videos[0].timestamp) & 0xFFFFFFFF
+        if span <= self.max_lag_ms:
+            return
+        kept = [m for m in self._pending if m.type_id != VIDEO or flv.parse_video(m.payload).sequence_header]
+        dropped = len(self._pending) - len(kept)
+        self._pending = kept
+        self._dropping = True
+        self.m_dropped.inc(dropped)
+        self.log.warn(
+            "{stream}: transcoding is {span} ms behind; dropped {n} video frames",
+            stream=self.video.stream, span=span, n=dropped,
+        )
+
+    # The serial worker --------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._busy or self._finished:
+            return
+        if not self._pending and self._ending is None:
+            return
+        batch, self._pending = self._pending, []
+        finishing = self._ending is not None
+        self._busy = True
+        d = deferToThreadPool(self.reactor, self.pool, self._work, batch, finishing)
+        d.addCallbacks(self._done, self._failed, callbackArgs=(finishing,))
+
+    def _work(self, batch: list[MediaMessage], finishing: bool) -> list[Output]:
+        # In a pool thread: the only place the transcoder runs.
+        out: list[Output] = []
+        for message in batch:
+            out += self.transcoder.feed(message)
+        if finishing:
+            out += self.transcoder.finish()
+        return out
+
+    def _done(self, outputs: list[Output], finishing: bool) -> None:
+        self._busy = False
+        for output in outputs:
+            self._apply(output)
+        self._count()
+        if finishing:
+            self._finish()
+        else:
+            self._kick()
+
+    def _failed(self, failure: Failure) -> None:
+        self._busy = False
+        self.log.failure("transcoding {stream} failed", failure, stream=self.video.stream)
+        self._refuse("the encoder failed: %s" % (failure.getErrorMessage(),))
+
+    def _count(self) -> None:
+        tx = self.transcoder
+        frames_in, frames_out, seconds = self._seen
+        if tx.frames_in > frames_in:
+            self.m_frames_in.inc(tx.frames_in - frames_in)
+        if tx.frames_out > frames_out:
+            for name in self.video.renditions:
+                if name != "audio":
+                    em.FRAMES_OUT.labels(stream=self.video.stream, rendition=name).inc(tx.frames_out - frames_out)
+            self.m_encode.observe((tx.encode_seconds - seconds) / (tx.frames_out - frames_out))
+        self._seen = (tx.frames_in, tx.frames_out, tx.encode_seconds)
+
+    def _finish(self) -> None:
+        self._finished = True
+        self.video.end(self._ending or "ended")
+        self._write_state()
+        em.LIVE_VIDEOS.dec()
+
+    def _refuse(self, reason: str) -> None:
+        if self.video.failure is None:
+            self.video.failure = reason
+            self.on_refused(reason)
+        self._pending = []
+
+    # Outputs, on the reactor thread -----------------------------------------
+
+    def _apply(self, output: Output) -> None:
+        video = self.video
+        if isinstance(output, Chunk):
+            video.chunk(output.rendition, output.number, output.data)
+        elif isinstance(output, SegmentEnd):
+            seg = video.segment_end(output.rendition, output.number, output.start_ms, output.duration_ms)
+            em.SEGMENTS.labels(stream=video.stream, rendition=output.rendition).inc()
+            if output.last_source_pts >= 0:
+                received = self._receipts.get(output.last_source_pts)
+                if received is not None:
+                    self._last_receipt[output.number] = received
+            before = video.complete_through
+            if seg is not None and self.archive is not None:
+                self.archive.write(video.stream, (output.rendition, "%d.m4s" % (output.number,)), seg.data())
+            self._note_complete(before)
+        elif isinstance(output, InitSegment):
+            video.add_rendition(output.info, output.data)
+            if self.archive is not None:
+                self.archive.write(video.stream, (output.info.name, "init.mp4"), output.data)
+        elif isinstance(output, Notice):
+            if output.level == "error":
+                self.log.error("{stream}: {message}", stream=video.stream, message=output.message)
+            else:
+                self.log.warn("{stream}: {message}", stream=video.stream, message=output.message)
+        elif isinstance(output, Refused):
+            self.log.error("{stream}: refused: {reason}", stream=video.stream, reason=output.reason)
+            self._refuse(output.reason)
+
+    def _note_complete(self, before: int) -> None:
+        now = self.reactor.seconds()
+        for number in range(before + 1, self.video.complete_through + 1):
+            received = self._last_receipt.pop(number, None)
+            if received is not None:
+                lag = now - received
+                self.m_lag.observe(lag)
+                self.lags.append(lag)
+                del self.lags[:-1000]
+        if self.video.complete_through > before and self.video.complete_through % 10 == 0:
+            self._write_state()
+
+    def _write_state(self) -> None:
+        if self.archive is not None:
+            self.archive.write(self.video.stream, ("state.json",), self.video.state().to_json().encode())

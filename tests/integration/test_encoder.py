@@ -1,0 +1,175 @@
+"""
+The encoder role end to end: a stream published with PyAV comes out as live
+DASH and HLS that the ffmpeg tool plays, with the ladder, segment and sync
+properties of the issue, and replays from the archive once it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest_twisted
+import treq
+from mpegdash.parser import MPEGDASHParser
+
+from fbstream.encoder.fmp4 import boxes, decode_time, timescale
+
+from .conftest import pyav_counts, pyav_publish, run, sleep, tool
+
+LADDER = {"720p": (1280, 720, 2_500_000), "480p": (854, 480, 1_000_000),
+          "360p": (640, 360, 600_000), "240p": (426, 240, 300_000)}
+
+
+@pytest_twisted.inlineCallbacks
+def get(url):
+    response = yield treq.get(url)
+    body = yield response.content()
+    return response, body
+
+
+def header(response, name):
+    values = response.headers.getRawHeaders(name.encode())
+    return values[0] if values else None
+
+
+@pytest_twisted.inlineCallbacks
+def wait_for_manifest(base, name, timeout=15):
+    for _ in range(int(timeout / 0.25)):
+        response, body = yield get("%s/live/%s/manifest.mpd" % (base, name))
+        if response.code == 200:
+            return body
+        yield sleep(0.25)
+    raise AssertionError("no manifest for %s" % (name,))
+
+
+def frames_of(path):
+    out = subprocess.run(
+        [tool("ffprobe"), "-v", "error", "-show_entries", "packet=pts_time,flags,size",
+         "-of", "csv=p=0", path], check=True, capture_output=True, text=True).stdout
+    return [(float(pts), "K" in flags, int(size)) for pts, size, flags in
+            (line.split(",")[:3] for line in out.splitlines())]
+
+
+@pytest_twisted.inlineCallbacks
+def test_live_dash_hls_and_replay(encoder, tmp_path):
+    publishing = pyav_publish(encoder.url("show"), "--duration", "10", "--size", "1280x720")
+    body = yield wait_for_manifest(encoder.base, "show")
+
+    # The live MPD: what DASH-IF IOP asks of a live manifest, read by mpegdash.
+    mpd = MPEGDASHParser.parse(body.decode())
+    assert mpd.type == "dynamic"
+    assert mpd.profiles == "urn:mpeg:dash:profile:isoff-live:2011"
+    assert mpd.availability_start_time and mpd.publish_time
+    assert mpd.time_shift_buffer_depth == "PT120.000S"
+    assert mpd.suggested_presentation_delay and mpd.min_buffer_time and mpd.max_segment_duration
+    assert mpd.utc_timings[0].scheme_id_uri == "urn:mpeg:dash:utc:http-iso:2014"
+    assert mpd.utc_timings[0].value == "/time"
+    period = mpd.periods[0]
+    assert period.id == "0"
+    kinds = {a.content_type: a for a in period.adaptation_sets}
+    assert set(kinds) == {"video", "audio"}
+    template = kinds["video"].segment_templates[0]
+    assert template.media == "$RepresentationID$/$Number$.m4s" and template.duration == 1000
+    assert float(template.availability_time_offset) == 0.75
+    # (mpegdash reads every boolean string as True; check the XML itself)
+    assert b'availabilityTimeComplete="false"' in body
+    assert [r.id for r in kinds["video"].representations] == ["720p", "480p", "360p", "240p"]
+    assert b"<ServiceDescription" in body and b'<Latency target="3000"' in body
+
+    # The AST does not move while live.
+    yield sleep(2)
+    again = MPEGDASHParser.parse((yield wait_for_manifest(encoder.base, "show")).decode())
+    assert again.availability_start_time == mpd.availability_start_time
+
+    # /time for UTCTiming, and cache headers.
+    response, now = yield get(encoder.base + "/time")
+    assert now.endswith(b"Z") and header(response, "cache-control") == b"no-store"
+    response, _ = yield get(encoder.base + "/live/show/manifest.mpd")
+    assert header(response, "cache-control") == b"public, max-age=1"
+    response, _ = yield get(encoder.base + "/live/show/720p/1.m4s")
+    assert header(response, "cache-control") == b"public, max-age=31536000, immutable"
+    response, _ = yield get(encoder.base + "/live/show/720p/99999.m4s")
+    assert response.code == 404 and header(response, "cache-control") == b"public, max-age=1"
+    response, _ = yield get(encoder.base + "/live/nope/manifest.mpd")
+    assert response.code == 404
+    response, _ = yield get(encoder.base + "/live/show/..%2f..%2fetc/passwd")
+    assert response.code == 404
+
+    # The ffmpeg tool's DASH demuxer plays the live manifest.
+    live = str(tmp_path / "live.mkv")
+    out, err, code = yield run(
+        tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-y",
+        "-i", encoder.base + "/live/show/manifest.mpd", "-map", "0", "-t", "2", "-c", "copy", live)
+    assert code == 0, err.decode()[-2000:]
+
+    counts = pyav_counts((yield publishing))
+    for _ in range(40):
+        response, body = yield get(encoder.base + "/live/show/manifest.mpd")
+        if b'type="static"' in body:
+            break
+        yield sleep(0.25)
+    assert b'type="static"' in body, body
+
+    # Every rendition: the ladder's size and bitrate, aligned 1 s segments
+    # starting with keyframes, the same media time for the same number.
+    starts = {}
+    for name in list(LADDER) + ["audio"]:
+        response, init = yield get("%s/live/show/%s/init.mp4" % (encoder.base, name))
+        assert response.code == 200
+        scale = timescale(init)
+        whole = bytearray(init)
+        number = 1
+        starts[name] = []
+        while True:
+            response, data = yield get("%s/live/show/%s/%d.m4s" % (encoder.base, name, number))
+            if response.code != 200:
+                break
+            starts[name].append(decode_time(data) / scale)
+            assert [b[0] for b in boxes(data)][:2] == [b"moof", b"mdat"]
+            if name != "audio":
+                assert len([b for b in boxes(data) if b[0] == b"moof"]) >= 3  # chunked CMAF
+            whole += data
+            number += 1
+        assert number > 9, name
+        path = str(tmp_path / ("%s.mp4" % (name,)))
+        with open(path, "wb") as f:
+            f.write(whole)
+        if name == "audio":
+            continue
+        width, height, bitrate = LADDER[name]
+        info = subprocess.run(
+            [tool("ffprobe"), "-v", "error", "-select_streams", "v", "-show_entries",
+             "stream=width,height", "-of", "csv=p=0", path],
+            check=True, capture_output=True, text=True).stdout.strip()
+        assert info == "%d,%d" % (width, height)
+        frames = frames_of(path)
+        assert len(frames) == counts["video_packets"]
+        seconds = len(frames) / 30
+        measured = sum(f[2] for f in frames) * 8 / seconds
+        assert abs(measured - bitrate) <= 0.2 * bitrate, (name, measured)
+        keys = [f[0] for f in frames if f[1]]
+        assert keys == [float(k) for k in range(len(keys))], keys
+    for name in LADDER:
+        assert [round(s, 3) for s in starts[name]] == [round(s, 3) for s in starts["720p"]]
+        assert all(abs(s - i) <= 1 / 30 for i, s in enumerate(starts[name]))
+    for video_start, audio_start in zip(starts["720p"], starts["audio"]):
+        assert abs(video_start - audio_start) <= 0.05
+
+    # The static manifest replays from the first to the last frame.
+    out, err, code = yield run(
+        tool("ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
+        "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0",
+        encoder.base + "/live/show/manifest.mpd")
+    assert code == 0, err.decode()[-2000:]
+    assert int(out.decode().strip().splitlines()[0]) == counts["video_packets"]
+    # HLS: the master playlist plays.
+    out, err, code = yield run(
+        tool("ffmpeg"), "-v", "error", "-i", encoder.base + "/live/show/master.m3u8", "-map", "0:v:0",
+        "-f", "null", "-")
+    assert code == 0, err.decode()[-2000:]
+    response, playlist = yield get(encoder.base + "/live/show/720p/playlist.m3u8")
+    assert b"#EXT-X-ENDLIST" in playlist and b'#EXT-X-MAP:URI="init.mp4"' in playlist
+    assert b"#EXT-X-PROGRAM-DATE-TIME:" in playlist
+    # And the archive is on disk.
+    assert os.path.exists(os.path.join(encoder.record_dir, "show", "state.json"))
