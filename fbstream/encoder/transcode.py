@@ -210,6 +210,9 @@ class _VideoRendition(_Rendition):
         stream.bit_rate = spec.bitrate
         stream.time_base = MS
         ctx = stream.codec_context
+        # Millisecond timestamps, whatever the frame rate (a 1/rate time base
+        # would round a 60 fps or variable-rate source's stamps together).
+        ctx.time_base = MS
         ctx.gop_size = 100000  # keyframes only where we force them
         ctx.max_b_frames = 0
         ctx.options = {

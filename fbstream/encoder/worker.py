@@ -33,8 +33,9 @@ from fbstream.encoder.transcode import (
     Transcoder,
 )
 from fbstream.live.hub import IStreamConsumer, MediaMessage
-from fbstream.rtmp import flv
-from fbstream.rtmp.messages import AUDIO, VIDEO
+from fbstream.rtmp import amf0, flv
+from fbstream.rtmp.errors import RTMPError
+from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
 
 #: How many frame receipt times are remembered for the availability lag.
 _RECEIPTS = 600
@@ -80,7 +81,12 @@ class StreamEncoder:
     # IStreamConsumer, on the reactor thread ---------------------------------
 
     def media(self, message: MediaMessage) -> None:
-        if self._ending is not None or message.type_id not in (AUDIO, VIDEO):
+        if self._ending is not None:
+            return
+        if message.type_id == DATA_AMF0:
+            self._metadata(message)
+            return
+        if message.type_id not in (AUDIO, VIDEO):
             return
         if message.type_id == VIDEO:
             tag = flv.parse_video(message.payload)
@@ -97,6 +103,19 @@ class StreamEncoder:
         self._pending.append(message)
         self._check_backlog()
         self._kick()
+
+    def _metadata(self, message: MediaMessage) -> None:
+        """The publisher's frame rate, for the encoders' rate control and the manifests."""
+        try:
+            values = amf0.decode_all(message.payload)
+        except RTMPError:
+            return
+        if len(values) < 2 or values[0] != "onMetaData":
+            return
+        table = values[1].items if isinstance(values[1], amf0.ECMAArray) else values[1]
+        rate = table.get("framerate") if isinstance(table, dict) else None
+        if isinstance(rate, float) and 1 <= rate <= 240 and not self.transcoder.videos:
+            self.transcoder.frame_rate = rate
 
     def ended(self, reason: str) -> None:
         self._ending = reason

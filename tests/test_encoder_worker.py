@@ -1,0 +1,53 @@
+"""The encoder's per-stream worker: bounded backlog, refusal, outputs applied in order."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from fbstream.encoder.ladder import parse_rungs
+from fbstream.encoder.store import LiveVideo
+from fbstream.encoder.transcode import Transcoder, TranscoderSettings
+from fbstream.encoder.worker import StreamEncoder
+from fbstream.live.hub import MediaMessage
+
+from tests.test_record import InlineReactor, StepPool
+
+
+def frame(ts, key=False):
+    return MediaMessage(9, ts, (b"\x17" if key else b"\x27") + b"\x01\x00\x00\x00" + b"x" * 100)
+
+
+class BacklogTests(SynchronousTestCase):
+    def setUp(self):
+        self.pool = StepPool()
+        self.refusals = []
+        self.worker = StreamEncoder(
+            LiveVideo("cam", 0.0, 120.0, None),
+            Transcoder(TranscoderSettings(parse_rungs(["240:300"]))),
+            self.pool,
+            InlineReactor(),
+            None,
+            2000,
+            self.refusals.append,
+        )
+
+    def test_a_stalled_transcoder_never_holds_more_than_the_lag_bound(self):
+        # The pool never runs: the first batch is "in flight" forever.
+        for i in range(300):  # 10 s at 30 fps
+            self.worker.media(frame(i * 33, key=i % 60 == 0))
+        pending = [m for m in self.worker._pending if m.type_id == 9]
+        self.assertLessEqual((pending[-1].timestamp - pending[0].timestamp), 2000)
+        dropped = self.worker.m_dropped._value.get()
+        self.assertGreater(dropped, 200)
+        # After a drop, video resumes only on a keyframe.
+        self.assertEqual(pending[0].payload[0], 0x17)
+
+    def test_refused_input_stops_the_publisher(self):
+        self.worker.media(MediaMessage(9, 0, b"\x90hvc1\x01\x02\x03"))
+        self.pool.run_all()
+        self.assertEqual(self.refusals, ["video codec 'hvc1' cannot be transcoded (only H.264)"])
+        self.assertIsNotNone(self.worker.video.failure)
+
+    def test_end_flushes_and_marks_the_video_ended(self):
+        self.worker.ended("FCUnpublish")
+        self.pool.run_all()
+        self.assertTrue(self.worker.video.ended)
+        self.assertEqual(self.worker.video.end_reason, "FCUnpublish")
