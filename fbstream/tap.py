@@ -27,7 +27,7 @@ class Options(usage.Options):
         ["config", "c", None, "TOML configuration file (default: conf/<role>.toml)"],
     ]
     optFlags = [
-        ["demo", None, "with --role=all: publish a synthetic test pattern to the PoP's RTMP ingest"],
+        ["demo", None, "publish a synthetic test pattern (to the encoder's ingest, else the PoP's)"],
     ]
 
     def __init__(self) -> None:
@@ -44,8 +44,8 @@ class Options(usage.Options):
             self.configs = _config.load(self["role"], self["config"], self["set"])
         except _config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
-        if self["demo"] and "pop" not in self.configs:
-            raise usage.UsageError("--demo needs a role that includes the PoP (pop or all)")
+        if self["demo"] and not {"pop", "encoder"} & set(self.configs):
+            raise usage.UsageError("--demo needs a role with an RTMP ingest (all, pop or encoder)")
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -59,7 +59,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if options["demo"]:
         from fbstream.demo import DemoPublisherService, demo_url
 
-        DemoPublisherService(
-            reactor, sys.executable, demo_url(options.configs["pop"])
-        ).setServiceParent(top)
+        # Until the PoP relays to the encoder (the ingest path of a later issue),
+        # the demo goes straight to the encoder so its DASH/HLS can be watched.
+        target = options.configs.get("encoder") or options.configs["pop"]
+        DemoPublisherService(reactor, sys.executable, demo_url(target)).setServiceParent(top)
     return top

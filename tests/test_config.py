@@ -91,9 +91,9 @@ def test_bad_value_is_a_usage_error():
         parse("--role=pop", "--set", "rtmp.idle_timeout=x")
 
 
-def test_demo_needs_the_pop():
+def test_demo_needs_an_ingest():
     with pytest.raises(usage.UsageError, match="--demo"):
-        parse("--role=encoder", "--demo")
+        parse("--role=origin", "--demo")
 
 
 def test_make_service_listens_on_every_endpoint():

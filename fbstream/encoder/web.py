@@ -15,6 +15,7 @@ that does not exist yet is a one-second 404.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable
 
@@ -28,7 +29,7 @@ from fbstream.encoder.store import Archive, LiveVideo, Segment
 
 STREAM_ID = re.compile(rb"^[A-Za-z0-9_.-]{1,128}$")
 RENDITION = re.compile(rb"^[A-Za-z0-9_]{1,32}$")
-SEGMENT = re.compile(rb"^([0-9]{1,9})\.m4s$")
+SEGMENT = re.compile(rb"^([0-9]{1,18})\.m4s$")
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 #: How long a request for the next segment waits for it to start.
@@ -75,12 +76,24 @@ class LiveResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, registry: VideoRegistry, archive: Archive | None, clock: Any, chunk_ms: int) -> None:
+    def __init__(
+        self,
+        registry: VideoRegistry,
+        archive: Archive | None,
+        clock: Any,
+        chunk_ms: int,
+        suggested_delay: float = 3.0,
+    ) -> None:
         super().__init__()
         self.registry = registry
         self.archive = archive
         self.clock = clock
         self.chunk_ms = chunk_ms
+        self.suggested_delay = suggested_delay
+        #: A live manifest is published once this many segments are complete
+        #: everywhere: a player joining earlier would compute a segment number
+        #: before the first one (ffmpeg's DASH demuxer then asks for garbage).
+        self.min_segments = int(math.ceil(suggested_delay)) + 1
 
     def render_GET(self, request: Request) -> bytes | int:
         parts = request.postpath
@@ -129,11 +142,13 @@ class LiveResource(Resource):
         return b"public, max-age=60" if video.ended else b"public, max-age=1"
 
     def _manifest(self, request: Request, video: LiveVideo, kind: str) -> bytes:
-        if not video.renditions:
-            return _error(request, 404, "stream has no segments yet")
+        if not video.renditions or (not video.ended and video.complete_through < self.min_segments):
+            return _error(request, 404, "the stream is starting")
         if kind == "dash":
             _headers(request, b"application/dash+xml", self._manifest_cache(video))
-            return manifest.mpd(video, self.clock.seconds(), chunk_ms=self.chunk_ms)
+            return manifest.mpd(
+                video, self.clock.seconds(), suggested_delay=self.suggested_delay, chunk_ms=self.chunk_ms
+            )
         _headers(request, b"application/vnd.apple.mpegurl", self._manifest_cache(video))
         return manifest.master_playlist(video)
 

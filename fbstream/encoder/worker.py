@@ -206,13 +206,13 @@ class StreamEncoder:
         if isinstance(output, Chunk):
             video.chunk(output.rendition, output.number, output.data)
         elif isinstance(output, SegmentEnd):
-            seg = video.segment_end(output.rendition, output.number, output.start_ms, output.duration_ms)
-            em.SEGMENTS.labels(stream=video.stream, rendition=output.rendition).inc()
+            before = video.complete_through
             if output.last_source_pts >= 0:
                 received = self._receipts.get(output.last_source_pts)
                 if received is not None:
                     self._last_receipt[output.number] = received
-            before = video.complete_through
+            seg = video.segment_end(output.rendition, output.number, output.start_ms, output.duration_ms)
+            em.SEGMENTS.labels(stream=video.stream, rendition=output.rendition).inc()
             if seg is not None and self.archive is not None:
                 self.archive.write(video.stream, (output.rendition, "%d.m4s" % (output.number,)), seg.data())
             self._note_complete(before)

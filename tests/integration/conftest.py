@@ -185,10 +185,16 @@ def encoder(tmp_path):
     pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
 
-def run(executable, *args, env=None):
-    """Run a process without blocking the reactor; fires (out, err, code)."""
+def run(executable, *args, env=None, timeout=120):
+    """
+    Run a process without blocking the reactor; fires (out, err, code). A
+    process still running after ``timeout`` seconds is killed (code 124), so a
+    client stuck in a loop fails its test instead of hanging the suite.
+    """
     return getProcessOutputAndValue(
-        executable, [str(a) for a in args], env=env if env is not None else dict(os.environ)
+        shutil.which("timeout"),
+        ["-k", "5", str(timeout), executable] + [str(a) for a in args],
+        env=env if env is not None else dict(os.environ),
     )
 
 

@@ -173,3 +173,13 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
     assert b"#EXT-X-PROGRAM-DATE-TIME:" in playlist
     # And the archive is on disk.
     assert os.path.exists(os.path.join(encoder.record_dir, "show", "state.json"))
+    # The availability lag was measured for (nearly) every segment, and /metrics has it all.
+    assert len(encoder.service.encoder.encoders["show"].lags) >= 8
+    response, metrics = yield get(encoder.base + "/metrics")
+    for name in (b'fbstream_encoder_frames_in_total{stream="show"}',
+                 b'fbstream_encoder_frames_out_total{rendition="240p",stream="show"}',
+                 b'fbstream_encoder_segments_total{rendition="audio",stream="show"}',
+                 b'fbstream_encoder_segment_availability_lag_seconds_count{stream="show"}',
+                 b'fbstream_encoder_frame_encode_seconds_count{stream="show"}',
+                 b'fbstream_encoder_dropped_frames_total{stream="show"}'):
+        assert name in metrics, name

@@ -37,6 +37,7 @@ def all_role(request, tmp_path):
         "--set", "pop.rtmp.listen=tcp:%d:interface=127.0.0.1" % (ports["rtmp"],),
         "--set", "dc-proxy.rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
         "--set", "encoder.rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
+        "--set", "encoder.archive.dir=%s" % (tmp_path / "archive",),
     ]
     for role in ("pop", "dc-proxy", "encoder", "origin"):
         args += ["--set", "%s.http.listen=tcp:%d:interface=127.0.0.1" % (role, ports[role])]
@@ -59,22 +60,29 @@ def test_all_role_runs_the_demo_and_serves_metrics(all_role):
         try:
             response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports["pop"],))
             body = yield response.text()
-            if 'fbstream_rtmp_streams_live{role="pop"} 1.0' in body:
+            if 'fbstream_rtmp_streams_live{role="encoder"} 1.0' in body:
                 break
         except Exception:
             pass
         yield sleep(0.5)
     assert body is not None, "the pop never answered"
-    assert 'fbstream_rtmp_streams_live{role="pop"} 1.0' in body, log.read_text()[-3000:]
+    assert 'fbstream_rtmp_streams_live{role="encoder"} 1.0' in body, log.read_text()[-3000:]
     for role in ("pop", "dc-proxy", "encoder", "origin"):
         response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports[role],))
         assert response.code == 200
         text = yield response.text()
         assert 'fbstream_role_up{role="%s"} 1.0' % (role,) in text
-    # A newcomer watches the demo stream with any RTMP player.
+    # A newcomer watches the demo: its live DASH from the encoder.
+    for _ in range(40):
+        response = yield treq.get("http://127.0.0.1:%d/live/demo/manifest.mpd" % (ports["encoder"],))
+        yield response.content()
+        if response.code == 200:
+            break
+        yield sleep(0.5)
     out, err, code = yield run(
         tool("ffmpeg"), "-hide_banner", "-loglevel", "error",
-        "-i", "rtmp://127.0.0.1:%d/live/demo" % (ports["rtmp"],), "-t", "2", "-f", "null", "-",
+        "-i", "http://127.0.0.1:%d/live/demo/manifest.mpd" % (ports["encoder"],),
+        "-map", "0:v:0", "-t", "2", "-f", "null", "-",
     )
     assert code == 0, err.decode()[-2000:]
 
