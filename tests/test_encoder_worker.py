@@ -51,3 +51,36 @@ class BacklogTests(SynchronousTestCase):
         self.pool.run_all()
         self.assertTrue(self.worker.video.ended)
         self.assertEqual(self.worker.video.end_reason, "FCUnpublish")
+
+
+class ArchiveTests(SynchronousTestCase):
+    def test_retention_and_reload(self):
+        import os
+        import time as _time
+
+        from fbstream.encoder.service import load_archive
+        from fbstream.encoder.store import Archive, LiveVideo
+        from fbstream.encoder.transcode import RenditionInfo
+        from fbstream.encoder.web import VideoRegistry
+
+        directory = self.mktemp()
+        pool = StepPool()
+        archive = Archive(directory, pool, InlineReactor())
+        video = LiveVideo("old", 1000.0, 120.0, None)
+        video.add_rendition(RenditionInfo("240p", "video", "avc1.640015", 300000, 426, 240, "30"), b"init")
+        video.chunk("240p", 1, b"moofmdat")
+        video.segment_end("240p", 1, 0, 1000)
+        video.end("done")
+        archive.write("old", ("state.json",), video.state().to_json().encode())
+        archive.write("old", ("240p", "1.m4s"), b"moofmdat")
+        pool.run_all()
+        registry = VideoRegistry()
+        self.assertEqual(load_archive(archive, registry, 120.0), 1)
+        reloaded = registry.get("old")
+        self.assertTrue(reloaded.ended)
+        self.assertEqual(reloaded.renditions["240p"].history, {1: (0, 1000)})
+        self.assertIsNone(reloaded.renditions["240p"].init)  # read from disk when asked
+        d = archive.expire(3600, _time.time() + 7200)
+        pool.run_all()
+        self.assertEqual(self.successResultOf(d), ["old"])
+        self.assertFalse(os.path.exists(os.path.join(directory, "old")))

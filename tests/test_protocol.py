@@ -183,6 +183,15 @@ class PublishTests(SynchronousTestCase):
         first.connectionLost()
         self.assertIsNotNone(self.h.factory.buildProtocol(None))
 
+    def test_a_consumer_can_stop_the_publisher_with_a_reason(self):
+        client, server, pump, sid, d = start_publishing(self, self.h)
+        self.h.hub.streams["cam"].publisher.stop("video codec 'hvc1' cannot be transcoded")
+        pump.flush()
+        self.assertEqual(client.statuses[-1].code, "NetStream.Failed")
+        self.assertIn("hvc1", client.statuses[-1].description)
+        self.assertNotIn("cam", self.h.hub.streams)
+        self.assertTrue(server.transport.disconnecting)
+
     def test_wrong_app_refused(self):
         self.h.factory.settings.app = "other"
         client, server, pump = self.h.connect()

@@ -161,11 +161,9 @@ def pop(tmp_path, tls_files):
     pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
 
 
-@pytest.fixture
-def encoder(tmp_path):
-    """An encoder role on free ports (RTMP, HTTP), archiving to tmp_path."""
+def start_encoder(archive):
+    """An encoder role on free ports (RTMP, HTTP), archiving to ``archive``."""
     rtmp, http = free_port(), free_port()
-    archive = tmp_path / "archive"
     cfg = load(
         "encoder",
         os.path.join(ROOT, "conf", "encoder.toml"),
@@ -181,8 +179,29 @@ def encoder(tmp_path):
     service.startService()
     role = RunningRole(service, rtmp, None, http, tallies, str(archive))
     role.base = "http://127.0.0.1:%d" % (http,)
+    return role
+
+
+@pytest.fixture
+def encoder(tmp_path):
+    role = start_encoder(tmp_path / "archive")
     yield role
-    pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+    pytest_twisted.blockon(defer.maybeDeferred(role.service.stopService))
+
+
+@pytest.fixture(scope="session")
+def source_flv(tmp_path_factory):
+    """Ten seconds of 640x360 H.264 (2 s GOP) and AAC, made by the ffmpeg tool."""
+    path = str(tmp_path_factory.mktemp("src") / "source.flv")
+    subprocess.run(
+        [tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+         "-t", "10", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
+         "-c:a", "aac", "-b:a", "128k", "-f", "flv", path],
+        check=True,
+    )
+    return path
 
 
 def run(executable, *args, env=None, timeout=120):

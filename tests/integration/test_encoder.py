@@ -15,7 +15,7 @@ from mpegdash.parser import MPEGDASHParser
 
 from fbstream.encoder.fmp4 import boxes, decode_time, timescale
 
-from .conftest import pyav_counts, pyav_publish, run, sleep, tool
+from .conftest import pyav_counts, pyav_publish, run, sleep, start_encoder, tool
 
 LADDER = {"720p": (1280, 720, 2_500_000), "480p": (854, 480, 1_000_000),
           "360p": (640, 360, 600_000), "240p": (426, 240, 300_000)}
@@ -183,3 +183,38 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
                  b'fbstream_encoder_frame_encode_seconds_count{stream="show"}',
                  b'fbstream_encoder_dropped_frames_total{stream="show"}'):
         assert name in metrics, name
+
+
+@pytest_twisted.inlineCallbacks
+def test_ffmpeg_publish_survives_an_encoder_restart(tmp_path, source_flv):
+    """The ffmpeg tool publishes; after the encoder restarts, the archive replays it."""
+    archive = tmp_path / "archive"
+    first = start_encoder(archive)
+    try:
+        started = first.tallies.wait_for("ff")
+        out, err, code = yield run(
+            tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-re", "-i", source_flv,
+            "-c", "copy", "-f", "flv", first.url("ff"))
+        assert code == 0, err.decode()[-2000:]
+        tally = yield started
+        yield tally.done
+        yield sleep(1)
+    finally:
+        yield first.service.stopService()
+    second = start_encoder(archive)
+    try:
+        response, body = yield get(second.base + "/live/ff/manifest.mpd")
+        assert response.code == 200 and b'type="static"' in body
+        response, init = yield get(second.base + "/live/ff/360p/init.mp4")
+        assert response.code == 200 and init[4:8] == b"ftyp"
+        out, err, code = yield run(
+            tool("ffprobe"), "-v", "error", "-count_frames", "-select_streams", "v:0",
+            "-show_entries", "stream=nb_read_frames,width", "-of", "csv=p=0",
+            second.base + "/live/ff/manifest.mpd")
+        assert code == 0, err.decode()[-2000:]
+        width, frames = out.decode().strip().splitlines()[0].split(",")
+        assert (width, int(frames)) == ("640", 300)
+        response, playlist = yield get(second.base + "/live/ff/240p/playlist.m3u8")
+        assert playlist.count(b"#EXTINF:") == 10 and b"#EXT-X-ENDLIST" in playlist
+    finally:
+        yield second.service.stopService()

@@ -23,21 +23,6 @@ from fbstream.rtmp import flv
 from .conftest import ffmpeg_play, probe_packets, pyav_counts, pyav_publish, run, sleep, tool
 
 
-@pytest.fixture(scope="module")
-def source_flv(tmp_path_factory):
-    """Ten seconds of H.264 (2 s GOP) and AAC, made by the ffmpeg tool."""
-    path = str(tmp_path_factory.mktemp("src") / "source.flv")
-    subprocess.run(
-        [tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
-         "-t", "10", "-c:v", "libx264", "-preset", "veryfast", "-g", "60",
-         "-c:a", "aac", "-b:a", "128k", "-f", "flv", path],
-        check=True,
-    )
-    return path
-
-
 def media_only(tally, type_id):
     """Messages of a type, less codec sequence headers and end-of-sequence tags."""
     out = []
