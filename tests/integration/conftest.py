@@ -137,49 +137,42 @@ class RunningRole:
         return "rtmp://127.0.0.1:%d/live/%s" % (self.rtmp_port, name)
 
 
+def start_role(role, overrides, rtmp, rtmps, http, directory):
+    """Build and start ``role`` from its conf file with ``overrides``, with a Tallies consumer."""
+    cfg = load(role, os.path.join(ROOT, "conf", role + ".toml"), overrides)[role]
+    service = build_role(cfg, reactor)
+    tallies = Tallies()
+    service.hub.consumer_factories.append(tallies)
+    service.startService()
+    running = RunningRole(service, rtmp, rtmps, http, tallies, str(directory))
+    running.base = "http://127.0.0.1:%d" % (http,)
+    return running
+
+
 @pytest.fixture
 def pop(tmp_path, tls_files):
     """A pop role on free ports (RTMP, RTMPS, HTTP), recording to tmp_path."""
     key, cert = tls_files
     rtmp, rtmps, http = free_port(), free_port(), free_port()
     record = tmp_path / "recordings"
-    cfg = load(
-        "pop",
-        os.path.join(ROOT, "conf", "pop.toml"),
-        [
-            'rtmp.listen=["tcp:%d:interface=127.0.0.1", "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s"]'
-            % (rtmp, rtmps, key, cert),
-            "http.listen=tcp:%d:interface=127.0.0.1" % (http,),
-            "record.dir=%s" % (record,),
-        ],
-    )["pop"]
-    service = build_role(cfg, reactor)
-    tallies = Tallies()
-    service.hub.consumer_factories.append(tallies)
-    service.startService()
-    yield RunningRole(service, rtmp, rtmps, http, tallies, str(record))
-    pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+    running = start_role("pop", [
+        'rtmp.listen=["tcp:%d:interface=127.0.0.1", "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s"]'
+        % (rtmp, rtmps, key, cert),
+        "http.listen=tcp:%d:interface=127.0.0.1" % (http,),
+        "record.dir=%s" % (record,),
+    ], rtmp, rtmps, http, record)
+    yield running
+    pytest_twisted.blockon(defer.maybeDeferred(running.service.stopService))
 
 
 def start_encoder(archive):
     """An encoder role on free ports (RTMP, HTTP), archiving to ``archive``."""
     rtmp, http = free_port(), free_port()
-    cfg = load(
-        "encoder",
-        os.path.join(ROOT, "conf", "encoder.toml"),
-        [
-            "rtmp.listen=tcp:%d:interface=127.0.0.1" % (rtmp,),
-            "http.listen=tcp:%d:interface=127.0.0.1" % (http,),
-            "archive.dir=%s" % (archive,),
-        ],
-    )["encoder"]
-    service = build_role(cfg, reactor)
-    tallies = Tallies()
-    service.hub.consumer_factories.append(tallies)
-    service.startService()
-    role = RunningRole(service, rtmp, None, http, tallies, str(archive))
-    role.base = "http://127.0.0.1:%d" % (http,)
-    return role
+    return start_role("encoder", [
+        "rtmp.listen=tcp:%d:interface=127.0.0.1" % (rtmp,),
+        "http.listen=tcp:%d:interface=127.0.0.1" % (http,),
+        "archive.dir=%s" % (archive,),
+    ], rtmp, None, http, archive)
 
 
 @pytest.fixture
