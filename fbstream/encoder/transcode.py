@@ -201,6 +201,7 @@ class _Rendition:
 class _VideoRendition(_Rendition):
     def __init__(self, spec: VideoRendition, rate: Fraction, preset: str, chunk_ms: int) -> None:
         import av
+        import av.video.reformatter
 
         holder = av.open(io.BytesIO(), "w", format="mp4")
         stream = holder.add_stream("libx264", rate=rate)
@@ -226,6 +227,9 @@ class _VideoRendition(_Rendition):
         super().__init__(spec.name, stream, chunk_ms)
         self.holder = holder
         self.spec = spec
+        # One scaler per rendition, kept: swscale reuses its context (a fresh
+        # one per frame costs three times as much CPU).
+        self.reformatter = av.video.reformatter.VideoReformatter()
         self.info = RenditionInfo(
             spec.name,
             "video",
@@ -484,7 +488,9 @@ class Transcoder:
             if frame.width == spec.width and frame.height == spec.height and frame.format.name == "yuv420p":
                 scaled = frame
             else:
-                scaled = frame.reformat(spec.width, spec.height, "yuv420p", interpolation="BILINEAR")
+                scaled = rendition.reformatter.reformat(
+                    frame, spec.width, spec.height, "yuv420p", interpolation="BILINEAR"
+                )
             rendition.encode(scaled, media_ms, number, (media_ms + (self.origin_ms or 0)) & 0xFFFFFFFF, out)
         self.encode_seconds += time.perf_counter() - began
         self.frames_out += 1
