@@ -65,11 +65,29 @@ ENCODER: dict[str, Setting] = {
     "archive.retention_hours": Setting(float, 168.0, "archived videos older than this are deleted"),
 }
 
+CACHE: dict[str, Setting] = {
+    "cache.max_bytes": Setting(int, 512 * 1024 * 1024, "bytes the cache holds (LRU)"),
+    "cache.lock_timeout": Setting(float, 2.0, "seconds waiters wait for a first byte before one more upstream try"),
+    "cache.upstream_timeout": Setting(float, 10.0, "an upstream answer (or body) silent this long is a 504"),
+    "cache.stall_timeout": Setting(float, 30.0, "a viewer that does not read for this long is dropped"),
+}
+
+POP: dict[str, Setting] = {
+    "pop.cache_hosts": Setting(list, ["tcp:127.0.0.1:8084"], "the cache layer's hosts, sharded by URL"),
+    "pop.cache_listen": Setting(list, ["tcp:8084"], "this PoP's cache layer listener ([] for none)"),
+    "pop.origins": Setting(list, ["tcp:127.0.0.1:8083"], "the origins the cache layer fetches from"),
+    "pop.proxy_max_bytes": Setting(int, 64 * 1024 * 1024, "the proxy layer's own small cache, bytes"),
+}
+
 SCHEMA: dict[str, dict[str, Setting]] = {
-    "pop": {**_rtmp("tcp:1935"), **_http("tcp:8080")},
+    "pop": {**_rtmp("tcp:1935"), **_http("tcp:8080"), **POP, **CACHE},
     "dc-proxy": {**_rtmp("tcp:1936"), **_http("tcp:8081")},
     "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082"), **ENCODER},
-    "origin": {**_http("tcp:8083")},
+    "origin": {
+        **_http("tcp:8083"),
+        "origin.upstreams": Setting(list, ["tcp:127.0.0.1:8082"], "the encoders' HTTP endpoints"),
+        **CACHE,
+    },
 }
 
 

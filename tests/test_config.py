@@ -101,10 +101,12 @@ def test_make_service_listens_on_every_endpoint():
     options = parse("--role=all", "--config", os.path.join(ROOT, "conf", "all.toml"))
     service = makeService(options, reactor)
     service.startService()
-    ports = sorted(port for port, *_ in reactor.tcpServers)
-    assert ports == [1935, 1936, 1937, 8080, 8081, 8082, 8083]
-    assert sorted(s.name for s in service) == ["dc-proxy", "encoder", "origin", "pop"]
-    service.stopService()
+    try:
+        ports = sorted(port for port, *_ in reactor.tcpServers)
+        assert ports == [1935, 1936, 1937, 8080, 8081, 8082, 8083, 8084]
+        assert sorted(s.name for s in service) == ["dc-proxy", "encoder", "origin", "pop"]
+    finally:
+        service.stopService()
 
 
 def test_plugin_is_found():

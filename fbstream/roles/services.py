@@ -54,6 +54,7 @@ class RoleService(MultiService):
     hub: StreamHub | None = None
     site: Site | None = None
     encoder: Any = None
+    caches: dict[str, Any] = {}
 
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -93,6 +94,14 @@ def build_role(config: RoleConfig, reactor: Any) -> RoleService:
         factory = RTMPServerFactory(service.hub, reactor, rtmp_settings(config))
         listen(service, reactor, config["rtmp.listen"], factory)
     root = http_root()
+    if role == "origin":
+        from fbstream.cache.service import build_origin
+
+        service.caches = {"origin": build_origin(service, config, reactor, root)}
+    elif role == "pop":
+        from fbstream.cache.service import build_pop
+
+        service.caches = build_pop(service, config, reactor, root)
     if role == "encoder":
         from fbstream.encoder.service import build_encoder
 

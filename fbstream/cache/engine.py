@@ -1,0 +1,508 @@
+"""
+The cache engine of the origin and the PoPs: an HTTP cache of the playback
+URLs that coalesces requests.
+
+Of many concurrent requests for an object that is not cached, one goes
+upstream (a :class:`Fetch`); the rest wait on it and are streamed the same
+bytes as they arrive - read-while-writer - including a segment the encoder is
+still producing, so every waiter gets each chunk as soon as the cache does.
+If the first byte does not come within ``lock_timeout``, at most one more
+upstream request is let through (never the whole herd), and whichever answers
+first serves everyone. An upstream error or timeout answers every waiter at
+once (502/504) and caches nothing complete. A waiter that disconnects cancels
+nothing; the last one to leave cancels the upstream request.
+
+The store is an LRU bounded in bytes. Freshness comes from the upstream's
+``Cache-Control``: immutable segments stay until evicted, manifests for their
+short ``max-age``, 404s for theirs (negative caching). A segment served as
+``X-FBStream-Segment: growing`` is streamed to its waiters and stored as
+complete only once its body ends cleanly.
+
+Each waiter keeps its own position in the object's chunk list, so a slow
+viewer costs no memory of its own: its transport pauses it (producer and
+consumer) and it resumes where it was; one paused for longer than
+``stall_timeout`` is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import TimeoutError as TwistedTimeout
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from fbstream.cache import metrics as cm
+
+#: The playback URLs of DESIGN.md; nothing else is fetched or cached.
+PLAYBACK_PATH = re.compile(
+    rb"^/live/[A-Za-z0-9_.-]{1,128}/"
+    rb"(manifest\.mpd|master\.m3u8|[A-Za-z0-9_]{1,32}/(playlist\.m3u8|init\.mp4|[0-9]{1,18}\.m4s))$"
+)
+#: Response headers passed from upstream to viewers (and kept in the cache).
+PASSED_HEADERS = (b"content-type", b"cache-control", b"x-fbstream-segment", b"access-control-allow-origin")
+IMMUTABLE = b"public, max-age=31536000, immutable"
+_MAX_AGE = re.compile(rb"max-age=(\d+)")
+
+
+@attrs.define
+class CacheSettings:
+    max_bytes: int = 512 * 1024 * 1024
+    #: How long waiters wait for an object's first byte before one more upstream try.
+    lock_timeout: float = 2.0
+    #: An upstream request with no response (or a body that stops) for this long fails.
+    upstream_timeout: float = 10.0
+    #: A viewer paused by its transport this long is dropped.
+    stall_timeout: float = 30.0
+    #: Objects fetched at once; more misses are answered 503.
+    max_fetches: int = 10_000
+
+
+class CachedObject:
+    """An object in the store, or being fetched into it."""
+
+    __slots__ = ("key", "code", "headers", "chunks", "size", "complete", "expires")
+
+    def __init__(self, key: bytes, code: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.key = key
+        self.code = code
+        self.headers = headers
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.expires = 0.0
+
+
+def freshness(headers: list[tuple[bytes, bytes]], growing: bool) -> float:
+    """Seconds the object may be served from the cache (0: not at all)."""
+    if growing:
+        return 365 * 86400.0  # stored only once complete; complete segments are immutable
+    for name, value in headers:
+        if name == b"cache-control":
+            if b"no-store" in value or b"no-cache" in value or b"private" in value:
+                return 0.0
+            match = _MAX_AGE.search(value)
+            if match:
+                return float(match.group(1))
+    return 0.0
+
+
+class Store:
+    """The complete objects, LRU, bounded in bytes."""
+
+    def __init__(self, max_bytes: int, tier: str) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._objects: OrderedDict[bytes, CachedObject] = OrderedDict()
+        self._tier = tier
+
+    def get(self, key: bytes, now: float) -> CachedObject | None:
+        obj = self._objects.get(key)
+        if obj is None:
+            return None
+        if obj.expires <= now:
+            self._remove(key)
+            return None
+        self._objects.move_to_end(key)
+        return obj
+
+    def put(self, obj: CachedObject) -> None:
+        if obj.size > self.max_bytes // 4:
+            return  # one object may not push out most of the cache
+        if obj.key in self._objects:
+            self._remove(obj.key)
+        self._objects[obj.key] = obj
+        self.size += obj.size
+        while self.size > self.max_bytes and self._objects:
+            key = next(iter(self._objects))
+            self._remove(key)
+            cm.EVICTIONS.labels(tier=self._tier).inc()
+        cm.STORED_BYTES.labels(tier=self._tier).set(self.size)
+
+    def _remove(self, key: bytes) -> None:
+        obj = self._objects.pop(key)
+        self.size -= obj.size
+        cm.STORED_BYTES.labels(tier=self._tier).set(self.size)
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+
+@implementer(IPushProducer)
+class Viewer:
+    """One request being answered from a cached or growing object."""
+
+    def __init__(self, cache: "CachingResource", request: Request, status: bytes) -> None:
+        self.cache = cache
+        self.request = request
+        self.status = status  # HIT, MISS or COALESCED, for X-Cache
+        self.obj: CachedObject | None = None
+        self.sent = 0
+        self.gone = False
+        self.paused = False
+        self.fetch: Fetch | None = None
+        self._stall: Any = None
+        request.notifyFinish().addBoth(self._finished)
+
+    def _finished(self, _: Any) -> None:
+        if not self.gone:
+            self.gone = True
+            self.cache._left(self)
+        self._cancel_stall()
+
+    def headers(self, obj: CachedObject) -> None:
+        """The object's status and headers are known: start the response."""
+        if self.gone:
+            return
+        self.obj = obj
+        request = self.request
+        request.setResponseCode(obj.code)
+        for name, value in obj.headers:
+            request.setHeader(name, value)
+        request.setHeader(b"x-cache", b"%s %s" % (self.status, self.cache.tier.encode()))
+        if obj.complete:
+            request.setHeader(b"content-length", b"%d" % (obj.size,))
+        request.registerProducer(self, True)
+        self.more()
+
+    def more(self) -> None:
+        """Send whatever the object has that this viewer has not had."""
+        obj = self.obj
+        if self.gone or obj is None or self.paused:
+            return
+        chunks = obj.chunks
+        while self.sent < len(chunks) and not self.paused:
+            data = chunks[self.sent]
+            self.sent += 1
+            self.cache.m_bytes_served.inc(len(data))
+            self.request.write(data)
+        if obj.complete and self.sent == len(chunks) and not self.gone:
+            self.gone = True
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def fail(self, code: int, message: str) -> None:
+        """The fetch failed: an error if nothing was sent, else cut the body short."""
+        if self.gone:
+            return
+        self.gone = True
+        if self.obj is None:
+            self.request.setResponseCode(code)
+            self.request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            self.request.setHeader(b"cache-control", b"no-store")
+            self.request.write(message.encode() + b"\n")
+            self.request.finish()
+        else:
+            transport: Any = self.request.channel.transport
+            transport.abortConnection()
+
+    # IPushProducer: the viewer's transport is full, or drained.
+    def pauseProducing(self) -> None:
+        self.paused = True
+        if self._stall is None:
+            self._stall = self.cache.clock.callLater(self.cache.settings.stall_timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._cancel_stall()
+        self.more()
+
+    def stopProducing(self) -> None:
+        self.gone = True
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if not self.gone:
+            cm.DROPPED_VIEWERS.labels(tier=self.cache.tier).inc()
+            self.gone = True
+            transport: Any = self.request.channel.transport
+            transport.abortConnection()
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+
+
+class _Discard(Protocol):
+    transport: Any
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+class _Body(Protocol):
+    def __init__(self, fetch: "Fetch") -> None:
+        self.fetch = fetch
+
+    def dataReceived(self, data: bytes) -> None:
+        self.fetch._data(self, data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+        self.fetch._body_ended(self, reason)
+
+
+class Fetch:
+    """One object being fetched from upstream for every viewer waiting on it."""
+
+    log = Logger()
+
+    def __init__(self, cache: "CachingResource", key: bytes) -> None:
+        self.cache = cache
+        self.key = key
+        self.viewers: list[Viewer] = []
+        self.obj: CachedObject | None = None
+        self.growing = False
+        self._attempts: list[Deferred[Any]] = []
+        self._bodies: list[_Body] = []
+        self._winner: _Body | None = None
+        self._lock_timer: Any = None
+        self._idle_timer: Any = None
+        self._timed_out: set[int] = set()
+        self.done = False
+
+    def start(self) -> None:
+        self._attempt()
+        self._lock_timer = self.cache.clock.callLater(self.cache.settings.lock_timeout, self._lock_expired)
+
+    def _attempt(self) -> None:
+        cache = self.cache
+        cm.UPSTREAM_FETCHES.labels(tier=cache.tier).inc()
+        d = cache.upstream(self.key)
+        self._attempts.append(d)
+
+        def timed_out() -> None:
+            self._timed_out.add(id(d))
+            d.cancel()
+
+        timer = cache.clock.callLater(cache.settings.upstream_timeout, timed_out)
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(stop_timer)
+        d.addCallbacks(self._response, self._attempt_failed, errbackArgs=(d,))
+
+    def _lock_expired(self) -> None:
+        """No first byte yet: let exactly one more request through."""
+        self._lock_timer = None
+        if self.obj is None and not self.done and len(self._attempts) == 1:
+            cm.LOCK_TIMEOUTS.labels(tier=self.cache.tier).inc()
+            self._attempt()
+
+    def _response(self, response: Any) -> None:
+        if self.done or self.obj is not None:
+            response.deliverBody(_Discard())  # the other attempt won
+            return
+        if self._lock_timer is not None and self._lock_timer.active():
+            self._lock_timer.cancel()
+        for other in self._attempts:
+            if not other.called:
+                other.cancel()
+        headers = [
+            (name.lower(), value)
+            for name, values in response.headers.getAllRawHeaders()
+            if name.lower() in PASSED_HEADERS
+            for value in values
+        ]
+        self.growing = any(n == b"x-fbstream-segment" and v == b"growing" for n, v in headers)
+        # A growing segment is passed on as growing (no-store); once it is
+        # complete it is stored, and served, as the immutable object it is.
+        if self.growing:
+            stored = [(n, v) for n, v in headers if n not in (b"cache-control", b"x-fbstream-segment")]
+        else:
+            stored = headers
+        self.obj = CachedObject(self.key, response.code, headers)
+        self._stored_headers = stored
+        body = _Body(self)
+        self._winner = body
+        self._reset_idle()
+        for viewer in list(self.viewers):
+            viewer.headers(self.obj)
+        response.deliverBody(body)
+
+    def _attempt_failed(self, failure: Failure, d: Deferred[Any]) -> None:
+        if self.done or self.obj is not None:
+            return
+        if any(not other.called for other in self._attempts if other is not d):
+            return  # the other attempt may still answer
+        if id(d) in self._timed_out or failure.check(CancelledError, TwistedTimeout):
+            self._fail(504, "upstream timed out")
+        else:
+            self._fail(502, "upstream failed: %s" % (failure.getErrorMessage(),))
+
+    def _reset_idle(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = self.cache.clock.callLater(self.cache.settings.upstream_timeout, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if not self.done and self._winner is not None:
+            self._fail(504, "upstream stalled")
+            transport = getattr(self._winner, "transport", None)
+            if transport is not None:
+                transport.stopProducing()
+
+    def _data(self, body: _Body, data: bytes) -> None:
+        if body is not self._winner or self.done or self.obj is None:
+            return
+        self._reset_idle()
+        self.obj.chunks.append(data)
+        self.obj.size += len(data)
+        self.cache.m_bytes_upstream.inc(len(data))
+        for viewer in list(self.viewers):
+            viewer.more()
+
+    def _body_ended(self, body: _Body, reason: Failure) -> None:
+        if body is not self._winner or self.done or self.obj is None:
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        if not reason.check(ResponseDone):
+            self._fail(502, "upstream body failed: %s" % (reason.getErrorMessage(),))
+            return
+        obj = self.obj
+        obj.complete = True
+        self.done = True
+        lifetime = freshness(self._stored_headers if self.growing else obj.headers, self.growing)
+        if lifetime > 0:
+            stored = CachedObject(obj.key, obj.code, self._stored_headers)
+            if self.growing:
+                stored.headers = stored.headers + [(b"cache-control", IMMUTABLE)]
+            stored.chunks = [b"".join(obj.chunks)] if obj.chunks else []
+            stored.size = obj.size
+            stored.complete = True
+            stored.expires = self.cache.clock.seconds() + lifetime
+            self.cache.store.put(stored)
+        self.cache._fetch_done(self)
+        for viewer in list(self.viewers):
+            viewer.more()
+        self.viewers = []
+
+    def _fail(self, code: int, message: str) -> None:
+        if self.done:
+            return
+        self.done = True
+        cm.UPSTREAM_ERRORS.labels(tier=self.cache.tier).inc()
+        self.log.warn("{tier}: {key} failed: {message}", tier=self.cache.tier,
+                      key=self.key.decode("latin-1"), message=message)
+        self.cache._fetch_done(self)
+        for viewer in list(self.viewers):
+            viewer.fail(code, message)
+        self.viewers = []
+        self._cancel_all()
+
+    def cancel(self) -> None:
+        """Nobody wants the object any more: stop fetching it."""
+        if self.done:
+            return
+        self.done = True
+        cm.UPSTREAM_CANCELLED.labels(tier=self.cache.tier).inc()
+        self.cache._fetch_done(self)
+        self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        for timer in (self._lock_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        for d in self._attempts:
+            if not d.called:
+                d.cancel()
+        if self._winner is not None:
+            transport = getattr(self._winner, "transport", None)
+            if transport is not None:
+                transport.stopProducing()
+
+
+class CachingResource(Resource):
+    """
+    A caching, coalescing reverse proxy of the playback URLs.
+
+    :param upstream: ``upstream(path) -> Deferred[IResponse]``, a GET of the path
+        on the next tier.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(
+        self,
+        tier: str,
+        upstream: Callable[[bytes], Deferred[Any]],
+        clock: Any,
+        settings: CacheSettings,
+        passthrough: Callable[[Request], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.tier = tier
+        self.upstream = upstream
+        self.clock = clock
+        self.settings = settings
+        self.passthrough = passthrough
+        self.store = Store(settings.max_bytes, tier)
+        self.fetches: dict[bytes, Fetch] = {}
+        self.m_requests = cm.REQUESTS.labels(tier=tier)
+        self.m_hits = cm.HITS.labels(tier=tier)
+        self.m_misses = cm.MISSES.labels(tier=tier)
+        self.m_coalesced = cm.COALESCED.labels(tier=tier)
+        self.m_bytes_served = cm.BYTES_SERVED.labels(tier=tier)
+        self.m_bytes_upstream = cm.BYTES_UPSTREAM.labels(tier=tier)
+
+    def render_GET(self, request: Request) -> bytes | int:
+        self.m_requests.inc()
+        path = request.path
+        if not PLAYBACK_PATH.match(path):
+            if self.passthrough is not None:
+                return self.passthrough(request)
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not a playback URL\n"
+        obj = self.store.get(path, self.clock.seconds())
+        if obj is not None:
+            self.m_hits.inc()
+            Viewer(self, request, b"HIT").headers(obj)
+            return NOT_DONE_YET
+        fetch = self.fetches.get(path)
+        if fetch is None:
+            if len(self.fetches) >= self.settings.max_fetches:
+                request.setResponseCode(503)
+                return b"too many objects in flight\n"
+            self.m_misses.inc()
+            fetch = self.fetches[path] = Fetch(self, path)
+            viewer = Viewer(self, request, b"MISS")
+            viewer.fetch = fetch
+            fetch.viewers.append(viewer)
+            fetch.start()
+        else:
+            self.m_coalesced.inc()
+            viewer = Viewer(self, request, b"COALESCED")
+            viewer.fetch = fetch
+            fetch.viewers.append(viewer)
+            if fetch.obj is not None:
+                viewer.headers(fetch.obj)
+        return NOT_DONE_YET
+
+    def _left(self, viewer: Viewer) -> None:
+        """A viewer is gone; if it was the last one of an unfinished fetch, cancel it."""
+        fetch = viewer.fetch
+        if fetch is not None and viewer in fetch.viewers:
+            fetch.viewers.remove(viewer)
+            if not fetch.viewers and not fetch.done:
+                fetch.cancel()
+
+    def _fetch_done(self, fetch: Fetch) -> None:
+        if self.fetches.get(fetch.key) is fetch:
+            del self.fetches[fetch.key]

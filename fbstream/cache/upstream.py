@@ -1,0 +1,71 @@
+"""
+GETs from the next tier: a twisted.web ``Agent`` with a persistent connection
+pool, whose hosts are endpoint strings (``tcp:host:port``, ``ssl:...``,
+``unix:...``). With several hosts, paths are sharded over them by consistent
+hashing and a host that cannot be reached is passed over for the next one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from fbstream.cache.ring import HashRing
+
+_HEADERS = Headers({b"user-agent": [b"fbstream-cache"]})
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    def __init__(self, reactor: Any, descriptions: list[str]) -> None:
+        self.reactor = reactor
+        self.descriptions = descriptions
+
+    def endpointForURI(self, uri: Any) -> Any:
+        index = int(uri.host.decode()[len("upstream"):])
+        return clientFromString(self.reactor, self.descriptions[index])
+
+
+class Upstreams:
+    def __init__(self, reactor: Any, descriptions: list[str], connections_per_host: int = 32) -> None:
+        if not descriptions:
+            raise ValueError("no upstream hosts configured")
+        self.reactor = reactor
+        self.descriptions = list(descriptions)
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = connections_per_host
+        self.pool.retryAutomatically = False
+        self.agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor, self.descriptions), pool=self.pool)
+        self.ring = HashRing(list(range(len(self.descriptions))), self.descriptions)
+
+    def get(self, path: bytes) -> Deferred[Any]:
+        """GET ``path`` from its host, falling over to the next on a connection error."""
+        hosts = list(self.ring.walk(path))
+        result: Deferred[Any] = Deferred(lambda d: attempt_d[0].cancel())
+        attempt_d: list[Deferred[Any]] = []
+
+        def attempt(i: int) -> None:
+            d = self.agent.request(b"GET", b"http://upstream%d%s" % (hosts[i], path), _HEADERS)
+            attempt_d[:] = [d]
+            d.addCallbacks(result.callback, failed, errbackArgs=(i,))
+
+        def failed(failure: Any, i: int) -> None:
+            if result.called:
+                return
+            if failure.check(ConnectError, ConnectionRefusedError, DNSLookupError) and i + 1 < len(hosts):
+                attempt(i + 1)
+            else:
+                result.errback(failure)
+
+        attempt(0)
+        return result
+
+    def close(self) -> Deferred[Any]:
+        return self.pool.closeCachedConnections()
