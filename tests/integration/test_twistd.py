@@ -27,7 +27,7 @@ def twistd() -> str:
 
 @pytest.fixture(params=["default", "asyncio"])
 def all_role(request, tmp_path):
-    ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin")}
+    ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin", "cache")}
     args = [twistd(), "-n", "--pidfile=", "--logfile=%s" % (tmp_path / "twistd.log",)]
     if request.param == "asyncio":
         args.append("--reactor=asyncio")
@@ -38,6 +38,10 @@ def all_role(request, tmp_path):
         "--set", "dc-proxy.rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
         "--set", "encoder.rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
         "--set", "encoder.archive.dir=%s" % (tmp_path / "archive",),
+        "--set", "pop.pop.cache_listen=tcp:%d:interface=127.0.0.1" % (ports["cache"],),
+        "--set", "pop.pop.cache_hosts=tcp:127.0.0.1:%d" % (ports["cache"],),
+        "--set", "pop.pop.origins=tcp:127.0.0.1:%d" % (ports["origin"],),
+        "--set", "origin.origin.upstreams=tcp:127.0.0.1:%d" % (ports["encoder"],),
     ]
     for role in ("pop", "dc-proxy", "encoder", "origin"):
         args += ["--set", "%s.http.listen=tcp:%d:interface=127.0.0.1" % (role, ports[role])]
@@ -72,19 +76,24 @@ def test_all_role_runs_the_demo_and_serves_metrics(all_role):
         assert response.code == 200
         text = yield response.text()
         assert 'fbstream_role_up{role="%s"} 1.0' % (role,) in text
-    # A newcomer watches the demo: its live DASH from the encoder.
+    # A newcomer watches the demo's live DASH at the PoP, through the whole
+    # viewers' path: PoP proxy layer -> PoP cache layer -> origin -> encoder.
+    pop = "http://127.0.0.1:%d" % (ports["pop"],)
     for _ in range(40):
-        response = yield treq.get("http://127.0.0.1:%d/live/demo/manifest.mpd" % (ports["encoder"],))
+        response = yield treq.get(pop + "/live/demo/manifest.mpd")
         yield response.content()
         if response.code == 200:
             break
         yield sleep(0.5)
+    assert response.code == 200, log.read_text()[-3000:]
     out, err, code = yield run(
         tool("ffmpeg"), "-hide_banner", "-loglevel", "error",
-        "-i", "http://127.0.0.1:%d/live/demo/manifest.mpd" % (ports["encoder"],),
-        "-map", "0:v:0", "-t", "2", "-f", "null", "-",
+        "-i", pop + "/live/demo/manifest.mpd", "-map", "0:v:0", "-t", "2", "-f", "null", "-",
     )
     assert code == 0, err.decode()[-2000:]
+    response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports["origin"],))
+    text = yield response.text()
+    assert 'fbstream_cache_upstream_fetches_total{tier="origin"}' in text
 
 
 @pytest.mark.parametrize(
