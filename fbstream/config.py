@@ -77,6 +77,7 @@ POP: dict[str, Setting] = {
     "pop.cache_listen": Setting(list, ["tcp:8084"], "this PoP's cache layer listener ([] for none)"),
     "pop.origins": Setting(list, ["tcp:127.0.0.1:8083"], "the origins the cache layer fetches from"),
     "pop.proxy_max_bytes": Setting(int, 64 * 1024 * 1024, "the proxy layer's own small cache, bytes"),
+    "pop.player_dir": Setting(str, "web/node_modules", "where npm installed dash.js and hls.js for the web page"),
 }
 
 SCHEMA: dict[str, dict[str, Setting]] = {

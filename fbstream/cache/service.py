@@ -66,6 +66,9 @@ def build_pop(parent: MultiService, config: RoleConfig, reactor: Any, root: Reso
     )
     root.putChild(b"live", proxy)
     root.putChild(b"time", TimeResource(reactor))
+    from fbstream import player
+
+    player.install(root, config["pop.player_dir"])
     layers["pop-proxy"] = proxy
     if config["pop.cache_listen"]:
         cache = caching_tier(parent, "pop-cache", config["pop.origins"], cache_settings(config), reactor)

@@ -15,6 +15,7 @@ that does not exist yet is a one-second 404.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Callable
@@ -97,6 +98,8 @@ class LiveResource(Resource):
 
     def render_GET(self, request: Request) -> bytes | int:
         parts = request.postpath
+        if parts == [b"index.json"]:
+            return self._index(request)
         if not parts or not STREAM_ID.match(parts[0]) or len(parts) > 3:
             return _error(request, 404, "no such playback URL")
         video = self.registry.get(parts[0].decode())
@@ -137,6 +140,27 @@ class LiveResource(Resource):
         if not video.ended and number == video.live_edge() + 1:
             return self._wait_for(request, video, rendition.info.name, number, kind)
         return _error(request, 404, "segment %d is not available" % (number,))
+
+    def _index(self, request: Request) -> bytes:
+        """The videos this encoder serves, live first, newest first."""
+        videos = sorted(
+            self.registry.videos.values(),
+            key=lambda v: (v.ended, -v.availability_start),
+        )
+        listing = [
+            {
+                "id": v.stream,
+                "live": not v.ended,
+                "started": manifest.iso_time(v.availability_start),
+                "renditions": sorted(
+                    (r.info.name for r in v.renditions.values()), key=lambda n: (n == "audio", n)
+                ),
+            }
+            for v in videos
+            if v.renditions
+        ]
+        _headers(request, b"application/json", b"public, max-age=1")
+        return json.dumps({"videos": listing}).encode()
 
     def _manifest_cache(self, video: LiveVideo) -> bytes:
         return b"public, max-age=60" if video.ended else b"public, max-age=1"

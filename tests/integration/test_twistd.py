@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +26,23 @@ def twistd() -> str:
     return path
 
 
+@pytest_twisted.inlineCallbacks
+def wait_for_ok(url, seconds):
+    """Poll ``url`` until it answers 200 (or ``seconds`` pass); return the last code."""
+    code = None
+    for _ in range(int(seconds * 2)):
+        try:
+            response = yield treq.get(url)
+            yield response.content()
+            code = response.code
+            if code == 200:
+                break
+        except Exception:
+            pass
+        yield sleep(0.5)
+    return code
+
+
 @pytest.fixture(params=["default", "asyncio"])
 def all_role(request, tmp_path):
     ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin", "cache")}
@@ -42,6 +60,7 @@ def all_role(request, tmp_path):
         "--set", "pop.pop.cache_hosts=tcp:127.0.0.1:%d" % (ports["cache"],),
         "--set", "pop.pop.origins=tcp:127.0.0.1:%d" % (ports["origin"],),
         "--set", "origin.origin.upstreams=tcp:127.0.0.1:%d" % (ports["encoder"],),
+        "--set", "pop.pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),),
     ]
     for role in ("pop", "dc-proxy", "encoder", "origin"):
         args += ["--set", "%s.http.listen=tcp:%d:interface=127.0.0.1" % (role, ports[role])]
@@ -79,13 +98,8 @@ def test_all_role_runs_the_demo_and_serves_metrics(all_role):
     # A newcomer watches the demo's live DASH at the PoP, through the whole
     # viewers' path: PoP proxy layer -> PoP cache layer -> origin -> encoder.
     pop = "http://127.0.0.1:%d" % (ports["pop"],)
-    for _ in range(40):
-        response = yield treq.get(pop + "/live/demo/manifest.mpd")
-        yield response.content()
-        if response.code == 200:
-            break
-        yield sleep(0.5)
-    assert response.code == 200, log.read_text()[-3000:]
+    code = yield wait_for_ok(pop + "/live/demo/manifest.mpd", 30)
+    assert code == 200, log.read_text()[-3000:]
     out, err, code = yield run(
         tool("ffmpeg"), "-hide_banner", "-loglevel", "error",
         "-i", pop + "/live/demo/manifest.mpd", "-map", "0:v:0", "-t", "2", "-f", "null", "-",
@@ -114,3 +128,31 @@ def test_usage_errors_are_not_tracebacks(argv, message):
 def test_twistd_lists_the_plugin():
     result = subprocess.run([twistd(), "--help"], capture_output=True, timeout=60)
     assert b"fbstream" in result.stdout
+
+
+@pytest.mark.parametrize("all_role", ["default"], indirect=True)
+@pytest_twisted.inlineCallbacks
+def test_the_demo_plays_in_a_browser(all_role, tmp_path):
+    """Headless Chromium opens the PoP's page; dash.js plays the live demo for 12 s."""
+    ports, log = all_role
+    pop = "http://127.0.0.1:%d" % (ports["pop"],)
+    code = yield wait_for_ok(pop + "/live/demo/manifest.mpd", 40)
+    assert code == 200, log.read_text()[-3000:]
+    shot = str(tmp_path / "player.png")
+    out, err, code = yield run(sys.executable, "-m", "tests.integration.browser",
+                               pop + "/?v=demo", "12", shot, timeout=120)
+    assert code == 0, err.decode()[-3000:]
+    seen = json.loads(out.decode().strip().splitlines()[-1])
+    samples = seen["samples"]
+    assert len(samples) >= 11, seen
+    times = [s["currentTime"] for s in samples]
+    # Plays for the whole time, its clock always moving on, never stalling.
+    assert times[-1] - times[0] >= 10, times
+    assert all(b > a for a, b in zip(times, times[1:])), times
+    assert samples[-1]["stalls"] == 0, seen
+    assert samples[-1]["engine"] == "dash.js"
+    latency = samples[-1]["latency"]
+    assert latency is not None and 0.5 < latency < 10, seen
+    assert samples[-1]["rendition"] in ("720p", "480p", "360p", "240p"), seen
+    assert any(name.startswith("demo") for name in seen["listing"]), seen
+    print("browser: live latency %.2f s, rendition %s" % (latency, samples[-1]["rendition"]))

@@ -1,0 +1,71 @@
+"""
+The PoP's web page: the live and archived videos, played with dash.js (hls.js
+as the fallback). The page ships in this package; the players come from the
+npm registry (``npm install --prefix web``) and are served from there.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from twisted.web.static import File
+
+#: The files /static/ serves, and where they are in node_modules.
+PLAYER_FILES = {
+    b"dash.all.min.js": ("dashjs", "dist", "modern", "umd", "dash.all.min.js"),
+    b"hls.min.js": ("hls.js", "dist", "hls.min.js"),
+}
+
+
+class PageResource(Resource):
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.page = resources.files(__name__).joinpath("index.html").read_bytes()
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"public, max-age=60")
+        return self.page
+
+
+class StaticPlayers(Resource):
+    """``/static/<name>`` for the player files only: no directory is served."""
+
+    def __init__(self, node_modules: str) -> None:
+        super().__init__()
+        self.node_modules = node_modules
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        parts = PLAYER_FILES.get(path)
+        if parts is not None:
+            full = os.path.join(self.node_modules, *parts)
+            if os.path.exists(full):
+                f = File(full, defaultType="application/javascript")
+                return f
+            return _Missing(full)
+        return _Missing(None)
+
+
+class _Missing(Resource):
+    isLeaf = True
+
+    def __init__(self, path: str | None) -> None:
+        super().__init__()
+        self.path = path
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if self.path is None:
+            return b"no such file\n"
+        return ("%s is missing: run 'npm install --prefix web' (see README.rst)\n" % (self.path,)).encode()
+
+
+def install(root: Resource, node_modules: str) -> None:
+    root.putChild(b"", PageResource())
+    root.putChild(b"static", StaticPlayers(node_modules))
