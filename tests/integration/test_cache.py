@@ -25,6 +25,7 @@ from fbstream.roles.services import build_role
 from .conftest import ROOT, free_port, sleep
 
 SEGMENT = b"/live/cam/720p/7.m4s"
+BIG = b"/live/cam/720p/9.m4s"
 MANIFEST = b"/live/cam/manifest.mpd"
 GROWING = b"/live/cam/720p/8.m4s"
 
@@ -57,6 +58,10 @@ class FakeEncoder(Resource):
             request.setHeader(b"content-type", b"application/dash+xml")
             request.setHeader(b"cache-control", b"public, max-age=1")
             body = b"<MPD>" + b"m" * 3000 + b"</MPD>"
+        elif path == BIG:
+            request.setHeader(b"content-type", b"video/mp4")
+            request.setHeader(b"cache-control", b"public, max-age=31536000, immutable")
+            body = b"x" * (40 * 1024 * 1024)  # more than any socket buffer holds
         elif path.endswith(b".m4s"):
             request.setHeader(b"content-type", b"video/mp4")
             request.setHeader(b"cache-control", b"public, max-age=31536000, immutable")
@@ -264,3 +269,15 @@ def test_a_viewer_leaving_mid_body_cancels_nothing_others_need(path_of_viewers):
     assert all(r.check(ResponseDone) for r in reasons)
     assert all(len(r.data) == 24000 for r in readers[1:])
     assert encoder.requests[GROWING] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_urls_outside_the_contract_never_reach_upstream(path_of_viewers):
+    encoder, origin, pop, base = path_of_viewers
+    agent = viewers_agent()
+    for path in (b"/etc/passwd", b"/live/../../etc/passwd", b"/live/cam/720p/abc.m4s",
+                 b"/live/cam/720p/1.mp4", b"/live/cam/a/b/c.m4s", b"/live/" + b"x" * 300 + b"/manifest.mpd"):
+        response = yield agent.request(b"GET", base.encode() + path)
+        yield readBody(response)
+        assert response.code in (400, 404), path
+    assert encoder.requests == {}
