@@ -155,10 +155,14 @@ class Viewer:
         request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, _: Any) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        """The viewer is gone (finished, disconnected or stopped): let its fetch know."""
+        self._cancel_stall()
         if not self.gone:
             self.gone = True
             self.cache._left(self)
-        self._cancel_stall()
 
     def headers(self, obj: CachedObject) -> None:
         """The object's status and headers are known: start the response."""
@@ -218,7 +222,8 @@ class Viewer:
         self.more()
 
     def stopProducing(self) -> None:
-        self.gone = True
+        # The connection is going away (Twisted says so before notifyFinish).
+        self._leave()
 
     def _stalled(self) -> None:
         self._stall = None

@@ -19,6 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from fbstream.cache.metrics import DROPPED_VIEWERS, UPSTREAM_CANCELLED
 from fbstream.config import load
 from fbstream.roles.services import build_role
 
@@ -113,7 +114,7 @@ def path_of_viewers():
         "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (pop_cache,),
         "pop.cache_hosts=tcp:127.0.0.1:%d" % (pop_cache,),
         "pop.origins=tcp:127.0.0.1:%d" % (origin_http,),
-        "cache.lock_timeout=1.0", "cache.upstream_timeout=4.0",
+        "cache.lock_timeout=1.0", "cache.upstream_timeout=4.0", "cache.stall_timeout=1.0",
     ])["pop"], reactor)
     origin.startService()
     pop.startService()
@@ -281,3 +282,64 @@ def test_urls_outside_the_contract_never_reach_upstream(path_of_viewers):
         yield readBody(response)
         assert response.code in (400, 404), path
     assert encoder.requests == {}
+
+
+class Stalled(Protocol):
+    """Asks for an object, then stops reading its socket (a viewer on a dead link)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.received = 0
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(b"GET %s HTTP/1.1\r\nHost: pop\r\n\r\n" % (self.path,))
+        self.transport.pauseProducing()
+
+    def dataReceived(self, data):
+        self.received += len(data)
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_slow_viewer_is_paused_then_dropped_and_others_carry_on(path_of_viewers):
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    encoder, origin, pop, base = path_of_viewers
+    before = DROPPED_VIEWERS.labels(tier="pop-proxy")._value.get()
+    port = int(base.rsplit(":", 1)[1])
+    stalled = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Stalled(BIG))
+    # A viewer of the same object that reads gets all of it meanwhile.
+    agent = viewers_agent()
+    response = yield agent.request(b"GET", base.encode() + BIG)
+    body = yield readBody(response)
+    assert len(body) == 40 * 1024 * 1024
+    # The stalled viewer is dropped after the stall timeout (1 s here): when it
+    # reads again, it finds its connection cut short of the object.
+    yield sleep(2.5)
+    after = DROPPED_VIEWERS.labels(tier="pop-proxy")._value.get()
+    assert after - before == 1
+    stalled.transport.resumeProducing()
+    yield stalled.closed
+    assert stalled.received < 40 * 1024 * 1024
+    assert encoder.requests[BIG] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_last_viewer_leaving_cancels_the_upstream_fetch(path_of_viewers):
+    encoder, origin, pop, base = path_of_viewers
+    cancelled = UPSTREAM_CANCELLED.labels(tier="origin")._value.get()
+    agent = viewers_agent()
+    response = yield agent.request(b"GET", base.encode() + GROWING)
+    reader = FirstChunk()
+    response.deliverBody(reader)
+    yield sleep(0.3)  # the first chunk has arrived; the segment grows for 0.5 s more
+    assert reader.data
+    reader.transport.stopProducing()  # the only viewer leaves
+    yield sleep(0.25)
+    # Every tier cancelled its fetch, so the encoder saw its request go away.
+    assert encoder.connections_lost == 1
+    assert UPSTREAM_CANCELLED.labels(tier="origin")._value.get() - cancelled == 1
+    assert not pop.caches["pop-proxy"].fetches and not origin.caches["origin"].fetches
