@@ -183,18 +183,25 @@ class FirstChunk(Protocol):
         self.done.callback([reason])  # in a list: a Failure passed to callback() would errback
 
 
+def read_bodies(responses):
+    """Start reading every response's body; one FirstChunk reader each."""
+    readers = []
+    for response in responses:
+        reader = FirstChunk()
+        response.deliverBody(reader)
+        readers.append(reader)
+    return readers
+
+
 @pytest_twisted.inlineCallbacks
 def test_waiters_get_a_growing_segment_as_it_grows(path_of_viewers):
     encoder, origin, pop, base = path_of_viewers
     agent = viewers_agent()
     responses = yield defer.gatherResults(
         [agent.request(b"GET", base.encode() + GROWING) for _ in range(50)])
-    readers = []
     for response in responses:
         assert response.headers.getRawHeaders(b"x-fbstream-segment") == [b"growing"]
-        reader = FirstChunk()
-        response.deliverBody(reader)
-        readers.append(reader)
+    readers = read_bodies(responses)
     reasons = [r[0] for r in (yield defer.gatherResults([r.done for r in readers]))]
     assert all(r.check(ResponseDone) for r in reasons)
     assert encoder.requests[GROWING] == 1
@@ -215,11 +222,7 @@ def test_encoder_dies_mid_segment(path_of_viewers):
     encoder.mode = "die"
     agent = viewers_agent()
     responses = yield defer.gatherResults([agent.request(b"GET", base.encode() + SEGMENT) for _ in range(20)])
-    readers = []
-    for response in responses:
-        reader = FirstChunk()
-        response.deliverBody(reader)
-        readers.append(reader)
+    readers = read_bodies(responses)
     reasons = [r[0] for r in (yield defer.gatherResults([r.done for r in readers]))]
     assert not any(r.check(ResponseDone) for r in reasons), "a cut segment must not look complete"
     assert encoder.requests[SEGMENT] == 1
@@ -259,11 +262,7 @@ def test_a_viewer_leaving_mid_body_cancels_nothing_others_need(path_of_viewers):
     encoder, origin, pop, base = path_of_viewers
     agent = viewers_agent()
     responses = yield defer.gatherResults([agent.request(b"GET", base.encode() + GROWING) for _ in range(3)])
-    readers = []
-    for response in responses:
-        reader = FirstChunk()
-        response.deliverBody(reader)
-        readers.append(reader)
+    readers = read_bodies(responses)
     yield sleep(0.35)
     readers[0].transport.stopProducing()  # the first viewer goes away mid-body
     reasons = [r[0] for r in (yield defer.gatherResults([r.done for r in readers[1:]]))]
