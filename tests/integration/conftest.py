@@ -45,15 +45,16 @@ def tool(name: str) -> str:
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1/localhost, made now."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -256,3 +257,50 @@ def sleep(seconds):
     d = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+class Etcd:
+    """A real etcd server (Debian's etcd-server) on free loopback ports."""
+
+    def __init__(self, directory):
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % (self.port,)
+        self.directory = str(directory)
+        self.process = None
+
+    def start(self):
+        peer = free_port()
+        self.process = subprocess.Popen(
+            [tool("etcd"), "--data-dir", os.path.join(self.directory, "data"),
+             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+             "--listen-peer-urls", "http://127.0.0.1:%d" % (peer,),
+             "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % (peer,),
+             "--initial-cluster", "default=http://127.0.0.1:%d" % (peer,)],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.directory, "etcd.log"), "ab"),
+        )
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    if b"true" in r.read():
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail("etcd did not start; see %s/etcd.log" % (self.directory,))
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory):
+    server = Etcd(tmp_path_factory.mktemp("etcd")).start()
+    yield server
+    server.stop()

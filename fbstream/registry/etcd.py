@@ -1,0 +1,242 @@
+"""
+The etcd registry, over etcd's own v3 JSON gateway (``/v3/kv/txn``,
+``/v3/lease/grant`` ...) with Twisted's HTTP client.
+
+Why the gateway and not a gRPC client library: it needs nothing beyond
+Twisted, never blocks the reactor, and runs on every reactor the project
+supports (aetcd would tie the encoder to the asyncio reactor, and etcd3's
+gRPC client blocks). The gateway ships in every etcd 3.x server, Debian's
+3.4 included; keys and values travel base64-encoded.
+
+Ownership is two transactions. A claim reads the fence, then, only if no
+owner key exists and the fence has not moved since it was read, raises the
+fence and writes the owner key under a fresh lease. A state write succeeds
+only if the owner key still holds exactly this claim (its value carries a
+per-claim nonce), and reads the API's record in the same revision.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import treq
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.error import (
+    ConnectError,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TimeoutError,
+)
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from fbstream.registry.base import (
+    Claim,
+    Fenced,
+    IRegistry,
+    Owned,
+    Owner,
+    RegistryUnavailable,
+    new_owner,
+)
+
+_JSON = Headers({b"content-type": [b"application/json"]})
+
+
+def _b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def _value(kv: dict[str, Any]) -> bytes:
+    return base64.b64decode(kv.get("value", ""))
+
+
+def _prefix_end(prefix: str) -> str:
+    raw = prefix.encode()
+    return _b64(raw[:-1] + bytes([raw[-1] + 1]))
+
+
+class _BodyProducer:
+    """A whole JSON body (IBodyProducer)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self.data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IRegistry)
+class EtcdRegistry:
+    def __init__(self, reactor: Any, urls: list[str], prefix: str = "/fbstream",
+                 lease_seconds: float = 10.0, timeout: float = 3.0) -> None:
+        if not urls:
+            raise ValueError("no etcd URLs configured")
+        self.reactor = reactor
+        self.urls = [u.rstrip("/") for u in urls]
+        self.prefix = prefix.rstrip("/")
+        self.lease_seconds = lease_seconds
+        self.timeout = timeout
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.retryAutomatically = False
+        self.agent = Agent(reactor, pool=self.pool, connectTimeout=timeout)
+        self._next = 0
+
+    def _key(self, kind: str, stream: str = "") -> str:
+        return "%s/%s/%s" % (self.prefix, kind, stream)
+
+    @inlineCallbacks
+    def _call(self, path: str, body: dict[str, Any]) -> Any:
+        """POST to the gateway, trying each configured member once."""
+        data = json.dumps(body).encode()
+        last: Any = None
+        for attempt in range(len(self.urls)):
+            url = self.urls[(self._next + attempt) % len(self.urls)]
+            try:
+                d = self.agent.request(b"POST", (url + path).encode(), _JSON, _BodyProducer(data))
+                d.addTimeout(self.timeout, self.reactor)
+                response = yield d
+                raw = yield treq.content(response)
+            except (ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError, ResponseFailed) as e:
+                last = e
+                continue
+            self._next = (self._next + attempt) % len(self.urls)
+            if response.code != 200:
+                raise RegistryUnavailable("etcd answered %d to %s: %s" % (response.code, path, raw[:200]))
+            return json.loads(raw)
+        raise RegistryUnavailable("no etcd member answered: %s" % (last,))
+
+    @inlineCallbacks
+    def _get(self, key: str) -> Any:
+        reply = yield self._call("/v3/kv/range", {"key": _b64(key)})
+        kvs = reply.get("kvs") or []
+        return kvs[0] if kvs else None
+
+    @inlineCallbacks
+    def _range(self, kind: str) -> Any:
+        prefix = self._key(kind)
+        reply = yield self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
+        return {base64.b64decode(kv["key"]).decode()[len(prefix):]: _value(kv) for kv in reply.get("kvs") or []}
+
+    def _put(self, key: str, value: str) -> Deferred[Any]:
+        return self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+
+    # The API's records -------------------------------------------------------
+
+    def create_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
+        return self._put(self._key("videos", stream), json.dumps(record)).addCallback(lambda _: None)
+
+    put_video = create_video
+
+    @inlineCallbacks
+    def get_video(self, stream: str) -> Any:
+        kv = yield self._get(self._key("videos", stream))
+        return json.loads(_value(kv)) if kv else None
+
+    @inlineCallbacks
+    def list_videos(self) -> Any:
+        videos = yield self._range("videos")
+        states = yield self._range("state")
+        owners = yield self._range("owner")
+        out = []
+        for stream in sorted(videos):
+            record = json.loads(videos[stream])
+            state = states.get(stream)
+            owner = owners.get(stream)
+            record["state"] = json.loads(state) if state else None
+            record["owner"] = owner.decode() if owner else None
+            out.append(record)
+        return out
+
+    # Ownership ---------------------------------------------------------------
+
+    @inlineCallbacks
+    def claim(self, stream: str, encoder: str, http: str) -> Any:
+        owner_key = _b64(self._key("owner", stream))
+        fence_key = _b64(self._key("fence", stream))
+        for _ in range(5):
+            fence_kv = yield self._get(self._key("fence", stream))
+            fence = int(_value(fence_kv)) if fence_kv else 0
+            fence_rev = fence_kv["mod_revision"] if fence_kv else "0"
+            grant = yield self._call("/v3/lease/grant", {"TTL": max(2, int(round(self.lease_seconds)))})
+            lease = grant["ID"]
+            owner = new_owner(encoder, http, fence + 1)
+            reply = yield self._call("/v3/kv/txn", {
+                "compare": [
+                    {"key": owner_key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
+                    {"key": fence_key, "target": "MOD", "result": "EQUAL", "mod_revision": fence_rev},
+                ],
+                "success": [
+                    {"request_put": {"key": fence_key, "value": _b64(str(fence + 1))}},
+                    {"request_put": {"key": owner_key, "value": _b64(owner.to_json()), "lease": lease}},
+                ],
+                "failure": [{"request_range": {"key": owner_key}}],
+            })
+            if reply.get("succeeded"):
+                return Claim(stream, owner, lease)
+            yield self._call("/v3/lease/revoke", {"ID": lease})
+            kvs = (reply["responses"][0].get("response_range") or {}).get("kvs") or []
+            if kvs:
+                raise Owned(Owner.from_json(_value(kvs[0])))
+            # The fence moved under us (a racing claim that since lapsed): again.
+        raise RegistryUnavailable("claiming %s kept racing other claims" % (stream,))
+
+    @inlineCallbacks
+    def renew(self, claim: Claim) -> Any:
+        reply = yield self._call("/v3/lease/keepalive", {"ID": claim.lease})
+        result = reply.get("result", reply)
+        if int(result.get("TTL", 0)) <= 0:
+            raise Fenced(claim.stream)
+
+    def _holds(self, claim: Claim) -> dict[str, Any]:
+        return {"key": _b64(self._key("owner", claim.stream)), "target": "VALUE",
+                "result": "EQUAL", "value": _b64(claim.owner.to_json())}
+
+    @inlineCallbacks
+    def release(self, claim: Claim) -> Any:
+        yield self._call("/v3/kv/txn", {
+            "compare": [self._holds(claim)],
+            "success": [{"request_delete_range": {"key": _b64(self._key("owner", claim.stream))}}],
+        })
+        yield self._call("/v3/lease/revoke", {"ID": claim.lease})
+
+    @inlineCallbacks
+    def owner(self, stream: str) -> Any:
+        kv = yield self._get(self._key("owner", stream))
+        return Owner.from_json(_value(kv)) if kv else None
+
+    @inlineCallbacks
+    def read_state(self, stream: str) -> Any:
+        kv = yield self._get(self._key("state", stream))
+        return json.loads(_value(kv)) if kv else None
+
+    @inlineCallbacks
+    def write_state(self, claim: Claim, state: dict[str, Any]) -> Any:
+        reply = yield self._call("/v3/kv/txn", {
+            "compare": [self._holds(claim)],
+            "success": [
+                {"request_put": {"key": _b64(self._key("state", claim.stream)), "value": _b64(json.dumps(state))}},
+                {"request_range": {"key": _b64(self._key("videos", claim.stream))}},
+            ],
+        })
+        if not reply.get("succeeded"):
+            raise Fenced(claim.stream)
+        kvs = (reply["responses"][1].get("response_range") or {}).get("kvs") or []
+        return json.loads(_value(kvs[0])) if kvs else None
+
+    def close(self) -> Deferred[Any]:
+        return self.pool.closeCachedConnections()

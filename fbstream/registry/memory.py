@@ -1,0 +1,90 @@
+"""
+The embedded registry: everything in this process's memory, leases on the
+injected clock. For the ``all`` role and single-encoder deployments, where one
+process is the whole data center; it has the same semantics as etcd's.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from fbstream.registry.base import Claim, Fenced, IRegistry, Owned, Owner, new_owner
+
+
+@implementer(IRegistry)
+class MemoryRegistry:
+    def __init__(self, clock: Any, lease_seconds: float = 10.0) -> None:
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self._videos: dict[str, dict[str, Any]] = {}
+        self._states: dict[str, dict[str, Any]] = {}
+        self._fences: dict[str, int] = {}
+        #: stream -> (owner, lease expiry)
+        self._owners: dict[str, tuple[Owner, float]] = {}
+
+    def _live_owner(self, stream: str) -> Owner | None:
+        entry = self._owners.get(stream)
+        if entry is None:
+            return None
+        if entry[1] <= self.clock.seconds():
+            del self._owners[stream]
+            return None
+        return entry[0]
+
+    def create_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
+        self._videos[stream] = copy.deepcopy(record)
+        return succeed(None)
+
+    def get_video(self, stream: str) -> Deferred[dict[str, Any] | None]:
+        return succeed(copy.deepcopy(self._videos.get(stream)))
+
+    def put_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
+        return self.create_video(stream, record)
+
+    def list_videos(self) -> Deferred[list[dict[str, Any]]]:
+        out = []
+        for stream, record in sorted(self._videos.items()):
+            owner = self._live_owner(stream)
+            out.append(dict(copy.deepcopy(record), state=copy.deepcopy(self._states.get(stream)),
+                            owner=owner.to_json() if owner else None))
+        return succeed(out)
+
+    def claim(self, stream: str, encoder: str, http: str) -> Deferred[Claim]:
+        current = self._live_owner(stream)
+        if current is not None:
+            return fail(Owned(current))
+        fence = self._fences.get(stream, 0) + 1
+        self._fences[stream] = fence
+        owner = new_owner(encoder, http, fence)
+        self._owners[stream] = (owner, self.clock.seconds() + self.lease_seconds)
+        return succeed(Claim(stream, owner, owner.nonce))
+
+    def _holds(self, claim: Claim) -> bool:
+        return self._live_owner(claim.stream) == claim.owner
+
+    def renew(self, claim: Claim) -> Deferred[None]:
+        if not self._holds(claim):
+            return fail(Fenced(claim.stream))
+        self._owners[claim.stream] = (claim.owner, self.clock.seconds() + self.lease_seconds)
+        return succeed(None)
+
+    def release(self, claim: Claim) -> Deferred[None]:
+        if self._holds(claim):
+            del self._owners[claim.stream]
+        return succeed(None)
+
+    def owner(self, stream: str) -> Deferred[Owner | None]:
+        return succeed(self._live_owner(stream))
+
+    def read_state(self, stream: str) -> Deferred[dict[str, Any] | None]:
+        return succeed(copy.deepcopy(self._states.get(stream)))
+
+    def write_state(self, claim: Claim, state: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
+        if not self._holds(claim):
+            return fail(Fenced(claim.stream))
+        self._states[claim.stream] = copy.deepcopy(state)
+        return self.get_video(claim.stream)

@@ -1,0 +1,1 @@
+"""The ingest relays: PoP to dc-proxy to encoder, message for message."""
