@@ -80,14 +80,65 @@ POP: dict[str, Setting] = {
     "pop.player_dir": Setting(str, "web/node_modules", "where npm installed dash.js and hls.js for the web page"),
 }
 
+def _relay(timeout: float) -> dict[str, Setting]:
+    return {
+        "relay.connect_timeout": Setting(float, 5.0, "seconds to reach the next hop before trying another"),
+        "relay.publish_timeout": Setting(float, timeout, "seconds the next hop may take to accept a publish"),
+    }
+
+
+REGISTRY: dict[str, Setting] = {
+    "registry.backend": Setting(str, "embedded", "where stream ownership lives: embedded (one process) or etcd"),
+    "registry.etcd": Setting(list, ["http://127.0.0.1:2379"], "etcd client URLs (JSON gateway), tried in order"),
+    "registry.prefix": Setting(str, "/fbstream", "the etcd key prefix of this deployment"),
+    "registry.lease_seconds": Setting(float, 10.0, "an owner silent this long loses its streams to another encoder"),
+}
+
+TOKENS: dict[str, Setting] = {
+    "tokens.keys_file": Setting(str, "", "file of <id>:<hex secret> token keys, newest first "
+                                         "(empty: $FBSTREAM_TOKEN_KEYS)"),
+    "tokens.required": Setting(bool, True, "refuse publishes without a valid stream token"),
+}
+
+INGEST: dict[str, Setting] = {
+    "encoder.name": Setting(str, "encoder-1", "this encoder's name in the registry"),
+    "encoder.advertise_http": Setting(str, "tcp:127.0.0.1:8082",
+                                      "the endpoint the origin reaches this encoder's HTTP at"),
+    "ingest.grace_seconds": Setting(float, 30.0, "a live video waits this long for its broadcaster to come back"),
+    "ingest.takeover_silence": Setting(float, 3.0,
+                                       "a second publisher replaces the first only after it is silent this long"),
+    "ingest.claim_wait": Setting(float, 15.0,
+                                 "seconds a publish waits for a dead owner's lease to lapse before it is refused"),
+}
+
+API: dict[str, Setting] = {
+    "api.key_file": Setting(str, "", "file holding the live API key (empty: $FBSTREAM_API_KEY; unset: API off)"),
+    "api.datacenter": Setting(str, "dc1", "the data center new live videos are assigned to"),
+    "api.token_ttl_hours": Setting(float, 24.0, "how long a stream token lets its broadcaster publish"),
+    "api.rtmp_url": Setting(str, "rtmp://127.0.0.1:1935/live", "the RTMP ingest URL given to broadcasters"),
+    "api.rtmps_url": Setting(str, "", "the RTMPS ingest URL given to broadcasters (empty: none)"),
+    "api.playback_url": Setting(str, "http://127.0.0.1:8080", "the base of the playback URLs given out"),
+}
+
 SCHEMA: dict[str, dict[str, Setting]] = {
-    "pop": {**_rtmp("tcp:1935"), **_http("tcp:8080"), **POP, **CACHE},
-    "dc-proxy": {**_rtmp("tcp:1936"), **_http("tcp:8081")},
-    "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082"), **ENCODER},
+    "pop": {
+        **_rtmp("tcp:1935"), **_http("tcp:8080"), **POP, **CACHE, **_relay(60.0), **API, **TOKENS, **REGISTRY,
+        "relay.dc_proxies": Setting(list, ["dc1=tcp:127.0.0.1:1936"],
+                                    "<datacenter>=<endpoint> of each dc-proxy, tried in order "
+                                    "([]: publish to this PoP's own hub, no relay)"),
+    },
+    "dc-proxy": {
+        **_rtmp("tcp:1936"), **_http("tcp:8081"), **_relay(20.0),
+        "relay.encoders": Setting(list, ["tcp:127.0.0.1:1937"], "the encoders' RTMP endpoints (the hash ring)"),
+        "relay.virtual_nodes": Setting(int, 160, "points per encoder on the hash ring"),
+    },
+    "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082"), **ENCODER, **INGEST, **TOKENS, **REGISTRY},
     "origin": {
         **_http("tcp:8083"),
-        "origin.upstreams": Setting(list, ["tcp:127.0.0.1:8082"], "the encoders' HTTP endpoints"),
+        "origin.upstreams": Setting(list, ["tcp:127.0.0.1:8082"],
+                                    "the encoders' HTTP endpoints (when the registry does not know the owner)"),
         **CACHE,
+        **REGISTRY,
     },
 }
 

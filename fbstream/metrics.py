@@ -62,6 +62,19 @@ RECORDER_BYTES = Counter(
 RECORDER_FAILURES = Counter(
     "fbstream_recorder_failures", "Recordings abandoned (disk error or backlog)", ["role"]
 )
+RELAY_SESSIONS = Gauge(
+    "fbstream_relay_sessions", "Publishes being relayed to the next hop", ["role"]
+)
+RELAY_HOP_FAILURES = Counter(
+    "fbstream_relay_hop_failures",
+    "Next hops that could not be reached or passed the publish on (each tried the next)",
+    ["role"],
+)
+RELAY_PAUSES = Counter(
+    "fbstream_relay_pauses",
+    "Times a broadcaster's connection was paused because the next hop was behind",
+    ["role"],
+)
 
 
 def metrics_resource() -> IResource:

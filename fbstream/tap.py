@@ -40,8 +40,11 @@ class Options(usage.Options):
         self["set"].append(value)
 
     def postOptions(self) -> None:
+        from fbstream.roles.services import check_secrets
+
         try:
             self.configs = _config.load(self["role"], self["config"], self["set"])
+            check_secrets(self.configs)
         except _config.ConfigError as e:
             raise usage.UsageError(str(e)) from None
         if self["demo"] and not {"pop", "encoder"} & set(self.configs):
@@ -54,13 +57,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = _reactor
     top = MultiService()
+    shared: dict[str, Any] = {"all": len(options.configs) > 1}
     for role, cfg in options.configs.items():
-        build_role(cfg, reactor).setServiceParent(top)
+        build_role(cfg, reactor, shared).setServiceParent(top)
     if options["demo"]:
         from fbstream.demo import DemoPublisherService, demo_url
 
-        # Until the PoP relays to the encoder (the ingest path of a later issue),
-        # the demo goes straight to the encoder so its DASH/HLS can be watched.
-        target = options.configs.get("encoder") or options.configs["pop"]
-        DemoPublisherService(reactor, sys.executable, demo_url(target)).setServiceParent(top)
+        target = options.configs.get("pop") or options.configs["encoder"]
+        url = demo_url(target)
+        if "api" in shared:
+            # The demo goes live the way a broadcaster does: a live video from
+            # the API's registry and a token for it, through the PoP.
+            _, keys, registry, settings = shared["api"]
+            registry.create_video("demo", {"id": "demo", "dc": settings.datacenter,
+                                           "created": reactor.seconds(), "title": "demo", "ended": False})
+            url += "?token=" + keys.sign("demo", settings.datacenter, reactor.seconds(), 365 * 86400)
+        DemoPublisherService(reactor, sys.executable, url).setServiceParent(top)
     return top

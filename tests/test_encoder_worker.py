@@ -79,7 +79,7 @@ class ArchiveTests(SynchronousTestCase):
         reloaded = registry.get("old")
         self.assertTrue(reloaded.ended)
         self.assertEqual(reloaded.renditions["240p"].history, {1: (0, 1000)})
-        self.assertIsNone(reloaded.renditions["240p"].init)  # read from disk when asked
+        self.assertEqual(reloaded.renditions["240p"].inits, {})  # read from disk when asked
         d = archive.expire(3600, _time.time() + 7200)
         pool.run_all()
         self.assertEqual(self.successResultOf(d), ["old"])

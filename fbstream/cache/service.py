@@ -10,9 +10,12 @@ The caching tiers of the origin and PoP roles, built from configuration:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -49,8 +52,71 @@ def caching_tier(
     return CachingResource(tier, upstreams.get, reactor, settings)
 
 
-def build_origin(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource) -> CachingResource:
-    cache = caching_tier(parent, "origin", config["origin.upstreams"], cache_settings(config), reactor)
+class OwnerUpstreams:
+    """
+    The origin's way to the encoder of each stream: the owner the registry
+    names (looked up at most once a second per stream), else the last owner's
+    address in the stream's state (a replay), else the configured upstreams.
+    """
+
+    log = Logger()
+    STREAM = re.compile(rb"^/live/([A-Za-z0-9_.-]{1,128})/")
+
+    def __init__(self, parent: MultiService, reactor: Any, registry: Any, fallback: Upstreams) -> None:
+        self.parent = parent
+        self.reactor = reactor
+        self.registry = registry
+        self.fallback = fallback
+        self._known: dict[str, tuple[str | None, float]] = {}
+        self._hosts: dict[str, Upstreams] = {}
+
+    def get(self, path: bytes) -> Deferred[Any]:
+        match = self.STREAM.match(path)
+        if match is None:
+            return self.fallback.get(path)
+        d = self._owner(match.group(1).decode())
+        return d.addCallback(lambda endpoint: self._upstreams(endpoint).get(path))
+
+    def _upstreams(self, endpoint: str | None) -> Upstreams:
+        if endpoint is None:
+            return self.fallback
+        hosts = self._hosts.get(endpoint)
+        if hosts is None:
+            hosts = self._hosts[endpoint] = Upstreams(self.reactor, [endpoint])
+            _ClosePool(hosts).setServiceParent(self.parent)
+        return hosts
+
+    @inlineCallbacks
+    def _owner(self, stream: str) -> Any:
+        now = self.reactor.seconds()
+        known = self._known.get(stream)
+        if known is not None and known[1] > now:
+            return known[0]
+        endpoint = None
+        try:
+            owner = yield self.registry.owner(stream)
+            if owner is not None:
+                endpoint = owner.http
+            else:
+                state = yield self.registry.read_state(stream)
+                endpoint = (state or {}).get("http")
+        except Exception as e:
+            self.log.warn("registry lookup of {stream} failed: {e}", stream=stream, e=e)
+        if len(self._known) > 10000:
+            self._known.clear()
+        self._known[stream] = (endpoint, now + 1.0)
+        return endpoint
+
+
+def build_origin(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource,
+                 registry: Any = None) -> CachingResource:
+    if registry is not None:
+        fallback = Upstreams(reactor, config["origin.upstreams"])
+        _ClosePool(fallback).setServiceParent(parent)
+        fetch = OwnerUpstreams(parent, reactor, registry, fallback)
+        cache = CachingResource("origin", fetch.get, reactor, cache_settings(config))
+    else:
+        cache = caching_tier(parent, "origin", config["origin.upstreams"], cache_settings(config), reactor)
     root.putChild(b"live", cache)
     root.putChild(b"time", TimeResource(reactor))
     return cache

@@ -17,7 +17,7 @@ import datetime
 from typing import Iterable
 from xml.etree import ElementTree as ET
 
-from fbstream.encoder.store import LiveVideo, Rendition
+from fbstream.encoder.store import LiveVideo, Period, Rendition
 from fbstream.encoder.transcode import SEGMENT_MS
 
 NS = "urn:mpeg:dash:schema:mpd:2011"
@@ -69,14 +69,29 @@ def mpd(
             "referenceId": "0",
         })
     else:
-        last = max((max(r.history) for r in video.renditions.values() if r.history), default=0)
-        end_ms = max(
-            (sum(r.history[last]) for r in video.renditions.values() if last in r.history),
-            default=0,
-        )
+        last_period = video.periods[-1]
+        end_ms = last_period.start_ms + ((last_period.end_ms or last_period.base_ms) - last_period.base_ms)
         root.set("mediaPresentationDuration", duration(end_ms / 1000))
         root.set("publishTime", iso_time(video.publish_time))
-    period = ET.SubElement(root, "Period", {"id": "0", "start": "PT0S"})
+    oldest_ms = (now - video.availability_start - video.window_seconds) * 1000 if live else None
+    for p in video.periods:
+        content_ms = (p.end_ms if p.end_ms is not None else p.base_ms) - p.base_ms
+        if oldest_ms is not None and p.end_ms is not None and p.start_ms + content_ms < oldest_ms:
+            continue  # wholly out of the time-shift window
+        period = ET.SubElement(root, "Period", {"id": str(p.index), "start": duration(p.start_ms / 1000)})
+        if p.end_ms is not None:
+            # A period that ended early: the broadcaster dropped, and the next
+            # period (if any) starts when it came back; the time between is a gap.
+            period.set("duration", duration(content_ms / 1000))
+        _adaptation_sets(period, video, p, live, chunk_ms)
+    ET.SubElement(root, "UTCTiming", {
+        "schemeIdUri": "urn:mpeg:dash:utc:http-iso:2014",
+        "value": "/time",
+    })
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8")
+
+
+def _adaptation_sets(period: ET.Element, video: LiveVideo, p: Period, live: bool, chunk_ms: int) -> None:
     for index, kind in enumerate(("video", "audio")):
         renditions = _sorted(video, kind)
         if not renditions:
@@ -97,10 +112,12 @@ def mpd(
         template = ET.SubElement(aset, "SegmentTemplate", {
             "timescale": "1000",
             "duration": str(SEGMENT_MS),
-            "startNumber": "1",
-            "initialization": "$RepresentationID$/init.mp4",
+            "startNumber": str(p.first_number),
+            "initialization": "$RepresentationID$/" + p.init_name(),
             "media": "$RepresentationID$/$Number$.m4s",
         })
+        if p.base_ms:
+            template.set("presentationTimeOffset", str(p.base_ms))
         if live:
             # A segment may be fetched as soon as its first chunk exists; it is
             # then delivered as it grows.
@@ -123,11 +140,6 @@ def mpd(
                     "schemeIdUri": "urn:mpeg:dash:23003:3:audio_channel_configuration:2011",
                     "value": "2",
                 })
-    ET.SubElement(root, "UTCTiming", {
-        "schemeIdUri": "urn:mpeg:dash:utc:http-iso:2014",
-        "value": "/time",
-    })
-    return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8")
 
 
 def _audio_video(video: LiveVideo) -> tuple[list[Rendition], list[Rendition]]:
@@ -174,24 +186,35 @@ def media_playlist(video: LiveVideo, rendition: Rendition) -> bytes:
         keep = int(video.window_seconds * 1000 // SEGMENT_MS)
         numbers = list(numbers)[-keep:]
     numbers = list(numbers)
+    period = video.period_of(numbers[0]) if numbers else video.periods[0]
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:7",
         "#EXT-X-TARGETDURATION:%d" % (max(1, round(SEGMENT_MS / 1000)),),
         "#EXT-X-MEDIA-SEQUENCE:%d" % (numbers[0] if numbers else 1,),
+        # One discontinuity per reconnect: the sequence counts those gone by.
+        "#EXT-X-DISCONTINUITY-SEQUENCE:%d" % (period.index,),
         "#EXT-X-INDEPENDENT-SEGMENTS",
-        '#EXT-X-MAP:URI="init.mp4"',
+        '#EXT-X-MAP:URI="%s"' % (period.init_name(),),
     ]
     if video.ended:
         lines.insert(2, "#EXT-X-PLAYLIST-TYPE:EVENT")
     for i, number in enumerate(numbers):
         start_ms, duration_ms = rendition.history[number]
-        if i == 0 or numbers[i - 1] != number - 1:
-            if i:
-                lines.append("#EXT-X-DISCONTINUITY")
-            lines.append("#EXT-X-PROGRAM-DATE-TIME:" + iso_time(video.availability_start + start_ms / 1000))
+        p = video.period_of(number)
+        if p is not period:
+            period = p
+            lines += ["#EXT-X-DISCONTINUITY", '#EXT-X-MAP:URI="%s"' % (p.init_name(),)]
+            lines.append("#EXT-X-PROGRAM-DATE-TIME:" + _wall(video, p, start_ms))
+        elif i == 0 or numbers[i - 1] != number - 1:
+            lines.append("#EXT-X-PROGRAM-DATE-TIME:" + _wall(video, p, start_ms))
         lines.append("#EXTINF:%.3f," % (duration_ms / 1000,))
         lines.append("%d.m4s" % (number,))
     if video.ended:
         lines.append("#EXT-X-ENDLIST")
     return ("\n".join(lines) + "\n").encode()
+
+
+def _wall(video: LiveVideo, period: Period, media_ms: int) -> str:
+    """The wall-clock time of a media time of ``period``."""
+    return iso_time(video.availability_start + (period.start_ms + media_ms - period.base_ms) / 1000)

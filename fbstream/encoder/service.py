@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from zope.interface import implementer
@@ -17,8 +18,9 @@ from zope.interface import implementer
 from fbstream.config import RoleConfig
 from fbstream.diskio import ThreadPoolService
 from fbstream.encoder import metrics as em
-from fbstream.encoder.ladder import parse_rungs
-from fbstream.encoder.store import Archive, LiveVideo, Rendition
+from fbstream.encoder.ladder import VideoRendition, parse_rungs
+from fbstream.encoder.ownership import Broadcasts
+from fbstream.encoder.store import Archive, LiveVideo, Period, Rendition
 from fbstream.encoder.transcode import RenditionInfo, Transcoder, TranscoderSettings
 from fbstream.encoder.web import LiveResource, TimeResource, VideoRegistry
 from fbstream.encoder.worker import StreamEncoder
@@ -50,34 +52,73 @@ class EncoderConsumers:
         self.max_lag_ms = max_lag_ms
         #: The encoder of each stream, by id (the latest broadcast of each).
         self.encoders: dict[str, StreamEncoder] = {}
+        #: Ownership and reconnects (None: every publish is a new video).
+        self.broadcasts: Broadcasts | None = None
 
     def consumer_for(self, stream: LiveStream) -> StreamEncoder:
-        video = LiveVideo(
-            stream.name,
-            self.reactor.seconds(),
-            self.window_seconds,
-            self.archive.path(stream.name) if self.archive else None,
-        )
-        if self.archive is not None:
-            self.archive.start(stream.name)
-        self.registry.videos[stream.name] = video
+        name = stream.name
+        publisher = stream.publisher
+
+        def make(availability_start: float) -> LiveVideo:
+            video = LiveVideo(name, availability_start, self.window_seconds,
+                              self.archive.path(name) if self.archive else None)
+            if self.archive is not None:
+                self.archive.start(name)
+            self.registry.videos[name] = video
+            return video
+
+        period = None
+        if self.broadcasts is not None:
+            video, period = self.broadcasts.video_for(name, make)
+        else:
+            video = make(self.reactor.seconds())
+        self.registry.videos[name] = video
         em.LIVE_VIDEOS.inc()
 
         def refused(reason: str) -> None:
             em.REFUSED.inc()
             stream.publisher.stop(reason)
 
+        broadcasts = self.broadcasts
+        transcoder = Transcoder(self.settings)
+        if period is not None:
+            transcoder = Transcoder(self.settings, first_number=period.first_number,
+                                    renditions=_video_renditions(video) or None)
         encoder = StreamEncoder(
             video,
-            Transcoder(self.settings),
+            transcoder,
             self.transcode_pool,
             self.reactor,
             self.archive,
             self.max_lag_ms,
             refused,
+            on_finished=(lambda reason: broadcasts.publish_ended(name, reason, publisher))
+            if broadcasts is not None else None,
+            on_progress=(lambda: broadcasts.progress(name)) if broadcasts is not None else None,
         )
-        self.encoders[stream.name] = encoder
+        self.encoders[name] = encoder
+        if broadcasts is not None:
+            broadcasts.attach(name, video)
         return encoder
+
+    def idle(self, name: str) -> Deferred[None]:
+        """Fires once the last publish of ``name`` is fully transcoded."""
+        encoder = self.encoders.get(name)
+        if encoder is None or encoder.done.called:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        encoder.done.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
+
+
+def _video_renditions(video: LiveVideo) -> list[VideoRendition]:
+    """The video renditions a live video already has (kept across periods)."""
+    infos = [r.info for r in video.renditions.values()]
+    known = getattr(video, "renditions_known", None)
+    if not infos and known:
+        infos = [RenditionInfo(**k) for k in known]
+    specs = [VideoRendition(i.name, i.width, i.height, i.bandwidth) for i in infos if i.kind == "video"]
+    return sorted(specs, key=lambda v: -v.height)
 
 
 def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: float) -> int:
@@ -90,6 +131,8 @@ def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: floa
             history = state.segments.get(info["name"], {})
             rendition.history = {int(n): (v[0], v[1]) for n, v in history.items()}
             video.renditions[info["name"]] = rendition
+        if state.periods:
+            video.periods = [Period(**p) for p in state.periods]
         video.ended = True
         video.end_reason = "archived" if state.ended else "the encoder restarted"
         registry.videos[state.stream] = video

@@ -72,8 +72,9 @@ class Segment:
 class Rendition:
     def __init__(self, info: RenditionInfo, init: bytes | None) -> None:
         self.info = info
-        #: The init segment, or None when it is only in the archive.
-        self.init = init
+        #: The init segment of each period that has one in memory (others are
+        #: only in the archive).
+        self.inits: dict[int, bytes] = {0: init} if init is not None else {}
         self.segments: dict[int, Segment] = {}
         #: Number -> (start_ms, duration_ms) of every complete segment, archived too.
         self.history: dict[int, tuple[int, int]] = {}
@@ -86,6 +87,30 @@ class Rendition:
 
 
 @attrs.define
+class Period:
+    """
+    One unbroken run of a broadcast: a publish, until the broadcaster drops.
+    Segment numbers go on across periods; media time restarts at
+    ``(first_number - 1)`` seconds, and the period starts ``start_ms`` after
+    the availability start (wall clock), so a reconnect leaves a gap in time,
+    never in numbers.
+    """
+
+    index: int
+    start_ms: int
+    first_number: int
+    #: Media time of the end of its last segment once the period is over.
+    end_ms: int | None = None
+
+    @property
+    def base_ms(self) -> int:
+        return (self.first_number - 1) * SEGMENT_MS
+
+    def init_name(self) -> str:
+        return "init.mp4" if self.index == 0 else "init-%d.mp4" % (self.index,)
+
+
+@attrs.define
 class ArchiveState:
     """What ``state.json`` of an archived video holds."""
 
@@ -94,6 +119,7 @@ class ArchiveState:
     ended: bool
     renditions: list[dict[str, Any]]
     segments: dict[str, dict[str, list[int]]]  # rendition -> {number: [start, duration]}
+    periods: list[dict[str, Any]] = attrs.Factory(list)
 
     def to_json(self) -> str:
         return json.dumps(attrs.asdict(self), sort_keys=True)
@@ -126,15 +152,76 @@ class LiveVideo:
         self.failure: str | None = None
         #: Highest segment number complete in every rendition.
         self.complete_through = 0
+        self.periods: list[Period] = [Period(0, 0, 1)]
+        #: No publisher now, but the broadcaster may come back (grace period).
+        self.interrupted = False
         self._waiting: dict[tuple[str, int], list[Callable[[Segment | None], None]]] = {}
 
     # Fed by the stream's worker (on the reactor thread) -------------------
 
     def add_rendition(self, info: RenditionInfo, init: bytes) -> Rendition:
-        rendition = Rendition(info, init)
-        self.renditions[info.name] = rendition
+        """The init segment of a rendition in the current period."""
+        period = self.periods[-1].index
+        rendition = self.renditions.get(info.name)
+        if rendition is None:
+            rendition = self.renditions[info.name] = Rendition(info, None)
+        rendition.inits[period] = init
         self.publish_time = time.time()
         return rendition
+
+    # Periods -------------------------------------------------------------
+
+    def next_number(self) -> int:
+        """The number the next period starts at: one past every segment made."""
+        made = [n for r in self.renditions.values() for n in (*r.history, *r.segments)]
+        return max(made, default=self.periods[-1].first_number - 1) + 1
+
+    def close_period(self) -> None:
+        """The publisher went away: the current period ends with its content."""
+        period = self.periods[-1]
+        ends = [
+            sum(r.history[n]) for r in self.renditions.values() for n in r.history if n >= period.first_number
+        ]
+        period.end_ms = max(ends, default=period.base_ms)
+        for rendition in self.renditions.values():
+            for seg in rendition.segments.values():
+                if not seg.complete and not seg.failed:
+                    seg.fail()
+        self.interrupted = True
+        self.publish_time = time.time()
+
+    def _made_in(self, period: Period) -> bool:
+        return any(n >= period.first_number for r in self.renditions.values() for n in r.history)
+
+    def open_period(self, now: float) -> Period:
+        """A publisher came back: a new period from now, numbers going on."""
+        last = self.periods[-1]
+        if last.end_ms is None:
+            self.close_period()
+        if not self._made_in(last):
+            # Nothing came of the last period: it is replaced.
+            self.periods.pop()
+            if not self.periods:
+                # Nothing at all yet (no manifest was published): start afresh.
+                self.availability_start = now
+                self.periods.append(Period(0, 0, 1))
+                self.interrupted = False
+                return self.periods[0]
+            last = self.periods[-1]
+        assert last.end_ms is not None
+        wall_ms = int((now - self.availability_start) * 1000)
+        content_end = last.start_ms + (last.end_ms - last.base_ms)
+        period = Period(last.index + 1, max(wall_ms, content_end), self.next_number())
+        self.periods.append(period)
+        self.interrupted = False
+        self.publish_time = time.time()
+        return period
+
+    def period_of(self, number: int) -> Period:
+        for period in reversed(self.periods):
+            if number >= period.first_number:
+                return period
+        return self.periods[0]
 
     def chunk(self, name: str, number: int, data: bytes) -> None:
         rendition = self.renditions.get(name)
@@ -185,6 +272,9 @@ class LiveVideo:
                     del rendition.segments[number]
 
     def end(self, reason: str) -> None:
+        if self.periods[-1].end_ms is None:
+            self.close_period()
+        self.interrupted = False
         self.ended = True
         self.end_reason = reason
         self.publish_time = time.time()
@@ -213,6 +303,7 @@ class LiveVideo:
                 name: {str(n): list(v) for n, v in sorted(r.history.items())}
                 for name, r in self.renditions.items()
             },
+            [attrs.asdict(p) for p in self.periods],
         )
 
 

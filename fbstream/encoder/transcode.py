@@ -279,6 +279,8 @@ class _AudioRendition(_Rendition):
         self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
         self.fifo = av.AudioFifo()
         self.next_sample: int | None = None
+        #: Media time before which audio is dropped (the period's start).
+        self.min_ms = 0
         self.info = RenditionInfo(
             AUDIO_NAME, "audio", "mp4a.40.2", bitrate, sample_rate=AUDIO_RATE, timescale=AUDIO_RATE
         )
@@ -307,6 +309,8 @@ class _AudioRendition(_Rendition):
         if packet.dts is None or packet.dts < 0:
             return  # the encoder's priming packet
         packet_ms = packet.pts * 1000 // AUDIO_RATE
+        if packet_ms < self.min_ms:
+            return  # before this period's first segment (it belongs to no segment)
         number = packet_ms // segment_ms + 1
         if number != self.number:
             self._roll(number, (number - 1) * segment_ms, out)
@@ -352,10 +356,20 @@ class Transcoder:
     stream's serial worker).
     """
 
-    def __init__(self, settings: TranscoderSettings, frame_rate: float | None = None) -> None:
+    def __init__(self, settings: TranscoderSettings, frame_rate: float | None = None,
+                 first_number: int = 1, renditions: list[VideoRendition] | None = None) -> None:
+        """
+        ``first_number`` continues a live video after a reconnect: its segments
+        are numbered from there and its media time starts at that segment's
+        start. ``renditions`` keeps the video renditions the live video
+        already has, whatever the size of the new source.
+        """
         if settings.segment_ms != SEGMENT_MS:
             raise ValueError("only 1-second segments are supported")
         self.settings = settings
+        self.first_number = first_number
+        self.base_ms = (first_number - 1) * SEGMENT_MS
+        self.fixed_renditions = renditions
         self.frame_rate = frame_rate
         self.origin_ms: int | None = None
         self.video_decoder: Any = None
@@ -438,7 +452,7 @@ class Transcoder:
             self.origin_ms = timestamp
         # Serial arithmetic: RTMP timestamps wrap at 2**32 ms.
         delta = (timestamp - self.origin_ms) & 0xFFFFFFFF
-        return delta - (1 << 32) if delta >= 1 << 31 else delta
+        return (delta - (1 << 32) if delta >= 1 << 31 else delta) + self.base_ms
 
     # Video -----------------------------------------------------------------
 
@@ -480,7 +494,7 @@ class Transcoder:
         media_ms = int(frame.pts * (frame.time_base or MS) * 1000) if frame.pts is not None else self._last_video_ms
         if not self.videos:
             self._start_video(frame.width, frame.height, out)
-        number = max(1, media_ms // self.settings.segment_ms + 1)
+        number = max(self.first_number, media_ms // self.settings.segment_ms + 1)
         self._last_video_ms = max(self._last_video_ms, media_ms)
         began = time.perf_counter()
         for rendition in self.videos:
@@ -491,14 +505,16 @@ class Transcoder:
                 scaled = rendition.reformatter.reformat(
                     frame, spec.width, spec.height, "yuv420p", interpolation="BILINEAR"
                 )
-            rendition.encode(scaled, media_ms, number, (media_ms + (self.origin_ms or 0)) & 0xFFFFFFFF, out)
+            rendition.encode(scaled, media_ms, number,
+                             (media_ms - self.base_ms + (self.origin_ms or 0)) & 0xFFFFFFFF, out)
         self.encode_seconds += time.perf_counter() - began
         self.frames_out += 1
 
     def _start_video(self, width: int, height: int, out: list[Output]) -> None:
         self._source_size = (width, height)
         rate = Fraction(self.frame_rate or 30).limit_denominator(1001)
-        for spec in plan(width, height, self.settings.rungs):
+        specs = self.fixed_renditions or plan(width, height, self.settings.rungs)
+        for spec in specs:
             self.videos.append(_VideoRendition(spec, rate, self.settings.preset, self.settings.chunk_ms))
 
     # Audio -----------------------------------------------------------------
@@ -516,6 +532,7 @@ class Transcoder:
             self.audio_decoder = decoder
             if self.audio is None:
                 self.audio = _AudioRendition(self.settings.audio_bitrate, self.settings.chunk_ms)
+                self.audio.min_ms = self.base_ms
             return
         if self.audio_decoder is None or self.audio is None:
             return

@@ -31,6 +31,8 @@ from fbstream.encoder.store import Archive, LiveVideo, Segment
 STREAM_ID = re.compile(rb"^[A-Za-z0-9_.-]{1,128}$")
 RENDITION = re.compile(rb"^[A-Za-z0-9_]{1,32}$")
 SEGMENT = re.compile(rb"^([0-9]{1,18})\.m4s$")
+#: ``init.mp4`` for the first period, ``init-<k>.mp4`` for period k after a reconnect.
+INIT = re.compile(rb"^init(?:-([0-9]{1,6}))?\.mp4$")
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 #: How long a request for the next segment waits for it to start.
@@ -120,11 +122,14 @@ class LiveResource(Resource):
         if parts[2] == b"playlist.m3u8":
             _headers(request, b"application/vnd.apple.mpegurl", self._manifest_cache(video))
             return manifest.media_playlist(video, rendition)
-        if parts[2] == b"init.mp4":
-            if rendition.init is not None:
+        init = INIT.match(parts[2])
+        if init is not None:
+            period = int(init.group(1) or 0)
+            data = rendition.inits.get(period)
+            if data is not None:
                 _headers(request, kind, IMMUTABLE)
-                return rendition.init
-            return self._from_archive(request, video, (rendition.info.name, "init.mp4"), kind)
+                return data
+            return self._from_archive(request, video, (rendition.info.name, parts[2].decode()), kind)
         match = SEGMENT.match(parts[2])
         if match is None:
             return _error(request, 400, "bad segment name")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,6 +55,8 @@ class StreamEncoder:
         archive: Archive | None,
         max_lag_ms: int,
         on_refused: Callable[[str], None],
+        on_finished: Callable[[str], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ) -> None:
         self.video = video
         self.transcoder = transcoder
@@ -62,6 +65,11 @@ class StreamEncoder:
         self.archive = archive
         self.max_lag_ms = max_lag_ms
         self.on_refused = on_refused
+        #: Called when the publish is over, instead of ending the video (its
+        #: broadcaster may come back).
+        self.on_finished = on_finished
+        #: Called when a segment is complete everywhere.
+        self.on_progress = on_progress
         self._pending: list[MediaMessage] = []
         self._busy = False
         self._ending: str | None = None
@@ -75,6 +83,8 @@ class StreamEncoder:
         self.m_dropped = em.DROPPED_FRAMES.labels(stream=stream)
         self.m_encode = em.ENCODE_SECONDS.labels(stream=stream)
         self.m_lag = em.AVAILABILITY_LAG.labels(stream=stream)
+        #: Fires once the publish is fully transcoded (or failed).
+        self.done: Deferred[None] = Deferred()
         #: Availability lag of each segment, seconds (newest last; for benchmarks).
         self.lags: list[float] = []
 
@@ -174,6 +184,8 @@ class StreamEncoder:
         self._busy = False
         self.log.failure("transcoding {stream} failed", failure, stream=self.video.stream)
         self._refuse("the encoder failed: %s" % (failure.getErrorMessage(),))
+        if self._ending is not None and not self._finished:
+            self._finish()
 
     def _count(self) -> None:
         tx = self.transcoder
@@ -189,9 +201,15 @@ class StreamEncoder:
 
     def _finish(self) -> None:
         self._finished = True
-        self.video.end(self._ending or "ended")
+        if self.on_finished is not None:
+            self.video.close_period()
+            self.on_finished(self._ending or "ended")
+        else:
+            self.video.end(self._ending or "ended")
         self._write_state()
         em.LIVE_VIDEOS.dec()
+        if not self.done.called:
+            self.done.callback(None)
 
     def _refuse(self, reason: str) -> None:
         if self.video.failure is None:
@@ -219,7 +237,7 @@ class StreamEncoder:
         elif isinstance(output, InitSegment):
             video.add_rendition(output.info, output.data)
             if self.archive is not None:
-                self.archive.write(video.stream, (output.info.name, "init.mp4"), output.data)
+                self.archive.write(video.stream, (output.info.name, video.periods[-1].init_name()), output.data)
         elif isinstance(output, Notice):
             if output.level == "error":
                 self.log.error("{stream}: {message}", stream=video.stream, message=output.message)
@@ -238,8 +256,11 @@ class StreamEncoder:
                 self.m_lag.observe(lag)
                 self.lags.append(lag)
                 del self.lags[:-1000]
-        if self.video.complete_through > before and self.video.complete_through % 10 == 0:
-            self._write_state()
+        if self.video.complete_through > before:
+            if self.video.complete_through % 10 == 0:
+                self._write_state()
+            if self.on_progress is not None:
+                self.on_progress()
 
     def _write_state(self) -> None:
         if self.archive is not None:

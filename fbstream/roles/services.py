@@ -5,19 +5,25 @@ HTTP site with ``/metrics``, and the RTMP listener with its stream hub.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from fbstream.config import RoleConfig
+from fbstream.cache.ring import HashRing
+from fbstream.config import ConfigError, RoleConfig
 from fbstream.diskio import ThreadPoolService
 from fbstream.live.hub import IConsumerFactory, StreamHub
+from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
+from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest, PublishRefused
 from fbstream.live.record import FLVRecorderFactory
+from fbstream.live.tokens import KeyConfigError, KeyRing, peek_datacenter, token_from_query
+from fbstream.relay.relay import RelayIngest
 from fbstream.metrics import ROLE_UP, metrics_resource
 from fbstream.rtmp.protocol import RTMPServerFactory, RTMPServerSettings
 
@@ -54,6 +60,7 @@ class RoleService(MultiService):
     hub: StreamHub | None = None
     site: Site | None = None
     encoder: Any = None
+    broadcasts: Any = None
     caches: dict[str, Any] = {}
 
     def __init__(self, role: str) -> None:
@@ -70,44 +77,193 @@ class RoleService(MultiService):
         return super().stopService()
 
 
-def build_role(config: RoleConfig, reactor: Any) -> RoleService:
-    """The service of one role from its configuration."""
+class _Stop(Service):
+    """Runs ``stop`` when the role stops."""
+
+    def __init__(self, stop: Any) -> None:
+        self.stop = stop
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.stop()
+
+
+def make_registry(config: RoleConfig, reactor: Any, parent: MultiService, shared: dict[str, Any]) -> Any:
+    """The registry of ``registry.backend``; the embedded one is shared by the roles of one process."""
+    backend = config["registry.backend"]
+    if backend == "etcd":
+        from fbstream.registry.etcd import EtcdRegistry
+
+        registry = EtcdRegistry(reactor, config["registry.etcd"], config["registry.prefix"],
+                                config["registry.lease_seconds"])
+        _Stop(registry.close).setServiceParent(parent)
+        return registry
+    if backend != "embedded":
+        raise ConfigError("registry.backend must be embedded or etcd, not %r" % (backend,))
+    from fbstream.registry.memory import MemoryRegistry
+
+    if "registry" not in shared:
+        shared["registry"] = MemoryRegistry(reactor, config["registry.lease_seconds"])
+    return shared["registry"]
+
+
+def pop_api_key(config: RoleConfig, shared: dict[str, Any]) -> str | None:
+    """The live API's key (the ``all`` role makes one if none is configured)."""
+    try:
+        api_key = load_api_key(config["api.key_file"])
+    except OSError as e:
+        raise ConfigError("cannot read api.key_file: %s" % (e.strerror,)) from None
+    if api_key is None and shared.get("all"):
+        api_key = shared.setdefault("api_key", os.urandom(16).hex())
+    return api_key
+
+
+def check_secrets(configs: dict[str, RoleConfig]) -> None:
+    """Fail at startup, as a usage error, on missing or malformed secrets."""
+    shared = {"all": len(configs) > 1}
+    for config in configs.values():
+        if config.role == "encoder":
+            token_keys(config, shared)
+        elif config.role == "pop" and pop_api_key(config, shared) is not None:
+            token_keys(config, shared, required=True)
+
+
+def token_keys(config: RoleConfig, shared: dict[str, Any], required: bool = False) -> KeyRing | None:
+    """
+    The stream token keys (None if tokens are not required). With none
+    configured, the ``all`` role makes an ephemeral key that its own API and
+    encoder share; any other role refuses to start.
+    """
+    if not config["tokens.required"] and not required:
+        return None
+    try:
+        keys = KeyRing.load(config["tokens.keys_file"])
+    except KeyConfigError as e:
+        raise ConfigError(str(e)) from None
+    if keys is None:
+        if not shared.get("all"):
+            raise ConfigError(
+                "%s: tokens.required is true but there are no token keys: set "
+                "$FBSTREAM_TOKEN_KEYS or tokens.keys_file (or tokens.required=false)" % (config.role,))
+        keys = shared.setdefault("ephemeral_keys", KeyRing.generate())
+    return keys
+
+
+def _pop_route(dc_proxies: list[str]) -> Any:
+    table: dict[str, list[str]] = {}
+    for entry in dc_proxies:
+        dc, sep, endpoint = entry.partition("=")
+        if not sep or not dc or not endpoint:
+            raise ConfigError("relay.dc_proxies entry %r is not <datacenter>=<endpoint>" % (entry,))
+        table.setdefault(dc, []).append(endpoint)
+
+    def route(name: str, query: str) -> list[str]:
+        token = token_from_query(query)
+        if not token:
+            raise PublishRefused("NetStream.Publish.BadName",
+                                 "a stream token is required (publish to <stream id>?token=<token>)", "token")
+        dc = peek_datacenter(token)
+        if dc is None:
+            raise PublishRefused("NetStream.Publish.BadName", "the stream token is malformed", "token")
+        if dc not in table:
+            raise PublishRefused("NetStream.Publish.BadName",
+                                 "the stream token names data center %r, which this PoP does not serve" % (dc,),
+                                 "token")
+        return table[dc]
+
+    return route
+
+
+def _ring_route(encoders: list[str], vnodes: int) -> Any:
+    if not encoders:
+        raise ConfigError("relay.encoders is empty")
+    ring = HashRing(encoders, vnodes=vnodes)
+
+    def route(name: str, query: str) -> list[str]:
+        return list(ring.walk(name.encode()))
+
+    return route
+
+
+def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None = None) -> RoleService:
+    """
+    The service of one role from its configuration. ``shared`` carries what
+    the roles of one process share (the embedded registry, an ephemeral token
+    key for ``all``).
+    """
+    shared = shared if shared is not None else {}
     role = config.role
     service = RoleService(role)
-    if "rtmp.listen" in config.values:
-        consumers: list[IConsumerFactory] = []
-        if config["record.dir"]:
-            disk = ThreadPoolService("fbstream-%s-disk" % (role,), 1, 2)
-            disk.setServiceParent(service)
-            consumers.append(
-                FLVRecorderFactory(
-                    config["record.dir"], disk.pool, reactor, role, config["record.max_backlog"]
-                )
-            )
-        service.hub = StreamHub(
-            role,
-            consumers,
-            max_gop_bytes=config["rtmp.gop_cache_bytes"],
-            video_codecs=config["rtmp.video_codecs"],
-            audio_codecs=config["rtmp.audio_codecs"],
-        )
-        factory = RTMPServerFactory(service.hub, reactor, rtmp_settings(config))
-        listen(service, reactor, config["rtmp.listen"], factory)
     root = http_root()
+    ingest = None
+    registry = None
+    if role in ("pop", "encoder", "origin"):
+        registry = make_registry(config, reactor, service, shared)
+    if role == "dc-proxy":
+        ingest = RelayIngest(reactor, _ring_route(config["relay.encoders"], config["relay.virtual_nodes"]),
+                             config["rtmp.app"], role, config["relay.connect_timeout"],
+                             config["relay.publish_timeout"], retry_codes=frozenset([OWNED_ELSEWHERE]))
+    elif role == "pop" and config["relay.dc_proxies"]:
+        ingest = RelayIngest(reactor, _pop_route(config["relay.dc_proxies"]), config["rtmp.app"], role,
+                             config["relay.connect_timeout"], config["relay.publish_timeout"])
+    if role == "pop":
+        api_key = pop_api_key(config, shared)
+        if api_key is not None:
+            keys = token_keys(config, shared, required=True)
+            assert keys is not None
+            settings = APISettings(api_key, config["api.datacenter"], config["api.token_ttl_hours"] * 3600,
+                                   config["api.rtmp_url"].rstrip("/"), config["api.rtmps_url"].rstrip("/"),
+                                   config["api.playback_url"].rstrip("/"))
+            api = Resource()
+            v1 = Resource()
+            api.putChild(b"v1", v1)
+            v1.putChild(b"live_videos", LiveVideosResource(registry, keys, settings, reactor))
+            root.putChild(b"api", api)
+            shared["api"] = (api_key, keys, registry, settings)
+    if "rtmp.listen" in config.values:
+        if ingest is None:
+            consumers: list[IConsumerFactory] = []
+            if config["record.dir"]:
+                disk = ThreadPoolService("fbstream-%s-disk" % (role,), 1, 2)
+                disk.setServiceParent(service)
+                consumers.append(
+                    FLVRecorderFactory(
+                        config["record.dir"], disk.pool, reactor, role, config["record.max_backlog"]
+                    )
+                )
+            service.hub = StreamHub(
+                role,
+                consumers,
+                max_gop_bytes=config["rtmp.gop_cache_bytes"],
+                video_codecs=config["rtmp.video_codecs"],
+                audio_codecs=config["rtmp.audio_codecs"],
+            )
+        if role == "encoder":
+            from fbstream.encoder.ownership import Broadcasts
+            from fbstream.encoder.service import build_encoder
+
+            assert service.hub is not None
+            service.encoder = build_encoder(service, config, reactor, root)
+            service.hub.consumer_factories.append(service.encoder)
+            broadcasts = Broadcasts(
+                registry, reactor, token_keys(config, shared), config["encoder.name"],
+                config["encoder.advertise_http"], config["ingest.grace_seconds"],
+                config["ingest.takeover_silence"], config["ingest.claim_wait"])
+            broadcasts.idle = service.encoder.idle
+            service.encoder.broadcasts = broadcasts
+            service.broadcasts = broadcasts
+            _Stop(lambda: broadcasts.stop()).setServiceParent(service)
+            ingest = HubIngest(service.hub, broadcasts)
+        factory = RTMPServerFactory(service.hub, reactor, rtmp_settings(config), ingest, role)
+        listen(service, reactor, config["rtmp.listen"], factory)
     if role == "origin":
         from fbstream.cache.service import build_origin
 
-        service.caches = {"origin": build_origin(service, config, reactor, root)}
+        service.caches = {"origin": build_origin(service, config, reactor, root, registry)}
     elif role == "pop":
         from fbstream.cache.service import build_pop
 
         service.caches = build_pop(service, config, reactor, root)
-    if role == "encoder":
-        from fbstream.encoder.service import build_encoder
-
-        assert service.hub is not None
-        service.encoder = build_encoder(service, config, reactor, root)
-        service.hub.consumer_factories.append(service.encoder)
     service.site = Site(root)
     listen(service, reactor, config["http.listen"], service.site)
     return service

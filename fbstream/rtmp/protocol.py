@@ -23,13 +23,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fbstream.live.hub import (
-    AlreadyPublishing,
     IPlayer,
     IPublisher,
     LiveStream,
     MediaMessage,
     StreamHub,
 )
+from fbstream.live.ingest import HubIngest, PublishRefused
 from fbstream.metrics import (
     RTMP_CONNECTIONS,
     RTMP_CONNECTIONS_REFUSED,
@@ -66,11 +66,18 @@ class RTMPServerSettings:
 class RTMPServerFactory(Factory):
     log = Logger()
 
-    def __init__(self, hub: StreamHub, reactor: Any, settings: RTMPServerSettings) -> None:
+    def __init__(self, hub: StreamHub | None, reactor: Any, settings: RTMPServerSettings,
+                 ingest: Any = None, role: str = "") -> None:
+        #: Players play from the hub; a relay has none (playback is over HTTP).
         self.hub = hub
         self.reactor = reactor
         self.settings = settings
-        self.role = hub.role
+        self.role = hub.role if hub is not None else role
+        if ingest is None:
+            assert hub is not None, "an RTMP server needs a hub or an ingest"
+            ingest = HubIngest(hub)
+        #: Where publishes go (an IIngest).
+        self.ingest = ingest
         self.open_connections = 0
 
     def buildProtocol(self, addr: Any) -> "RTMPServerProtocol | None":
@@ -98,6 +105,20 @@ class _Publisher:
         """Tell the publisher why with an error status, then disconnect it."""
         self.proto.log.info("stopping publisher {peer}: {reason}", peer=self.proto.peer, reason=reason)
         self.proto.stop_publishing(self.stream_id, reason)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the publisher (the next hop is behind)."""
+        if not self.proto._closed:
+            self.proto.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if not self.proto._closed:
+            self.proto.transport.resumeProducing()
+
+    @property
+    def silent_for(self) -> float:
+        """Seconds since the publisher last sent anything."""
+        return self.proto.factory.reactor.seconds() - self.proto.last_received
 
 
 @implementer(IPlayer)
@@ -129,7 +150,10 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self.hub = factory.hub
         self.peer = "?"
         self.conn: c.ServerConnection | None = None
-        self.publishing: dict[int, LiveStream] = {}
+        #: Message stream id -> the sink (ISink) its media goes to.
+        self.publishing: dict[int, Any] = {}
+        self._opening: dict[int, Deferred[Any]] = {}
+        self.last_received = 0.0
         self.playing: dict[int, tuple[LiveStream, _Player]] = {}
         self._paused = False
         self._queue: deque[bytes] = deque()
@@ -161,6 +185,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         assert self.conn is not None
         if self.publishing:
             self.resetTimeout()
+        self.last_received = self.factory.reactor.seconds()
         try:
             for event in self.conn.receive(data):
                 self._event(event)
@@ -240,8 +265,11 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
 
     def _detach(self, reason: str) -> None:
         """Leave every stream this connection publishes or plays."""
-        for stream in list(self.publishing.values()):
-            self.hub.unpublish(stream, reason)
+        for opening in list(self._opening.values()):
+            opening.cancel()
+        self._opening.clear()
+        for sink in list(self.publishing.values()):
+            sink.close(reason)
         self.publishing.clear()
         for sid in list(self.playing):
             self._stop_playing(sid)
@@ -259,7 +287,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
                     self._refuse_stream(event.stream_id, str(e))
         elif isinstance(event, c.DataReceived):
             stream = self.publishing.get(event.stream_id)
-            if stream is not None and event.name == "onMetaData":
+            if stream is not None and event.name == "onMetaData":  # a sink
                 first = event.values[0] if event.values else None
                 if isinstance(first, amf0.ECMAArray):
                     values = first.items
@@ -278,9 +306,12 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         elif isinstance(event, c.PlayRequest):
             self._play(event)
         elif isinstance(event, c.StreamClosed):
-            stream = self.publishing.pop(event.stream_id, None)
-            if stream is not None:
-                self.hub.unpublish(stream, event.reason)
+            sink = self.publishing.pop(event.stream_id, None)
+            if sink is not None:
+                sink.close(event.reason)
+            opening = self._opening.pop(event.stream_id, None)
+            if opening is not None:
+                opening.cancel()
             self._stop_playing(event.stream_id)
 
     def _publish(self, request: c.PublishRequest) -> None:
@@ -289,14 +320,34 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             self._reject_publish(request, "NetStream.Publish.BadName", "bad-name",
                                  "invalid stream name %r" % (request.name,))
             return
-        try:
-            stream = self.hub.publish(request.name, _Publisher(self, request.stream_id))
-        except AlreadyPublishing:
-            self._reject_publish(request, "NetStream.Publish.BadName", "busy",
-                                 "stream %s is already being published" % (request.name,))
-            return
-        self.publishing[request.stream_id] = stream
-        self.conn.accept_publish(request)
+        sid = request.stream_id
+        publisher = _Publisher(self, sid)
+        d = self.factory.ingest.open(request.name, request.query, publisher)
+        self._opening[sid] = d
+
+        def accepted(sink: Any) -> None:
+            self._opening.pop(sid, None)
+            if self._closed:
+                sink.close("publisher disconnected")
+                return
+            self.publishing[sid] = sink
+            assert self.conn is not None
+            self.conn.accept_publish(request)
+            self._flush()
+
+        def refused(failure: Failure) -> None:
+            self._opening.pop(sid, None)
+            if self._closed:
+                return
+            if failure.check(PublishRefused):
+                e = failure.value
+                self._reject_publish(request, e.code, e.reason, e.description)
+            else:
+                self.log.failure("publishing {name} failed", failure, name=request.name)
+                self._reject_publish(request, "NetStream.Publish.Failed", "error",
+                                     "the server could not start the stream")
+
+        d.addCallbacks(accepted, refused)
 
     def _reject_publish(self, request: c.PublishRequest, code: str, reason: str, description: str) -> None:
         assert self.conn is not None
@@ -308,25 +359,30 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
 
     def _refuse_stream(self, stream_id: int, description: str) -> None:
         assert self.conn is not None
-        stream = self.publishing.pop(stream_id)
+        sink = self.publishing.pop(stream_id)
         RTMP_PUBLISH_REJECTED.labels(role=self.factory.role, reason="codec").inc()
         self.log.warn("refusing stream {name} from {peer}: {description}",
-                      name=stream.name, peer=self.peer, description=description)
-        self.hub.unpublish(stream, description)
+                      name=sink.name, peer=self.peer, description=description)
+        sink.close(description)
         self.conn.send_status(stream_id, "error", "NetStream.Failed", description)
         self._close_after_flush()
 
     def stop_publishing(self, stream_id: int, reason: str) -> None:
         if self._closed or self.conn is None:
             return
-        stream = self.publishing.pop(stream_id, None)
-        if stream is not None:
-            self.hub.unpublish(stream, reason)
+        sink = self.publishing.pop(stream_id, None)
+        if sink is not None:
+            sink.close(reason)
         self.conn.send_status(stream_id, "error", "NetStream.Failed", reason)
         self._close_after_flush()
 
     def _play(self, request: c.PlayRequest) -> None:
         assert self.conn is not None
+        if self.hub is None:
+            self.conn.reject_play(request, "NetStream.Play.Failed",
+                                  "this server only relays publishers; play over HTTP")
+            self._close_after_flush()
+            return
         if request.name not in self.hub.streams:
             self.conn.reject_play(request, "NetStream.Play.StreamNotFound",
                                   "stream %s is not live" % (request.name,))
@@ -344,6 +400,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         entry = self.playing.pop(stream_id, None)
         if entry is not None:
             stream, player = entry
+            assert self.hub is not None
             self.hub.stop_playing(stream, player)
             RTMP_PLAYERS.labels(role=self.factory.role).dec()
 
@@ -367,6 +424,11 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
 class RTMPStatusError(Exception):
     """The server answered with an error status or ``_error``."""
 
+    def __init__(self, message: str, code: str = "", description: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.description = description or message
+
 
 class RTMPClientProtocol(Protocol):
     """
@@ -385,6 +447,8 @@ class RTMPClientProtocol(Protocol):
         self.conn = c.ClientConnection(app, tc_url)
         self.reactor = reactor
         self.on_media = on_media
+        #: Called with statuses nobody waits for (a server stopping our publish).
+        self.on_status: Callable[[c.StatusReceived], None] | None = None
         self.ready: Deferred[dict[str, Any]] = Deferred()
         self.lost: Deferred[None] = Deferred()
         self._creating: deque[Deferred[int]] = deque()
@@ -422,9 +486,12 @@ class RTMPClientProtocol(Protocol):
             waiter = self._status_waiters.pop(event.stream_id, None)
             if waiter is not None:
                 if event.level == "error":
-                    waiter.errback(RTMPStatusError("%s: %s" % (event.code, event.description)))
+                    waiter.errback(RTMPStatusError("%s: %s" % (event.code, event.description),
+                                                   event.code, event.description))
                 else:
                     waiter.callback(event)
+            elif self.on_status is not None:
+                self.on_status(event)
         elif isinstance(event, c.CommandFailed):
             error = RTMPStatusError("%s failed: %r" % (event.command, event.info))
             if event.command == "connect" and not self.ready.called:

@@ -1,0 +1,315 @@
+"""
+The encoder's side of going live: who may publish a stream, and what becomes
+of its live video between publishes.
+
+Before a publish is accepted (:meth:`Broadcasts.admit`) the stream token is
+verified, the live API's record is checked (a video the API ended stays
+ended), and this encoder claims ownership of the stream in the registry. A
+broadcast then outlives its publishes: when the broadcaster drops, the live
+video is *interrupted*: its manifest stays live, and a publish with the same
+token within ``grace_seconds``, through any PoP and dc-proxy, continues it
+as a new period with the next segment numbers. If this encoder died, the
+next encoder on the ring claims the stream once the lease lapses (under a
+higher fence) and continues the same live video from the state the owner
+wrote to the registry. After the grace period the video ends and is a replay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from fbstream.encoder.store import LiveVideo, Period
+from fbstream.live.ingest import OWNED_ELSEWHERE, PublishRefused
+from fbstream.live.tokens import KeyRing, TokenError, token_from_query
+from fbstream.registry.base import Owned, Ownership, RegistryUnavailable
+
+
+def _sleep(clock: Any, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    call = clock.callLater(seconds, d.callback, None)
+    d.addErrback(lambda f: (call.active() and call.cancel(), f)[1])
+    return d
+
+
+class Broadcast:
+    """One live video on this encoder, across its publishes."""
+
+    def __init__(self, stream: str, ownership: Ownership, resumed: dict[str, Any] | None) -> None:
+        self.stream = stream
+        self.ownership = ownership
+        #: The registry state a resumed broadcast continues from.
+        self.resumed = resumed
+        self.video: LiveVideo | None = None
+        self.publisher: Any = None
+        self.grace: Any = None
+        self.ended = False
+        self._writing = False
+        self._dirty = False
+
+
+class Broadcasts:
+    log = Logger()
+
+    def __init__(self, registry: Any, clock: Any, keys: KeyRing | None, encoder_name: str,
+                 advertise_http: str, grace_seconds: float, takeover_silence: float,
+                 claim_wait: float) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.keys = keys
+        self.encoder_name = encoder_name
+        self.advertise_http = advertise_http
+        self.grace_seconds = grace_seconds
+        self.takeover_silence = takeover_silence
+        self.claim_wait = claim_wait
+        self.by_stream: dict[str, Broadcast] = {}
+        #: idle(name) -> Deferred that fires once the stream's last publish is
+        #: fully transcoded (set by the encoder's consumers).
+        self.idle: Any = lambda name: succeed(None)
+
+    # IAdmission ---------------------------------------------------------------
+
+    @inlineCallbacks
+    def admit(self, name: str, query: str, publisher: Any) -> Any:
+        if self.keys is not None:
+            try:
+                self.keys.verify(token_from_query(query), name, self.clock.seconds())
+            except TokenError as e:
+                raise PublishRefused("NetStream.Publish.BadName", str(e), "token") from None
+        try:
+            record = yield self.registry.get_video(name)
+        except RegistryUnavailable as e:
+            raise PublishRefused("NetStream.Publish.Failed", "the registry is unavailable: %s" % (e,),
+                                 "registry") from None
+        if record is not None and record.get("ended"):
+            raise PublishRefused("NetStream.Publish.BadName", "live video %s has ended" % (name,), "ended")
+        current = self.by_stream.get(name)
+        if current is not None and not current.ended and not current.ownership.lost:
+            if current.publisher is not None:
+                silent = current.publisher.silent_for
+                if silent < self.takeover_silence:
+                    raise PublishRefused(
+                        "NetStream.Publish.BadName",
+                        "stream %s is being published by another connection" % (name,), "busy")
+                self.log.info("{stream}: replacing a publisher silent for {s:.1f} s", stream=name, s=silent)
+                old, current.publisher = current.publisher, None
+                old.stop("replaced by a new connection of the same broadcaster")
+            current.publisher = publisher
+            # The last publish's segments are all out before the next begins.
+            yield self.idle(name)
+            return
+        claim = yield self._claim(name)
+        state = yield self.registry.read_state(name)
+        if state is not None and state.get("status") == "ended":
+            yield self.registry.release(claim)
+            raise PublishRefused("NetStream.Publish.BadName", "live video %s has ended" % (name,), "ended")
+        if current is not None:
+            self._forget(current)
+        broadcast = Broadcast(name, None, state)  # type: ignore[arg-type]
+        broadcast.ownership = Ownership(self.registry, claim, self.clock,
+                                        lambda reason: self._lost(broadcast, reason))
+        broadcast.publisher = publisher
+        self.by_stream[name] = broadcast
+        yield self.idle(name)
+        self.log.info("{stream}: owned by {me} under fence {fence}{resumed}", stream=name,
+                      me=self.encoder_name, fence=claim.owner.fence,
+                      resumed=" (continuing from the registry)" if state else "")
+
+    @inlineCallbacks
+    def _claim(self, name: str) -> Any:
+        deadline = self.clock.seconds() + self.claim_wait
+        probed = False
+        while True:
+            try:
+                claim = yield self.registry.claim(name, self.encoder_name, self.advertise_http)
+                return claim
+            except RegistryUnavailable as e:
+                raise PublishRefused("NetStream.Publish.Failed", "the registry is unavailable: %s" % (e,),
+                                     "registry") from None
+            except Owned as e:
+                owner = e.owner
+            if not probed and owner.encoder != self.encoder_name:
+                probed = True
+                alive = yield self._reachable(owner.http)
+                if alive:
+                    raise PublishRefused(OWNED_ELSEWHERE, "stream %s is owned by encoder %s" % (
+                        name, owner.encoder), "owned")
+            if self.clock.seconds() >= deadline:
+                raise PublishRefused(OWNED_ELSEWHERE, "stream %s is still owned by encoder %s" % (
+                    name, owner.encoder), "owned")
+            # The owner looks dead: wait for its lease to lapse.
+            yield _sleep(self.clock, 0.5)
+
+    @inlineCallbacks
+    def _reachable(self, endpoint: str) -> Any:
+        try:
+            d = connectProtocol(clientFromString(self.clock, endpoint), Protocol())
+            proto = yield d.addTimeout(1.0, self.clock)
+        except Exception:
+            return False
+        proto.transport.loseConnection()
+        return True
+
+    # The consumer side (EncoderConsumers) ---------------------------------
+
+    def video_for(self, name: str, make: Any) -> tuple[LiveVideo, Period | None]:
+        """
+        The live video a publish of ``name`` feeds: this broadcast's (a new
+        period if it was interrupted), one resumed from the registry, or a new
+        one from ``make(availability_start)``. Also returns the period to
+        continue from, if any.
+        """
+        broadcast = self.by_stream.get(name)
+        now = self.clock.seconds()
+        if broadcast is None:
+            return make(now), None
+        if broadcast.grace is not None and broadcast.grace.active():
+            broadcast.grace.cancel()
+        broadcast.grace = None
+        if broadcast.video is not None and not broadcast.video.ended:
+            return broadcast.video, broadcast.video.open_period(now)
+        state = broadcast.resumed
+        if state and state.get("periods"):
+            video = make(state["availability_start"])
+            video.periods = [Period(**p) for p in state["periods"]]
+            last = video.periods[-1]
+            if last.end_ms is None:
+                # The old owner died mid-period: it ends where its state says.
+                last.end_ms = (state.get("last_number", last.first_number - 1)) * 1000
+            video.renditions_known = state.get("renditions", [])  # type: ignore[attr-defined]
+            video.resume_number = state.get("last_number", 0) + 1  # type: ignore[attr-defined]
+            broadcast.video = video
+            return video, _resume_period(video, now)
+        broadcast.video = make(now)
+        return broadcast.video, None
+
+    def attach(self, name: str, video: LiveVideo) -> None:
+        broadcast = self.by_stream.get(name)
+        if broadcast is not None:
+            broadcast.video = video
+            self.write_state(broadcast)
+
+    def progress(self, name: str) -> None:
+        broadcast = self.by_stream.get(name)
+        if broadcast is not None:
+            self.write_state(broadcast)
+
+    def publish_ended(self, name: str, reason: str, publisher: Any) -> None:
+        """The publisher is gone: wait ``grace_seconds`` for it, then end."""
+        broadcast = self.by_stream.get(name)
+        if broadcast is None or broadcast.ended:
+            return
+        if broadcast.publisher is not None and broadcast.publisher is not publisher:
+            return  # already replaced by a new connection
+        broadcast.publisher = None
+        video = broadcast.video
+        if video is None:
+            return
+        if broadcast.ownership.lost or reason.startswith("the live video"):
+            self._end(broadcast, reason)
+            return
+        self.log.info("{stream}: interrupted ({reason}); waiting {s} s for the broadcaster",
+                      stream=name, reason=reason, s=self.grace_seconds)
+        broadcast.grace = self.clock.callLater(self.grace_seconds, self._end, broadcast,
+                                               "the broadcaster did not come back")
+        self.write_state(broadcast)
+
+    # Registry state ---------------------------------------------------------
+
+    def _state(self, broadcast: Broadcast) -> dict[str, Any]:
+        video = broadcast.video
+        assert video is not None
+        import attrs
+
+        last = max((n for r in video.renditions.values() for n in r.history), default=0)
+        status = "ended" if broadcast.ended else ("interrupted" if video.interrupted else "live")
+        return {
+            "status": status,
+            "encoder": self.encoder_name,
+            "http": self.advertise_http,
+            "fence": broadcast.ownership.fence,
+            "availability_start": video.availability_start,
+            "periods": [attrs.asdict(p) for p in video.periods],
+            "renditions": [attrs.asdict(r.info) for r in video.renditions.values()],
+            "last_number": last,
+        }
+
+    def write_state(self, broadcast: Broadcast) -> None:
+        if broadcast.video is None or broadcast.ownership.lost:
+            return
+        if broadcast._writing:
+            broadcast._dirty = True
+            return
+        broadcast._writing = True
+        broadcast._dirty = False
+        d = broadcast.ownership.write(self._state(broadcast))
+
+        def written(record: Any) -> None:
+            broadcast._writing = False
+            if record is not None and record.get("ended") and not broadcast.ended:
+                self.log.info("{stream}: ended by the live API", stream=broadcast.stream)
+                if broadcast.publisher is not None:
+                    broadcast.publisher.stop("the live video was ended")
+                self._end(broadcast, "the live video was ended")
+            elif broadcast._dirty:
+                self.write_state(broadcast)
+
+        def failed(failure: Any) -> None:
+            broadcast._writing = False
+            self.log.warn("{stream}: writing the state failed: {e}", stream=broadcast.stream,
+                          e=failure.getErrorMessage())
+
+        d.addCallbacks(written, failed)
+
+    # Endings ----------------------------------------------------------------
+
+    def _end(self, broadcast: Broadcast, reason: str) -> None:
+        if broadcast.ended:
+            return
+        if broadcast.grace is not None and broadcast.grace.active():
+            broadcast.grace.cancel()
+        video = broadcast.video
+        if video is not None and not video.ended:
+            video.end(reason)
+        lost = broadcast.ownership.lost
+        broadcast.ended = True
+        if not lost and video is not None:
+            d = broadcast.ownership.write(self._state(broadcast))
+            d.addBoth(lambda _: broadcast.ownership.release())
+        elif not lost:
+            broadcast.ownership.release()
+        self.log.info("{stream}: ended ({reason})", stream=broadcast.stream, reason=reason)
+
+    def _lost(self, broadcast: Broadcast, reason: str) -> None:
+        """Fenced: another encoder owns the stream now. Stop at once."""
+        self.log.warn("{stream}: {reason}; stopping", stream=broadcast.stream, reason=reason)
+        if broadcast.publisher is not None:
+            broadcast.publisher.stop(reason)
+        self._end(broadcast, reason)
+
+    def _forget(self, broadcast: Broadcast) -> None:
+        broadcast.ownership.stop()
+        if broadcast.grace is not None and broadcast.grace.active():
+            broadcast.grace.cancel()
+
+    def stop(self) -> None:
+        for broadcast in self.by_stream.values():
+            self._forget(broadcast)
+
+
+def _resume_period(video: LiveVideo, now: float) -> Period:
+    """The first period on this encoder of a video another encoder began."""
+    last = video.periods[-1]
+    assert last.end_ms is not None
+    wall_ms = int((now - video.availability_start) * 1000)
+    content_end = last.start_ms + (last.end_ms - last.base_ms)
+    # One number of margin: the dead owner may have cut a segment it had no
+    # time to record, and a number once served must never change content.
+    first = max(getattr(video, "resume_number", last.first_number) + 1, last.first_number + 1)
+    period = Period(last.index + 1, max(wall_ms, content_end), first)
+    video.periods.append(period)
+    return period

@@ -1,0 +1,182 @@
+"""
+The live API, served by the PoP: ``/api/v1/live_videos``.
+
+- ``POST`` creates a live video: a stream id, a signed stream token naming the
+  stream and its data center, the RTMP(S) ingest URLs and the playback URLs.
+- ``GET`` lists live videos with their status (``created`` until a
+  broadcaster publishes, then ``live``, ``interrupted`` while the encoder waits
+  for a reconnect, ``ended``); ``GET .../<id>`` shows one.
+- ``DELETE .../<id>`` ends one: the encoder stops its broadcaster and the
+  video becomes its replay; its token is refused from then on.
+
+Every call needs ``Authorization: Bearer <api key>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+from typing import Any
+
+import attrs
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from fbstream.live.tokens import KeyRing
+
+VIDEO_ID = re.compile(r"^[a-f0-9]{16}$")
+MAX_BODY = 16 * 1024
+
+
+@attrs.frozen
+class APISettings:
+    api_key: str
+    datacenter: str
+    token_ttl: float
+    rtmp_url: str
+    rtmps_url: str
+    playback_url: str
+
+
+def load_api_key(path: str, environ: dict[str, str] | None = None) -> str | None:
+    if path:
+        with open(path) as f:
+            key = f.read().strip()
+    else:
+        key = (environ if environ is not None else os.environ).get("FBSTREAM_API_KEY", "").strip()
+    return key or None
+
+
+class LiveVideosResource(Resource):
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, registry: Any, keys: KeyRing, settings: APISettings, clock: Any) -> None:
+        super().__init__()
+        self.registry = registry
+        self.keys = keys
+        self.settings = settings
+        self.clock = clock
+
+    def render(self, request: Request) -> bytes | int:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        auth = (request.getHeader(b"authorization") or "").encode()
+        if not hmac.compare_digest(auth, b"Bearer " + self.settings.api_key.encode()):
+            request.setHeader(b"www-authenticate", b'Bearer realm="fbstream"')
+            return _json(request, 401, {"error": "a valid API key is required (Authorization: Bearer <key>)"})
+        parts = [p for p in request.postpath if p]
+        if len(parts) > 1:
+            return _json(request, 404, {"error": "no such URL"})
+        video_id = parts[0].decode("ascii", "replace") if parts else None
+        if video_id is not None and not VIDEO_ID.match(video_id):
+            return _json(request, 404, {"error": "no such live video"})
+        method = request.method
+        if method == b"POST" and video_id is None:
+            d = self._create(request)
+        elif method == b"GET":
+            d = self._show(request, video_id) if video_id else self._list(request)
+        elif method == b"DELETE" and video_id is not None:
+            d = self._end(request, video_id)
+        else:
+            request.setHeader(b"allow", b"GET, POST" if video_id is None else b"GET, DELETE")
+            return _json(request, 405, {"error": "method not allowed"})
+
+        def failed(failure: Any) -> None:
+            self.log.failure("live API call failed", failure)
+            if not request.finished and not request._disconnected:
+                request.write(_json(request, 503, {"error": "the registry is unavailable"}))
+                request.finish()
+
+        d.addErrback(failed)
+        return NOT_DONE_YET
+
+    def _describe(self, record: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+        s = self.settings
+        vid = record["id"]
+        state = record.get("state") or {}
+        status = "ended" if record.get("ended") else state.get("status", "created")
+        out: dict[str, Any] = {
+            "id": vid,
+            "status": status,
+            "datacenter": record["dc"],
+            "title": record.get("title", ""),
+            "created": record["created"],
+            "playback": {
+                "dash": "%s/live/%s/manifest.mpd" % (s.playback_url, vid),
+                "hls": "%s/live/%s/master.m3u8" % (s.playback_url, vid),
+            },
+        }
+        if state.get("encoder"):
+            out["encoder"] = state["encoder"]
+        if token is not None:
+            key = "%s?token=%s" % (vid, token)
+            out["stream_key"] = key
+            out["token"] = token
+            out["ingest"] = {"rtmp": "%s/%s" % (s.rtmp_url, key)}
+            if s.rtmps_url:
+                out["ingest"]["rtmps"] = "%s/%s" % (s.rtmps_url, key)
+        return out
+
+    @inlineCallbacks
+    def _create(self, request: Request) -> Any:
+        body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        title = ""
+        if body.strip():
+            try:
+                parsed = json.loads(body) if len(body) <= MAX_BODY else None
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("title", ""), str):
+                request.write(_json(request, 400, {"error": "the body must be a JSON object like {\"title\": \"...\"}"}))
+                request.finish()
+                return
+            title = parsed.get("title", "")[:200]
+        now = self.clock.seconds()
+        vid = os.urandom(8).hex()
+        record = {"id": vid, "dc": self.settings.datacenter, "created": now, "title": title, "ended": False}
+        yield self.registry.create_video(vid, record)
+        token = self.keys.sign(vid, self.settings.datacenter, now, self.settings.token_ttl)
+        out = self._describe(record, token)
+        out["token_expires"] = now + self.settings.token_ttl
+        request.setHeader(b"location", b"/api/v1/live_videos/" + vid.encode())
+        request.write(_json(request, 201, out))
+        request.finish()
+
+    @inlineCallbacks
+    def _list(self, request: Request) -> Any:
+        videos = yield self.registry.list_videos()
+        listing = [self._describe(v) for v in sorted(videos, key=lambda v: -v.get("created", 0))]
+        request.write(_json(request, 200, {"live_videos": listing}))
+        request.finish()
+
+    @inlineCallbacks
+    def _show(self, request: Request, vid: str) -> Any:
+        record = yield self.registry.get_video(vid)
+        if record is None:
+            request.write(_json(request, 404, {"error": "no such live video"}))
+        else:
+            record["state"] = yield self.registry.read_state(vid)
+            request.write(_json(request, 200, self._describe(record)))
+        request.finish()
+
+    @inlineCallbacks
+    def _end(self, request: Request, vid: str) -> Any:
+        record = yield self.registry.get_video(vid)
+        if record is None:
+            request.write(_json(request, 404, {"error": "no such live video"}))
+        else:
+            record["ended"] = True
+            record["ended_at"] = self.clock.seconds()
+            yield self.registry.put_video(vid, record)
+            request.write(_json(request, 200, self._describe(record)))
+        request.finish()
+
+
+def _json(request: Request, code: int, value: Any) -> bytes:
+    request.setResponseCode(code)
+    return json.dumps(value, indent=1).encode() + b"\n"
