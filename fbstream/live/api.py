@@ -65,7 +65,7 @@ class LiveVideosResource(Resource):
     def render(self, request: Request) -> bytes | int:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        auth = (request.getHeader(b"authorization") or "").encode()
+        auth = request.getHeader(b"authorization") or b""
         if not hmac.compare_digest(auth, b"Bearer " + self.settings.api_key.encode()):
             request.setHeader(b"www-authenticate", b'Bearer realm="fbstream"')
             return _json(request, 401, {"error": "a valid API key is required (Authorization: Bearer <key>)"})
@@ -113,6 +113,7 @@ class LiveVideosResource(Resource):
         }
         if state.get("encoder"):
             out["encoder"] = state["encoder"]
+            out["fence"] = state.get("fence")
         if token is not None:
             key = "%s?token=%s" % (vid, token)
             out["stream_key"] = key

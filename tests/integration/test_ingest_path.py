@@ -1,0 +1,233 @@
+"""
+The whole ingest path of real processes: 2 PoPs, 2 dc-proxies, 3 encoders, an
+origin and an etcd server. Broadcasters (PyAV, the ffmpeg tool) publish
+through a PoP over RTMPS; viewers read from the other PoP. Then the
+broadcaster's connection, the dc-proxy in use and the owning encoder are
+killed in turn, and the same live video goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from fbstream.live.tokens import KeyRing
+
+from .conftest import pyav_counts, pyav_publish, run, sleep, tool
+from .topology import API_KEY, TOKEN_KEYS, Topology
+
+LEASE = 3.0
+
+
+@pytest.fixture(scope="module")
+def dc(tmp_path_factory, etcd, tls_files):
+    topology = Topology(tmp_path_factory.mktemp("dc"), etcd.url, tls_files, lease=LEASE).start()
+    yield topology
+    topology.stop()
+
+
+def http(method, url, body=None, key=API_KEY):
+    request = urllib.request.Request(url, data=body, method=method)
+    if key is not None:
+        request.add_header("Authorization", "Bearer " + key)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError as e:
+        return 0, str(e).encode()
+
+
+def create_video(pop):
+    code, body = http("POST", "http://127.0.0.1:%d/api/v1/live_videos" % (pop.http,), b'{"title": "t"}')
+    assert code == 201, body
+    return json.loads(body)
+
+
+def ingest(pop, video, tls=True):
+    if tls:
+        return "rtmps://127.0.0.1:%d/live/%s" % (pop.rtmps, video["stream_key"])
+    return "rtmp://127.0.0.1:%d/live/%s" % (pop.rtmp, video["stream_key"])
+
+
+def state(pop, vid):
+    code, body = http("GET", "http://127.0.0.1:%d/api/v1/live_videos/%s" % (pop.http, vid))
+    assert code == 200, body
+    return json.loads(body)
+
+
+class Viewer:
+    """Polls a rendition's HLS playlist at a PoP throughout, fetching each new segment."""
+
+    def __init__(self, pop, vid):
+        self.base = "http://127.0.0.1:%d/live/%s/240p/" % (pop.http, vid)
+        self.polls = []
+        self.fetched = {}
+        self.loop = task.LoopingCall(self.poll)
+
+    def poll(self):
+        code, body = http("GET", self.base + "playlist.m3u8", key=None)
+        if code != 200:
+            return
+        text = body.decode()
+        numbers = [int(n) for n in re.findall(r"^(\d+)\.m4s$", text, re.M)]
+        self.polls.append((time.monotonic(), numbers, text))
+        for n in numbers[-2:]:
+            if n not in self.fetched:
+                self.fetched[n] = http("GET", self.base + "%d.m4s" % (n,), key=None)[0]
+
+    def start(self):
+        self.loop.start(0.5)
+
+    def stop(self):
+        self.loop.stop()
+
+    def check_never_lost(self, polls=None):
+        seen = set()
+        for _, numbers, _ in self.polls[:polls]:
+            assert numbers == sorted(set(numbers)), "segments out of order or repeated"
+            lost = seen - set(numbers)
+            assert not lost, "the manifest lost segments %s" % (sorted(lost),)
+            seen |= set(numbers)
+        assert all(code == 200 for code in self.fetched.values()), self.fetched
+        return seen
+
+
+@defer.inlineCallbacks
+def wait_for(predicate, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        yield sleep(0.25)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def gap_seconds(playlist):
+    """The wall-clock gap at the discontinuity of an HLS media playlist."""
+    lines = playlist.splitlines()
+    times = []
+    for i, line in enumerate(lines):
+        if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            stamp = line.split(":", 1)[1]
+            times.append((i, time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(stamp[19:-1] or 0)))
+    assert "#EXT-X-DISCONTINUITY" in lines
+    disc = lines.index("#EXT-X-DISCONTINUITY")
+    before = [t for i, t in times if i < disc]
+    after = [t for i, t in times if i > disc]
+    seg_count_before = sum(1 for line in lines[:disc] if line.startswith("#EXTINF") and
+                           lines.index(line) > max(i for i, _ in times if i < disc))
+    durations = [float(line[8:].rstrip(",")) for line in lines[:disc] if line.startswith("#EXTINF")]
+    end_before = before[-1] + sum(durations[-seg_count_before:]) if seg_count_before else before[-1]
+    return after[0] - end_before
+
+
+@pytest_twisted.inlineCallbacks
+def test_tokens_are_checked_at_the_encoder(dc):
+    video = create_video(dc.pops[0])
+    other = create_video(dc.pops[0])
+    pop = dc.pops[0]
+    bad = {
+        "forged": "%s?token=%s" % (video["id"], KeyRing.parse("k1:" + "00" * 32).sign(video["id"], "dc1", time.time())),
+        "expired": "%s?token=%s" % (video["id"], KeyRing.parse(TOKEN_KEYS).sign(video["id"], "dc1", time.time() - 7200, 60)),
+        "other stream": "%s?token=%s" % (video["id"], other["token"]),
+        "missing": video["id"],
+        "unknown dc": "%s?token=%s" % (video["id"], KeyRing.parse(TOKEN_KEYS).sign(video["id"], "dc9", time.time())),
+    }
+    for what, key in bad.items():
+        out, err, code = yield run(tool("ffmpeg"), "-hide_banner", "-re", "-f", "lavfi", "-i",
+                                   "testsrc2=size=320x240:rate=15", "-t", "3", "-c:v", "libx264",
+                                   "-f", "flv", "rtmp://127.0.0.1:%d/live/%s" % (pop.rtmp, key), timeout=60)
+        assert code != 0, what
+    # Nothing was created for the refused publishes.
+    assert state(pop, video["id"])["status"] == "created"
+    # A video the API ended refuses its own token from then on.
+    code, _ = http("DELETE", "http://127.0.0.1:%d/api/v1/live_videos/%s" % (pop.http, other["id"]))
+    assert code == 200
+    result = yield pyav_publish(ingest(pop, other), "--duration", "2", "--size", "320x240")
+    assert result[2] != 0 and b"ended" in result[1] or result[2] != 0
+    # The API itself wants its key.
+    assert http("GET", "http://127.0.0.1:%d/api/v1/live_videos" % (pop.http,), key="wrong")[0] == 401
+    assert http("POST", "http://127.0.0.1:%d/api/v1/live_videos" % (pop.http,), b"[1]")[0] == 400
+
+
+@pytest_twisted.inlineCallbacks
+def test_reconnect_failover_and_fencing(dc):
+    pop_a, pop_b = dc.pops
+    video = create_video(pop_a)
+    vid = video["id"]
+    # 1. PyAV publishes over RTMPS through PoP A; a viewer reads PoP B.
+    first = pyav_publish(ingest(pop_a, video), "--duration", "8", "--size", "426x240")
+    viewer = Viewer(pop_b, vid)
+    yield wait_for(lambda: state(pop_a, vid)["status"] == "live", what="live")
+    viewer.start()
+    counts = pyav_counts((yield first))
+    assert sum(counts.values()) > 0
+    yield wait_for(lambda: state(pop_a, vid)["status"] == "interrupted", what="interrupted")
+    owner = state(pop_a, vid)["encoder"]
+    dropped = time.monotonic()
+    yield sleep(2)
+
+    # 2. The broadcaster comes back through PoP B with the ffmpeg tool.
+    resumed = time.monotonic()
+    second = yield run(tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+                       "testsrc2=size=426x240:rate=30", "-f", "lavfi", "-i", "sine=frequency=330",
+                       "-t", "6", "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-c:a", "aac",
+                       "-f", "flv", ingest(pop_b, video), timeout=90)
+    assert second[2] == 0, second[1][-2000:]
+    yield sleep(2)
+    after = state(pop_a, vid)
+    assert after["encoder"] == owner  # the same encoder, through another PoP and dc-proxy
+    seen = viewer.check_never_lost()
+    playlist = viewer.polls[-1][2]
+    assert "#EXT-X-DISCONTINUITY" in playlist
+    assert max(seen) - min(seen) + 1 == len(seen), "numbers go on across the reconnect"
+    outage = resumed - dropped
+    assert gap_seconds(playlist) <= outage + 2.0
+    code, mpd = http("GET", "http://127.0.0.1:%d/live/%s/manifest.mpd" % (pop_b.http, vid), key=None)
+    assert code == 200 and mpd.count(b"<Period ") == 2 and b'type="dynamic"' in mpd
+
+    # 3. Kill the dc-proxy PoP A uses first: the next publish goes through the
+    # other one and reaches the same encoder.
+    dc.dc_proxies[0].kill()
+    third = yield pyav_publish(ingest(pop_a, video), "--duration", "4", "--size", "426x240")
+    pyav_counts(third)
+    assert state(pop_a, vid)["encoder"] == owner
+    dc.dc_proxies[0].start()
+
+    # 4. Kill the owning encoder: the next publish waits for its lease to
+    # lapse, lands on the next encoder of the ring, under a higher fence.
+    index = int(owner[len("encoder"):])
+    fence_before = state(pop_a, vid)["fence"]
+    before_kill = len(viewer.polls)
+    dc.encoders[index].kill()
+    fourth = yield pyav_publish(ingest(pop_b, video), "--duration", "6", "--size", "426x240")
+    pyav_counts(fourth)
+    moved = state(pop_a, vid)
+    assert moved["encoder"] != owner and moved["fence"] > fence_before
+    viewer.stop()
+    # Up to the kill the manifest never lost a segment; after it, the new
+    # owner's segments go on from higher numbers (the dead one's are gone
+    # with it, except from the caches).
+    seen = viewer.check_never_lost(before_kill)
+    assert min(viewer.polls[-1][1]) > max(seen)
+    code, mpd = http("GET", "http://127.0.0.1:%d/live/%s/manifest.mpd" % (pop_b.http, vid), key=None)
+    assert code == 200 and mpd.count(b"<Period ") >= 3, mpd[:2000]
+
+    # The old encoder, restarted, cannot take the stream back: its claim is
+    # refused while the new owner holds the lease, with the owner named.
+    dc.encoders[index].start()
+    direct = "rtmp://127.0.0.1:%d/live/%s" % (dc.encoders[index].rtmp, video["stream_key"])
+    out, err, code = yield run(tool("ffmpeg"), "-hide_banner", "-re", "-f", "lavfi", "-i",
+                               "testsrc2=size=320x240:rate=15", "-t", "2", "-c:v", "libx264",
+                               "-f", "flv", direct, timeout=60)
+    assert code != 0
+    assert "owned by encoder" in dc.encoders[index].log()

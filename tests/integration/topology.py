@@ -1,0 +1,126 @@
+"""
+A data center of real processes on loopback: ``twistd fbstream`` for every
+role, an etcd server, each on free ports, each killable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+from .conftest import ROOT, free_port
+from .test_twistd import twistd
+
+TOKEN_KEYS = "k1:" + "5e" * 32
+API_KEY = "test-api-key"
+
+
+class Node:
+    def __init__(self, name, role, args, directory):
+        self.name = name
+        self.role = role
+        self.args = args
+        self.directory = directory
+        self.process = None
+        self.http = free_port()
+
+    def start(self):
+        env = dict(os.environ, FBSTREAM_TOKEN_KEYS=TOKEN_KEYS, FBSTREAM_API_KEY=API_KEY, PYTHONPATH=ROOT)
+        log = open(os.path.join(self.directory, self.name + ".log"), "ab")
+        self.process = subprocess.Popen(
+            [twistd(), "-n", "--pidfile=", "fbstream",
+             "--role", self.role, "--config", os.path.join(ROOT, "conf", self.role + ".toml"),
+             "--set", "http.listen=tcp:%d:interface=127.0.0.1" % (self.http,), *self.args],
+            cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("%s exited; see %s.log" % (self.name, self.name))
+            try:
+                urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (self.http,), timeout=1).read()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("%s did not start" % (self.name,))
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def log(self):
+        with open(os.path.join(self.directory, self.name + ".log"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+
+class Topology:
+    """2 PoPs, 2 dc-proxies, 3 encoders, an origin, on one etcd."""
+
+    def __init__(self, directory, etcd_url, tls, lease=3.0, grace=30.0):
+        self.directory = str(directory)
+        key, cert = tls
+        prefix = "/t%d" % (free_port(),)
+        registry = ["registry.backend=etcd", "registry.etcd=%s" % (etcd_url,),
+                    "registry.prefix=%s" % (prefix,), "registry.lease_seconds=%s" % (lease,)]
+        self.encoder_rtmp = [free_port() for _ in range(3)]
+        self.dc_rtmp = [free_port() for _ in range(2)]
+        self.encoders = []
+        for i, port in enumerate(self.encoder_rtmp):
+            node = Node("encoder%d" % (i,), "encoder", [], self.directory)
+            node.rtmp = port
+            node.args = [
+                "--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (port,),
+                "--set", "encoder.name=encoder%d" % (i,),
+                "--set", "encoder.advertise_http=tcp:127.0.0.1:%d" % (node.http,),
+                "--set", "encoder.ladder=[\"240:300\"]",
+                "--set", "archive.dir=archive%d" % (i,),
+                "--set", "ingest.grace_seconds=%s" % (grace,),
+                "--set", "ingest.claim_wait=%s" % (lease * 3,),
+                *[a for r in registry for a in ("--set", r)],
+            ]
+            self.encoders.append(node)
+        ring = "relay.encoders=[%s]" % (",".join('"tcp:127.0.0.1:%d"' % p for p in self.encoder_rtmp),)
+        self.dc_proxies = []
+        for i, port in enumerate(self.dc_rtmp):
+            node = Node("dcproxy%d" % (i,), "dc-proxy",
+                        ["--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (port,), "--set", ring,
+                         "--set", "relay.connect_timeout=2"], self.directory)
+            node.rtmp = port
+            self.dc_proxies.append(node)
+        self.origin = Node("origin", "origin", [
+            "--set", "origin.upstreams=tcp:127.0.0.1:%d" % (self.encoders[0].http,),
+            *[a for r in registry for a in ("--set", r)]], self.directory)
+        self.pops = []
+        for i in range(2):
+            rtmp, rtmps, cache = free_port(), free_port(), free_port()
+            # Each PoP tries its "own" dc-proxy first.
+            order = self.dc_rtmp if i == 0 else self.dc_rtmp[::-1]
+            dcs = "relay.dc_proxies=[%s]" % (",".join('"dc1=tcp:127.0.0.1:%d"' % p for p in order),)
+            node = Node("pop%d" % (i,), "pop", [
+                "--set", 'rtmp.listen=["tcp:%d:interface=127.0.0.1", "ssl:%d:interface=127.0.0.1:privateKey=%s:certKey=%s"]'
+                % (rtmp, rtmps, key, cert),
+                "--set", dcs, "--set", "relay.connect_timeout=2",
+                "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
+                "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
+                "--set", "pop.origins=tcp:127.0.0.1:%d" % (self.origin.http,),
+                "--set", "pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),),
+                *[a for r in registry for a in ("--set", r)]], self.directory)
+            node.rtmp = rtmp
+            node.rtmps = rtmps
+            self.pops.append(node)
+
+    def nodes(self):
+        return [*self.encoders, *self.dc_proxies, self.origin, *self.pops]
+
+    def start(self):
+        for node in self.nodes():
+            node.start()
+        return self
+
+    def stop(self):
+        for node in self.nodes():
+            node.kill()
