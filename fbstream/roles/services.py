@@ -122,6 +122,10 @@ def check_secrets(configs: dict[str, RoleConfig]) -> None:
     """Fail at startup, as a usage error, on missing or malformed secrets."""
     shared = {"all": len(configs) > 1}
     for config in configs.values():
+        if config.role == "dc-proxy":
+            _ring_route(config["relay.encoders"], config["relay.virtual_nodes"])
+        elif config.role == "pop":
+            _pop_route(config["relay.dc_proxies"])
         if config.role == "encoder":
             token_keys(config, shared)
         elif config.role == "pop" and pop_api_key(config, shared) is not None:

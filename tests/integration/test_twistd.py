@@ -116,10 +116,13 @@ def test_all_role_runs_the_demo_and_serves_metrics(all_role):
         (["--role=edge"], b"unknown role 'edge'"),
         (["--role=pop", "--set", "rtmp.idle_timeout=soon"], b"rtmp.idle_timeout must be float"),
         (["--role=pop", "--config", "/nonexistent.toml"], b"cannot read /nonexistent.toml"),
+        (["--role=encoder"], b"there are no token keys"),
+        (["--role=dc-proxy", "--set", 'relay.encoders=[]'], b"relay.encoders is empty"),
     ],
 )
 def test_usage_errors_are_not_tracebacks(argv, message):
-    result = subprocess.run([twistd(), "fbstream", *argv], capture_output=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FBSTREAM_")}
+    result = subprocess.run([twistd(), "fbstream", *argv], capture_output=True, timeout=60, env=env)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert b"Traceback" not in result.stderr
