@@ -172,6 +172,8 @@ def start_encoder(archive):
     """An encoder role on free ports (RTMP, HTTP), archiving to ``archive``."""
     rtmp, http = free_port(), free_port()
     return start_role("encoder", [
+        # A publish that ends is the replay at once (no wait for a reconnect).
+        "ingest.grace_seconds=0",
         "rtmp.listen=tcp:%d:interface=127.0.0.1" % (rtmp,),
         "http.listen=tcp:%d:interface=127.0.0.1" % (http,),
         "archive.dir=%s" % (archive,),

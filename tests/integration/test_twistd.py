@@ -46,6 +46,7 @@ def wait_for_ok(url, seconds):
 @pytest.fixture(params=["default", "asyncio"])
 def all_role(request, tmp_path):
     ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin", "cache")}
+    dc_rtmp, encoder_rtmp = free_port(), free_port()
     args = [twistd(), "-n", "--pidfile=", "--logfile=%s" % (tmp_path / "twistd.log",)]
     if request.param == "asyncio":
         args.append("--reactor=asyncio")
@@ -53,8 +54,12 @@ def all_role(request, tmp_path):
         "fbstream", "--role=all", "--demo",
         "--config", os.path.join(ROOT, "conf", "all.toml"),
         "--set", "pop.rtmp.listen=tcp:%d:interface=127.0.0.1" % (ports["rtmp"],),
-        "--set", "dc-proxy.rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
-        "--set", "encoder.rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
+        "--set", "dc-proxy.rtmp.listen=tcp:%d:interface=127.0.0.1" % (dc_rtmp,),
+        "--set", "encoder.rtmp.listen=tcp:%d:interface=127.0.0.1" % (encoder_rtmp,),
+        # What points at a moved port moves with it.
+        "--set", "pop.relay.dc_proxies=dc1=tcp:127.0.0.1:%d" % (dc_rtmp,),
+        "--set", "dc-proxy.relay.encoders=tcp:127.0.0.1:%d" % (encoder_rtmp,),
+        "--set", "encoder.encoder.advertise_http=tcp:127.0.0.1:%d" % (ports["encoder"],),
         "--set", "encoder.archive.dir=%s" % (tmp_path / "archive",),
         "--set", "pop.pop.cache_listen=tcp:%d:interface=127.0.0.1" % (ports["cache"],),
         "--set", "pop.pop.cache_hosts=tcp:127.0.0.1:%d" % (ports["cache"],),
