@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+import attrs
+from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from fbstream.encoder.store import LiveVideo, Period
@@ -29,19 +31,14 @@ from fbstream.live.tokens import KeyRing, TokenError, token_from_query
 from fbstream.registry.base import Owned, Ownership, RegistryUnavailable
 
 
-def _sleep(clock: Any, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    call = clock.callLater(seconds, d.callback, None)
-    d.addErrback(lambda f: (call.active() and call.cancel(), f)[1])
-    return d
-
-
 class Broadcast:
     """One live video on this encoder, across its publishes."""
 
-    def __init__(self, stream: str, ownership: Ownership, resumed: dict[str, Any] | None) -> None:
+    #: Set right after the claim (its loss callback needs the broadcast).
+    ownership: Ownership
+
+    def __init__(self, stream: str, resumed: dict[str, Any] | None) -> None:
         self.stream = stream
-        self.ownership = ownership
         #: The registry state a resumed broadcast continues from.
         self.resumed = resumed
         self.video: LiveVideo | None = None
@@ -109,7 +106,7 @@ class Broadcasts:
             raise PublishRefused("NetStream.Publish.BadName", "live video %s has ended" % (name,), "ended")
         if current is not None:
             self._forget(current)
-        broadcast = Broadcast(name, None, state)  # type: ignore[arg-type]
+        broadcast = Broadcast(name, state)
         broadcast.ownership = Ownership(self.registry, claim, self.clock,
                                         lambda reason: self._lost(broadcast, reason))
         broadcast.publisher = publisher
@@ -142,7 +139,7 @@ class Broadcasts:
                 raise PublishRefused(OWNED_ELSEWHERE, "stream %s is still owned by encoder %s" % (
                     name, owner.encoder), "owned")
             # The owner looks dead: wait for its lease to lapse.
-            yield _sleep(self.clock, 0.5)
+            yield deferLater(self.clock, 0.5, lambda: None)
 
     @inlineCallbacks
     def _reachable(self, endpoint: str) -> Any:
@@ -156,36 +153,35 @@ class Broadcasts:
 
     # The consumer side (EncoderConsumers) ---------------------------------
 
-    def video_for(self, name: str, make: Any) -> tuple[LiveVideo, Period | None]:
+    def video_for(self, name: str, make: Any) -> tuple[LiveVideo, Period | None, list[dict[str, Any]]]:
         """
         The live video a publish of ``name`` feeds: this broadcast's (a new
         period if it was interrupted), one resumed from the registry, or a new
         one from ``make(availability_start)``. Also returns the period to
-        continue from, if any.
+        continue from, if any, and the renditions a resumed video had.
         """
         broadcast = self.by_stream.get(name)
         now = self.clock.seconds()
         if broadcast is None:
-            return make(now), None
+            return make(now), None, []
         if broadcast.grace is not None and broadcast.grace.active():
             broadcast.grace.cancel()
         broadcast.grace = None
         if broadcast.video is not None and not broadcast.video.ended:
-            return broadcast.video, broadcast.video.open_period(now)
+            return broadcast.video, broadcast.video.open_period(now), []
         state = broadcast.resumed
         if state and state.get("periods"):
             video = make(state["availability_start"])
             video.periods = [Period(**p) for p in state["periods"]]
             last = video.periods[-1]
+            last_number = state.get("last_number", last.first_number - 1)
             if last.end_ms is None:
                 # The old owner died mid-period: it ends where its state says.
-                last.end_ms = (state.get("last_number", last.first_number - 1)) * 1000
-            video.renditions_known = state.get("renditions", [])  # type: ignore[attr-defined]
-            video.resume_number = state.get("last_number", 0) + 1  # type: ignore[attr-defined]
+                last.end_ms = last_number * 1000
             broadcast.video = video
-            return video, _resume_period(video, now)
+            return video, _resume_period(video, now, last_number), state.get("renditions", [])
         broadcast.video = make(now)
-        return broadcast.video, None
+        return broadcast.video, None, []
 
     def attach(self, name: str, video: LiveVideo) -> None:
         broadcast = self.by_stream.get(name)
@@ -223,8 +219,6 @@ class Broadcasts:
     def _state(self, broadcast: Broadcast) -> dict[str, Any]:
         video = broadcast.video
         assert video is not None
-        import attrs
-
         last = max((n for r in video.renditions.values() for n in r.history), default=0)
         status = "ended" if broadcast.ended else ("interrupted" if video.interrupted else "live")
         return {
@@ -301,7 +295,7 @@ class Broadcasts:
             self._forget(broadcast)
 
 
-def _resume_period(video: LiveVideo, now: float) -> Period:
+def _resume_period(video: LiveVideo, now: float, last_number: int) -> Period:
     """The first period on this encoder of a video another encoder began."""
     last = video.periods[-1]
     assert last.end_ms is not None
@@ -309,7 +303,7 @@ def _resume_period(video: LiveVideo, now: float) -> Period:
     content_end = last.start_ms + (last.end_ms - last.base_ms)
     # One number of margin: the dead owner may have cut a segment it had no
     # time to record, and a number once served must never change content.
-    first = max(getattr(video, "resume_number", last.first_number) + 1, last.first_number + 1)
+    first = max(last_number + 2, last.first_number + 1)
     period = Period(last.index + 1, max(wall_ms, content_end), first)
     video.periods.append(period)
     return period

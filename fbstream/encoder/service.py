@@ -68,8 +68,9 @@ class EncoderConsumers:
             return video
 
         period = None
+        known: list[dict[str, Any]] = []
         if self.broadcasts is not None:
-            video, period = self.broadcasts.video_for(name, make)
+            video, period, known = self.broadcasts.video_for(name, make)
         else:
             video = make(self.reactor.seconds())
         self.registry.videos[name] = video
@@ -83,7 +84,7 @@ class EncoderConsumers:
         transcoder = Transcoder(self.settings)
         if period is not None:
             transcoder = Transcoder(self.settings, first_number=period.first_number,
-                                    renditions=_video_renditions(video) or None)
+                                    renditions=_video_renditions(video, known) or None)
         encoder = StreamEncoder(
             video,
             transcoder,
@@ -107,14 +108,21 @@ class EncoderConsumers:
         if encoder is None or encoder.done.called:
             return succeed(None)
         d: Deferred[None] = Deferred()
-        encoder.done.addBoth(lambda result: (d.callback(None), result)[1])
+
+        def fire(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        encoder.done.addBoth(fire)
         return d
 
 
-def _video_renditions(video: LiveVideo) -> list[VideoRendition]:
-    """The video renditions a live video already has (kept across periods)."""
+def _video_renditions(video: LiveVideo, known: list[dict[str, Any]]) -> list[VideoRendition]:
+    """
+    The video renditions a live video already has (kept across periods), or
+    those ``known`` from the registry when another encoder began it.
+    """
     infos = [r.info for r in video.renditions.values()]
-    known = getattr(video, "renditions_known", None)
     if not infos and known:
         infos = [RenditionInfo(**k) for k in known]
     specs = [VideoRendition(i.name, i.width, i.height, i.bandwidth) for i in infos if i.kind == "video"]

@@ -69,7 +69,7 @@ class LiveVideosResource(Resource):
         if not hmac.compare_digest(auth, b"Bearer " + self.settings.api_key.encode()):
             request.setHeader(b"www-authenticate", b'Bearer realm="fbstream"')
             return _json(request, 401, {"error": "a valid API key is required (Authorization: Bearer <key>)"})
-        parts = [p for p in request.postpath if p]
+        parts = [p for p in request.postpath or [] if p]
         if len(parts) > 1:
             return _json(request, 404, {"error": "no such URL"})
         video_id = parts[0].decode("ascii", "replace") if parts else None

@@ -156,7 +156,7 @@ class Ownership:
             elif self.clock.seconds() - self._renewed > self.registry.lease_seconds:
                 self._lose("the registry was unreachable for longer than the lease")
             else:
-                self.log.warning("renewing ownership of {stream} failed: {e}",
+                self.log.warn("renewing ownership of {stream} failed: {e}",
                               stream=self.claim.stream, e=failure.getErrorMessage())
 
         d.addCallbacks(ok, failed)

@@ -22,14 +22,15 @@ import json
 from typing import Any
 
 import treq
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.error import (
     ConnectError,
     ConnectionRefusedError,
     DNSLookupError,
     TimeoutError,
 )
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -59,27 +60,6 @@ def _prefix_end(prefix: str) -> str:
     return _b64(raw[:-1] + bytes([raw[-1] + 1]))
 
 
-class _BodyProducer:
-    """A whole JSON body (IBodyProducer)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 @implementer(IRegistry)
 class EtcdRegistry:
     def __init__(self, reactor: Any, urls: list[str], prefix: str = "/fbstream",
@@ -93,7 +73,7 @@ class EtcdRegistry:
         self.timeout = timeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.retryAutomatically = False
-        self.agent = Agent(reactor, pool=self.pool, connectTimeout=timeout)
+        self.http = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=timeout))
         self._next = 0
 
     def _key(self, kind: str, stream: str = "") -> str:
@@ -107,11 +87,11 @@ class EtcdRegistry:
         for attempt in range(len(self.urls)):
             url = self.urls[(self._next + attempt) % len(self.urls)]
             try:
-                d = self.agent.request(b"POST", (url + path).encode(), _JSON, _BodyProducer(data))
-                d.addTimeout(self.timeout, self.reactor)
-                response = yield d
+                response = yield self.http.post(url + path, data=data, headers=_JSON, timeout=self.timeout,
+                                                reactor=self.reactor)
                 raw = yield treq.content(response)
-            except (ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError, ResponseFailed) as e:
+            except (ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError, ResponseFailed,
+                    ResponseNeverReceived, CancelledError) as e:
                 last = e
                 continue
             self._next = (self._next + attempt) % len(self.urls)

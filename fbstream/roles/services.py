@@ -199,7 +199,7 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
     role = config.role
     service = RoleService(role)
     root = http_root()
-    ingest = None
+    ingest: Any = None
     registry = None
     if role in ("pop", "encoder", "origin"):
         registry = make_registry(config, reactor, service, shared)

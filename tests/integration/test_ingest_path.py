@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, task
 
 from fbstream.live.tokens import KeyRing
 
