@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 import pytest_twisted
@@ -70,6 +71,15 @@ def all_role(request, tmp_path):
     for role in ("pop", "dc-proxy", "encoder", "origin"):
         args += ["--set", "%s.http.listen=tcp:%d:interface=127.0.0.1" % (role, ports[role])]
     proc = subprocess.Popen(args, cwd=str(tmp_path))
+    # The tests' own deadlines count from a running process, not from the
+    # spawn: on a loaded 2-core CI machine starting Python can take seconds.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (ports["pop"],), timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.2)
     yield ports, tmp_path / "twistd.log"
     proc.send_signal(signal.SIGTERM)
     try:
