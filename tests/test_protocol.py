@@ -97,9 +97,11 @@ class PublishTests(SynchronousTestCase):
         self.assertEqual(len(self.recordings.made["cam"].messages), 20)
 
     def test_bad_stream_name_refused(self):
-        client, server, pump, sid, d = start_publishing(self, self.h, name="../etc/passwd")
-        self.assertIn("invalid stream name", str(self.failureResultOf(d, RTMPStatusError).value))
-        self.assertEqual(self.h.hub.streams, {})
+        # Dots alone would name the archive's own directory or its parent.
+        for name in ("../etc/passwd", "..", ".", ".hidden", "a" * 129, "a b"):
+            client, server, pump, sid, d = start_publishing(self, self.h, name=name)
+            self.assertIn("invalid stream name", str(self.failureResultOf(d, RTMPStatusError).value))
+            self.assertEqual(self.h.hub.streams, {})
 
     def test_unsupported_codec_gets_an_error_status(self):
         client, server, pump, sid, d = start_publishing(self, self.h)

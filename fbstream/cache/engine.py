@@ -43,12 +43,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from fbstream.cache import metrics as cm
+from fbstream.live.urls import PLAYBACK_PATH
 
-#: The playback URLs of DESIGN.md; nothing else is fetched or cached.
-PLAYBACK_PATH = re.compile(
-    rb"^/live/(index\.json|[A-Za-z0-9_.-]{1,128}/"
-    rb"(manifest\.mpd|master\.m3u8|[A-Za-z0-9_]{1,32}/(playlist\.m3u8|init\.mp4|[0-9]{1,18}\.m4s)))$"
-)
 #: Response headers passed from upstream to viewers (and kept in the cache).
 PASSED_HEADERS = (b"content-type", b"cache-control", b"x-fbstream-segment", b"access-control-allow-origin")
 IMMUTABLE = b"public, max-age=31536000, immutable"

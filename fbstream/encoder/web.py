@@ -1,9 +1,6 @@
 """
-The playback URLs of DESIGN.md, served by the encoder to the origin:
-
-- ``/live/<id>/manifest.mpd``, ``/live/<id>/master.m3u8``
-- ``/live/<id>/<rendition>/playlist.m3u8``, ``.../init.mp4``, ``.../<n>.m4s``
-- ``/time`` (UTC, ISO 8601, for DASH ``UTCTiming``)
+The playback URLs of DESIGN.md (:mod:`fbstream.live.urls`), served by the
+encoder to the origin, and ``/time`` (UTC, ISO 8601, for DASH ``UTCTiming``).
 
 Cache headers drive the caches in front: a complete segment is immutable; the
 segment being made is streamed chunk by chunk as the encoder cuts them, with
@@ -17,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred
@@ -27,12 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from fbstream.encoder import manifest
 from fbstream.encoder.store import Archive, LiveVideo, Segment
-
-STREAM_ID = re.compile(rb"^[A-Za-z0-9_.-]{1,128}$")
-RENDITION = re.compile(rb"^[A-Za-z0-9_]{1,32}$")
-SEGMENT = re.compile(rb"^([0-9]{1,18})\.m4s$")
-#: ``init.mp4`` for the first period, ``init-<k>.mp4`` for period k after a reconnect.
-INIT = re.compile(rb"^init(?:-([0-9]{1,6}))?\.mp4$")
+from fbstream.live.urls import INIT, RENDITION, SEGMENT, STREAM_ID
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 #: How long a request for the next segment waits for it to start.

@@ -39,12 +39,13 @@ from fbstream.metrics import (
     RTMP_PROTOCOL_ERRORS,
     RTMP_PUBLISH_REJECTED,
 )
+from fbstream.live.urls import STREAM_ID_PATTERN
 from fbstream.rtmp import amf0, connection as c
 from fbstream.rtmp.errors import RTMPError, UnsupportedCodec
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
 
-#: Stream names we accept: what fits in a URL path segment and a file name.
-STREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: Stream names we accept: the stream ids of the playback URLs.
+STREAM_NAME = re.compile(r"^%s$" % (STREAM_ID_PATTERN,))
 
 
 @attrs.define
