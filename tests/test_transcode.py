@@ -14,10 +14,10 @@ import subprocess
 import pytest
 
 from fbstream.demo import publish
-from fbstream.encoder.fmp4 import boxes
+from fbstream.encoder.fmp4 import boxes, decode_time, sample_count, timescale
 from fbstream.encoder.ladder import DEFAULT_RUNGS, parse_rungs, plan
 from fbstream.encoder.transcode import (
-    Chunk, InitSegment, Refused, SegmentEnd, Transcoder, TranscoderSettings,
+    Chunk, InitSegment, Refused, SegmentClock, SegmentEnd, Transcoder, TranscoderSettings,
 )
 from fbstream.live.hub import MediaMessage
 from fbstream.rtmp import flv
@@ -30,8 +30,8 @@ def source(tmp_path, name, **kw):
         return [MediaMessage(t, ts, p) for t, ts, p in flv.read_file(f.read()) if t in (8, 9)]
 
 
-def transcode(messages, rungs=DEFAULT_RUNGS):
-    tx = Transcoder(TranscoderSettings(parse_rungs(list(rungs))))
+def transcode(messages, rungs=DEFAULT_RUNGS, clock=None, resume_ms=None):
+    tx = Transcoder(TranscoderSettings(parse_rungs(list(rungs))), clock=clock, resume_ms=resume_ms)
     out = []
     for message in messages:
         out += tx.feed(message)
@@ -56,6 +56,55 @@ def test_ladder_never_upscales():
     assert [(r.width, r.height) for r in plan(320, 180, rungs)] == [(320, 180)]
     with pytest.raises(ValueError):
         parse_rungs(["720p"])
+
+
+def test_a_reconnect_goes_on_from_its_clock(tmp_path):
+    """After a reconnect, numbers go on and media time is the period's start (presentation time)."""
+    tx, out = transcode(source(tmp_path, "again", size="426x240", duration=3), clock=SegmentClock(19, 20_011))
+    inits, ends = summary(out)
+    for name in ("240p", "audio"):
+        assert [e.number for e in ends[name]] == [19, 20, 21], name
+        assert [e.start_ms for e in ends[name]] == [20_011, 21_011, 22_011], name
+    assert [e.frames for e in ends["240p"]] == [30, 30, 30]
+    # The first video segment starts exactly at the period: its first
+    # fragment's decode time, in the track's timescale, is the base.
+    first = next(o.data for o in out if isinstance(o, Chunk) and o.rendition == "240p" and o.number == 19)
+    init = next(o.data for o in out if isinstance(o, InitSegment) and o.info.name == "240p")
+    assert decode_time(first) == 20_011 * timescale(init) // 1000
+
+
+def ffmpeg_source(tmp_path, name):
+    """Three seconds from the ffmpeg tool: 426x240 H.264, mono AAC at 44.1 kHz."""
+    path = str(tmp_path / (name + ".flv"))
+    subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=426x240:rate=30",
+                    "-f", "lavfi", "-i", "sine=frequency=330", "-t", "3", "-c:v", "libx264", "-g", "60",
+                    "-c:a", "aac", "-f", "flv", path], check=True)
+    with open(path, "rb") as f:
+        return [MediaMessage(t, ts, p) for t, ts, p in flv.read_file(f.read()) if t in (8, 9)]
+
+
+@pytest.mark.parametrize("made_by", ["pyav", "ffmpeg"])
+def test_the_time_away_is_a_slate(tmp_path, made_by):
+    """The broadcaster was away from 17.3 s to 20.011 s: the period opens with a still and silence."""
+    messages = (source(tmp_path, "back", size="426x240", duration=3) if made_by == "pyav"
+                else ffmpeg_source(tmp_path, "back"))  # stereo at 48 kHz; mono at 44.1 kHz
+    tx, out = transcode(messages, clock=SegmentClock(19, 17_300), resume_ms=20_011)
+    assert not [o for o in out if isinstance(o, Refused)]
+    inits, ends = summary(out)
+    video = {e.number: e for e in ends["240p"]}
+    assert list(video)[:4] == [19, 20, 21, 22]
+    assert [video[n].start_ms for n in (19, 20, 21, 22)] == [17_300, 18_300, 19_300, 20_300]
+    # One still keyframe per slate segment; the source's frames from 20.011 s.
+    assert video[19].frames == video[20].frames == 1
+    data = b"".join(o.data for o in out if isinstance(o, Chunk) and o.rendition == "240p" and o.number == 21)
+    assert sample_count(data) == video[21].frames
+    assert 1 + 8 <= video[21].frames <= 1 + 10, video[21]
+    assert sum(e.frames for e in ends["240p"]) == 2 + 1 + 90
+    # Audio is continuous from the period's start: silence, then the source.
+    audio = [e for e in ends["audio"]]
+    assert audio[0].number == 19 and audio[0].start_ms == 17_300
+    assert all(a.start_ms + a.duration_ms == b.start_ms for a, b in zip(audio, audio[1:]))
+    assert audio[-1].start_ms + audio[-1].duration_ms >= 22_900
 
 
 def test_no_audio(tmp_path):
@@ -147,3 +196,20 @@ def test_corrupt_frames_are_survived(tmp_path):
     inits, ends = summary(out)
     assert ends["240p"], "still produces segments"
     assert not [o for o in out if isinstance(o, Refused)]
+
+
+def test_audio_that_changes_format_midstream_is_survived(tmp_path):
+    """Mono at 44.1 kHz, then stereo at 48 kHz: PyAV's resampler would crash the process; ours goes on."""
+    parts = []
+    for name, layout, rate in (("mono", "mono", 44100), ("stereo", "stereo", 48000)):
+        path = str(tmp_path / (name + ".flv"))
+        subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-f", "lavfi", "-i",
+                        "sine=sample_rate=%d" % (rate,), "-ac", "1" if layout == "mono" else "2",
+                        "-t", "2", "-c:a", "aac", "-f", "flv", path], check=True)
+        with open(path, "rb") as f:
+            parts.append([MediaMessage(t, ts, p) for t, ts, p in flv.read_file(f.read()) if t == 8])
+    shift = parts[0][-1].timestamp + 23
+    messages = parts[0] + [MediaMessage(m.type_id, m.timestamp + shift, m.payload) for m in parts[1]]
+    tx, out = transcode(messages)
+    inits, ends = summary(out)
+    assert sum(e.duration_ms for e in ends["audio"]) >= 3900

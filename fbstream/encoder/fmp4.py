@@ -68,20 +68,32 @@ class FragmentSplitter:
         return chunks
 
 
-def decode_time(chunk: bytes) -> int:
-    """The ``tfdt`` base media decode time of a chunk's first track fragment."""
-    for kind, pos, size in boxes(chunk):
+def _in_track_fragments(data: bytes, wanted: bytes) -> Iterator[int]:
+    """The offset of each ``wanted`` box inside every ``moof``/``traf`` of ``data``."""
+    for kind, pos, size in boxes(data):
         if kind != b"moof":
             continue
-        for kind2, pos2, size2 in boxes(chunk, pos + 8, pos + size):
+        for kind2, pos2, size2 in boxes(data, pos + 8, pos + size):
             if kind2 != b"traf":
                 continue
-            for kind3, pos3, size3 in boxes(chunk, pos2 + 8, pos2 + size2):
-                if kind3 == b"tfdt":
-                    if chunk[pos3 + 8] == 1:
-                        return int(struct.unpack_from(">Q", chunk, pos3 + 12)[0])
-                    return int(struct.unpack_from(">I", chunk, pos3 + 12)[0])
+            for kind3, pos3, _ in boxes(data, pos2 + 8, pos2 + size2):
+                if kind3 == wanted:
+                    yield pos3
+
+
+def decode_time(chunk: bytes) -> int:
+    """The ``tfdt`` base media decode time of a chunk's first track fragment."""
+    for pos in _in_track_fragments(chunk, b"tfdt"):
+        if chunk[pos + 8] == 1:
+            return int(struct.unpack_from(">Q", chunk, pos + 12)[0])
+        return int(struct.unpack_from(">I", chunk, pos + 12)[0])
     raise BoxError("no tfdt in chunk")
+
+
+def sample_count(segment: bytes) -> int:
+    """How many samples (frames) the ``trun`` boxes of a media segment hold."""
+    return sum(int(struct.unpack_from(">I", segment, pos + 12)[0])
+               for pos in _in_track_fragments(segment, b"trun"))
 
 
 def timescale(init: bytes) -> int:

@@ -74,14 +74,25 @@ def mpd(
         root.set("mediaPresentationDuration", duration(end_ms / 1000))
         root.set("publishTime", iso_time(video.publish_time))
     oldest_ms = (now - video.availability_start - video.window_seconds) * 1000 if live else None
+    shown = []
     for p in video.periods:
         content_ms = (p.end_ms if p.end_ms is not None else p.base_ms) - p.base_ms
         if oldest_ms is not None and p.end_ms is not None and p.start_ms + content_ms < oldest_ms:
             continue  # wholly out of the time-shift window
+        if live and p.index > 0 and video.complete_through < p.first_number:
+            # A reconnect's period is announced once it has a segment in every
+            # rendition: before, its init segments may not exist yet, and a
+            # player told of it would fail on them.
+            continue
+        shown.append((p, content_ms))
+    for i, (p, content_ms) in enumerate(shown):
         period = ET.SubElement(root, "Period", {"id": str(p.index), "start": duration(p.start_ms / 1000)})
-        if p.end_ms is not None:
+        if p.end_ms is not None and (i < len(shown) - 1 or not live):
             # A period that ended early: the broadcaster dropped, and the next
-            # period (if any) starts when it came back; the time between is a gap.
+            # period starts when it came back; the time between is a gap. A
+            # live MPD's last period never ends early, even while the
+            # broadcaster is away: a player (dash.js) would take its end for
+            # the end of the stream and close its MediaSource.
             period.set("duration", duration(content_ms / 1000))
         _adaptation_sets(period, video, p, live, chunk_ms)
     ET.SubElement(root, "UTCTiming", {

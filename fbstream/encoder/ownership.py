@@ -179,7 +179,7 @@ class Broadcasts:
                 # The old owner died mid-period: it ends where its state says.
                 last.end_ms = last_number * 1000
             broadcast.video = video
-            return video, _resume_period(video, now, last_number), state.get("renditions", [])
+            return video, _resume_period(video, last_number), state.get("renditions", [])
         broadcast.video = make(now)
         return broadcast.video, None, []
 
@@ -295,15 +295,12 @@ class Broadcasts:
             self._forget(broadcast)
 
 
-def _resume_period(video: LiveVideo, now: float, last_number: int) -> Period:
+def _resume_period(video: LiveVideo, last_number: int) -> Period:
     """The first period on this encoder of a video another encoder began."""
     last = video.periods[-1]
-    assert last.end_ms is not None
-    wall_ms = int((now - video.availability_start) * 1000)
-    content_end = last.start_ms + (last.end_ms - last.base_ms)
     # One number of margin: the dead owner may have cut a segment it had no
     # time to record, and a number once served must never change content.
     first = max(last_number + 2, last.first_number + 1)
-    period = Period(last.index + 1, max(wall_ms, content_end), first)
+    period = Period.after(last, first)
     video.periods.append(period)
     return period

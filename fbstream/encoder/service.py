@@ -83,8 +83,10 @@ class EncoderConsumers:
         broadcasts = self.broadcasts
         transcoder = Transcoder(self.settings)
         if period is not None:
-            transcoder = Transcoder(self.settings, first_number=period.first_number,
-                                    renditions=_video_renditions(video, known) or None)
+            # The broadcaster is back now: the slate fills the time it was away.
+            resume_ms = int((self.reactor.seconds() - video.availability_start) * 1000)
+            transcoder = Transcoder(self.settings, clock=period.clock,
+                                    renditions=_video_renditions(video, known) or None, resume_ms=resume_ms)
         encoder = StreamEncoder(
             video,
             transcoder,

@@ -19,7 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo
+from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo, SegmentClock
 
 
 class Segment:
@@ -90,10 +90,15 @@ class Rendition:
 class Period:
     """
     One unbroken run of a broadcast: a publish, until the broadcaster drops.
-    Segment numbers go on across periods; media time restarts at
-    ``(first_number - 1)`` seconds, and the period starts ``start_ms`` after
-    the availability start (wall clock), so a reconnect leaves a gap in time,
-    never in numbers.
+    Segment numbers go on across periods. A period starts ``start_ms`` after
+    the availability start, where the last one's content ended: periods are
+    contiguous, and the time the broadcaster was away opens the next period
+    as a slate (see :class:`~fbstream.encoder.transcode.Transcoder`), so no
+    player falls into a gap between periods (dash.js stalls in one). Its
+    media time starts at ``base_ms``, which for every period we make is
+    ``start_ms``: media time is presentation time across the whole video,
+    and a player switching periods never has to move its timestamp offset
+    (dash.js, prebuffering the next period, does not).
     """
 
     index: int
@@ -101,10 +106,24 @@ class Period:
     first_number: int
     #: Media time of the end of its last segment once the period is over.
     end_ms: int | None = None
+    #: Media time at the start of segment ``first_number``. Records written
+    #: before it was kept had ``(first_number - 1)`` seconds.
+    base_ms: int = attrs.field()
+
+    @base_ms.default
+    def _legacy_base(self) -> int:
+        return (self.first_number - 1) * SEGMENT_MS
+
+    @classmethod
+    def after(cls, last: "Period", first_number: int) -> "Period":
+        """The period following ``last``, from the end of its content."""
+        assert last.end_ms is not None
+        start = last.start_ms + (last.end_ms - last.base_ms)
+        return cls(last.index + 1, start, first_number, base_ms=start)
 
     @property
-    def base_ms(self) -> int:
-        return (self.first_number - 1) * SEGMENT_MS
+    def clock(self) -> SegmentClock:
+        return SegmentClock(self.first_number, self.base_ms)
 
     def init_name(self) -> str:
         return "init.mp4" if self.index == 0 else "init-%d.mp4" % (self.index,)
@@ -194,7 +213,7 @@ class LiveVideo:
         return any(n >= period.first_number for r in self.renditions.values() for n in r.history)
 
     def open_period(self, now: float) -> Period:
-        """A publisher came back: a new period from now, numbers going on."""
+        """A publisher came back: a new period where the last one's content ended, numbers going on."""
         last = self.periods[-1]
         if last.end_ms is None:
             self.close_period()
@@ -208,10 +227,7 @@ class LiveVideo:
                 self.interrupted = False
                 return self.periods[0]
             last = self.periods[-1]
-        assert last.end_ms is not None
-        wall_ms = int((now - self.availability_start) * 1000)
-        content_end = last.start_ms + (last.end_ms - last.base_ms)
-        period = Period(last.index + 1, max(wall_ms, content_end), self.next_number())
+        period = Period.after(last, self.next_number())
         self.periods.append(period)
         self.interrupted = False
         self.publish_time = time.time()

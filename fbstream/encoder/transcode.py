@@ -40,6 +40,25 @@ AUDIO_RATE = 48000
 AUDIO_NAME = "audio"
 
 
+@attrs.frozen
+class SegmentClock:
+    """
+    Which segment a media time falls in: segment ``first_number`` starts at
+    media time ``base_ms``, and each lasts ``segment_ms`` (the MPD's
+    ``startNumber``, ``presentationTimeOffset`` and ``@duration``).
+    """
+
+    first_number: int = 1
+    base_ms: int = 0
+    segment_ms: int = SEGMENT_MS
+
+    def number_at(self, media_ms: int) -> int:
+        return self.first_number + max(0, media_ms - self.base_ms) // self.segment_ms
+
+    def start_of(self, number: int) -> int:
+        return self.base_ms + (number - self.first_number) * self.segment_ms
+
+
 # What a transcoder produces ------------------------------------------------
 
 
@@ -241,11 +260,12 @@ class _VideoRendition(_Rendition):
             timescale=1000,
         )
 
-    def encode(self, frame: Any, media_ms: int, number: int, source_pts: int, out: list[Output]) -> None:
+    def encode(self, frame: Any, media_ms: int, clock: SegmentClock, source_pts: int, out: list[Output]) -> None:
         from av.video.frame import PictureType
 
+        number = clock.number_at(media_ms)
         if number != self.number:
-            self._roll(number, (number - 1) * SEGMENT_MS, out)
+            self._roll(number, clock.start_of(number), out)
             frame.pict_type = PictureType.I
         else:
             frame.pict_type = PictureType.NONE
@@ -279,13 +299,14 @@ class _AudioRendition(_Rendition):
         self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
         self.fifo = av.AudioFifo()
         self.next_sample: int | None = None
-        #: Media time before which audio is dropped (the period's start).
-        self.min_ms = 0
+        self._input_shape: tuple[str, str, int] | None = None
+        #: Segments by media time; audio before the first is dropped.
+        self.clock = SegmentClock()
         self.info = RenditionInfo(
             AUDIO_NAME, "audio", "mp4a.40.2", bitrate, sample_rate=AUDIO_RATE, timescale=AUDIO_RATE
         )
 
-    def feed(self, frame: Any, media_ms: int, segment_ms: int, out: list[Output]) -> None:
+    def feed(self, frame: Any, media_ms: int, out: list[Output]) -> None:
         import av
 
         expected = media_ms * AUDIO_RATE // 1000
@@ -293,8 +314,17 @@ class _AudioRendition(_Rendition):
             # First audio, or the publisher's audio clock jumped: re-anchor.
             self.fifo = av.AudioFifo()
             self.next_sample = expected
+        shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if shape != self._input_shape:
+            # PyAV's resampler is set up by the first frame it sees and
+            # crashes the process on a different one: a source that changes
+            # its audio format (mono to stereo, a new rate) gets a new one.
+            if self._input_shape is not None:
+                self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+            self._input_shape = shape
         for resampled in self.resampler.resample(frame):
             resampled.pts = None
+            resampled.time_base = Fraction(1, AUDIO_RATE)
             self.fifo.write(resampled)
         while self.fifo.samples >= 1024:
             chunk = self.fifo.read(1024)
@@ -303,25 +333,25 @@ class _AudioRendition(_Rendition):
             chunk.time_base = Fraction(1, AUDIO_RATE)
             self.next_sample += 1024
             for packet in self.template.encode(chunk):
-                self._packet(packet, segment_ms, out)
+                self._packet(packet, out)
 
-    def _packet(self, packet: Any, segment_ms: int, out: list[Output]) -> None:
+    def _packet(self, packet: Any, out: list[Output]) -> None:
         if packet.dts is None or packet.dts < 0:
             return  # the encoder's priming packet
         packet_ms = packet.pts * 1000 // AUDIO_RATE
-        if packet_ms < self.min_ms:
+        if packet_ms < self.clock.base_ms:
             return  # before this period's first segment (it belongs to no segment)
-        number = packet_ms // segment_ms + 1
+        number = self.clock.number_at(packet_ms)
         if number != self.number:
-            self._roll(number, (number - 1) * segment_ms, out)
+            self._roll(number, self.clock.start_of(number), out)
         self.frames += 1
         self.last_ms = packet_ms
         self.mux(packet, out)
 
-    def finish(self, segment_ms: int, out: list[Output]) -> None:
+    def finish(self, out: list[Output]) -> None:
         if self.next_sample is not None:
             for packet in self.template.encode(None):
-                self._packet(packet, segment_ms, out)
+                self._packet(packet, out)
         self._close(self.last_ms + 21, out)
 
 
@@ -357,18 +387,23 @@ class Transcoder:
     """
 
     def __init__(self, settings: TranscoderSettings, frame_rate: float | None = None,
-                 first_number: int = 1, renditions: list[VideoRendition] | None = None) -> None:
+                 clock: SegmentClock | None = None, renditions: list[VideoRendition] | None = None,
+                 resume_ms: int | None = None) -> None:
         """
-        ``first_number`` continues a live video after a reconnect: its segments
-        are numbered from there and its media time starts at that segment's
-        start. ``renditions`` keeps the video renditions the live video
-        already has, whatever the size of the new source.
+        ``clock`` continues a live video after a reconnect: its segments are
+        numbered from ``clock.first_number`` and its media time starts at
+        ``clock.base_ms``, where the last period's content ended. The
+        source's first frame is at media time ``resume_ms`` (when the
+        broadcaster came back); the time between is filled with a slate, a
+        dark still frame and silence, so the presentation has no gap for a
+        player to fall into. ``renditions`` keeps the video renditions the
+        live video already has, whatever the size of the new source.
         """
         if settings.segment_ms != SEGMENT_MS:
             raise ValueError("only 1-second segments are supported")
         self.settings = settings
-        self.first_number = first_number
-        self.base_ms = (first_number - 1) * SEGMENT_MS
+        self.clock = clock or SegmentClock()
+        self.resume_ms = max(self.clock.base_ms, resume_ms if resume_ms is not None else 0)
         self.fixed_renditions = renditions
         self.frame_rate = frame_rate
         self.origin_ms: int | None = None
@@ -423,7 +458,7 @@ class Transcoder:
         for rendition in self.videos:
             rendition.finish(end, out)
         if self.audio is not None:
-            self.audio.finish(self.settings.segment_ms, out)
+            self.audio.finish(out)
         return out
 
     def _hold(self, message: MediaMessage, out: list[Output]) -> bool:
@@ -452,7 +487,7 @@ class Transcoder:
             self.origin_ms = timestamp
         # Serial arithmetic: RTMP timestamps wrap at 2**32 ms.
         delta = (timestamp - self.origin_ms) & 0xFFFFFFFF
-        return (delta - (1 << 32) if delta >= 1 << 31 else delta) + self.base_ms
+        return (delta - (1 << 32) if delta >= 1 << 31 else delta) + self.resume_ms
 
     # Video -----------------------------------------------------------------
 
@@ -494,7 +529,8 @@ class Transcoder:
         media_ms = int(frame.pts * (frame.time_base or MS) * 1000) if frame.pts is not None else self._last_video_ms
         if not self.videos:
             self._start_video(frame.width, frame.height, out)
-        number = max(self.first_number, media_ms // self.settings.segment_ms + 1)
+            if self.resume_ms > self.clock.base_ms:
+                self._slate_video(media_ms, out)
         self._last_video_ms = max(self._last_video_ms, media_ms)
         began = time.perf_counter()
         for rendition in self.videos:
@@ -505,8 +541,8 @@ class Transcoder:
                 scaled = rendition.reformatter.reformat(
                     frame, spec.width, spec.height, "yuv420p", interpolation="BILINEAR"
                 )
-            rendition.encode(scaled, media_ms, number,
-                             (media_ms - self.base_ms + (self.origin_ms or 0)) & 0xFFFFFFFF, out)
+            rendition.encode(scaled, media_ms, self.clock,
+                             (media_ms - self.resume_ms + (self.origin_ms or 0)) & 0xFFFFFFFF, out)
         self.encode_seconds += time.perf_counter() - began
         self.frames_out += 1
 
@@ -516,6 +552,40 @@ class Transcoder:
         specs = self.fixed_renditions or plan(width, height, self.settings.rungs)
         for spec in specs:
             self.videos.append(_VideoRendition(spec, rate, self.settings.preset, self.settings.chunk_ms))
+
+    def _slate_video(self, until_ms: int, out: list[Output]) -> None:
+        """A still keyframe at every segment start before the source's first frame."""
+        import av
+
+        for number in range(self.clock.first_number, self.clock.number_at(until_ms) + 1):
+            start = self.clock.start_of(number)
+            if start >= until_ms:
+                break
+            for rendition in self.videos:
+                still = av.VideoFrame(rendition.spec.width, rendition.spec.height, "yuv420p")
+                for plane, value in zip(still.planes, (16, 128, 128)):  # dark grey (BT.601 limited range)
+                    plane.update(bytes([value]) * plane.buffer_size)
+                rendition.encode(still, start, self.clock, -1, out)
+
+    def _slate_audio(self, until_ms: int, like: Any, out: list[Output]) -> None:
+        """
+        Silence from the period's start up to the source's first audio, in
+        the format of that audio (``like``), so the resampler keeps one.
+        """
+        import av
+
+        assert self.audio is not None
+        rate = like.sample_rate
+        total = (until_ms - self.clock.base_ms) * rate // 1000
+        done = 0
+        while done < total:
+            samples = min(rate, total - done)  # a second at a time
+            silence = av.AudioFrame(format=like.format.name, layout=like.layout.name, samples=samples)
+            for plane in silence.planes:
+                plane.update(bytes(plane.buffer_size))
+            silence.sample_rate = rate
+            self.audio.feed(silence, self.clock.base_ms + done * 1000 // rate, out)
+            done += samples
 
     # Audio -----------------------------------------------------------------
 
@@ -532,7 +602,7 @@ class Transcoder:
             self.audio_decoder = decoder
             if self.audio is None:
                 self.audio = _AudioRendition(self.settings.audio_bitrate, self.settings.chunk_ms)
-                self.audio.min_ms = self.base_ms
+                self.audio.clock = self.clock
             return
         if self.audio_decoder is None or self.audio is None:
             return
@@ -546,7 +616,9 @@ class Transcoder:
             self.decode_errors += 1
             return
         for frame in frames:
-            self.audio.feed(frame, media_ms, self.settings.segment_ms, out)
+            if self.audio.next_sample is None and self.resume_ms > self.clock.base_ms:
+                self._slate_audio(media_ms, frame, out)
+            self.audio.feed(frame, media_ms, out)
 
 
 class _Refuse(Exception):
