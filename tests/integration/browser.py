@@ -7,6 +7,7 @@ it saw every second. Run as a separate process by the browser test.
 """
 
 import json
+import os
 import sys
 import time
 
@@ -18,6 +19,14 @@ FLAGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 
+#: One sample: the page's own stats, what the video element has buffered, and
+#: the wall clock (seconds), to line samples up with what the test did.
+SAMPLE = """Object.assign({}, window.fbstreamStats, {
+    buffered: Array.from({length: document.getElementById('video').buffered.length}, (_, i) =>
+        [document.getElementById('video').buffered.start(i), document.getElementById('video').buffered.end(i)]),
+    wall: Date.now() / 1000,
+})"""
+
 
 def main(url: str, seconds: float) -> None:
     samples = []
@@ -25,7 +34,10 @@ def main(url: str, seconds: float) -> None:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
         page = browser.new_page()
         console = []
-        page.on("console", lambda m: console.append(m.text))
+        failed = []
+        page.on("console", lambda m: console.append("%.3f %s" % (time.time(), m.text)))
+        page.on("response", lambda r: failed.append("%d %s" % (r.status, r.url)) if r.status >= 400 else None)
+        page.on("requestfailed", lambda r: failed.append("failed %s" % (r.url,)))
         page.goto(url)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -34,14 +46,17 @@ def main(url: str, seconds: float) -> None:
             time.sleep(0.25)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            samples.append(page.evaluate("Object.assign({}, window.fbstreamStats)"))
+            samples.append(page.evaluate(SAMPLE))
             time.sleep(1)
         listing = page.evaluate("Array.from(document.querySelectorAll('#videos a')).map(a => a.textContent)")
         stats_line = page.evaluate("document.getElementById('stats').textContent")
         page.screenshot(path=sys.argv[3]) if len(sys.argv) > 3 else None
         browser.close()
+    if os.environ.get("FBSTREAM_BROWSER_CONSOLE"):
+        with open(os.environ["FBSTREAM_BROWSER_CONSOLE"], "w") as f:
+            f.write("\n".join(console) + "\n")
     sys.stdout.write(json.dumps({"samples": samples, "listing": listing, "stats": stats_line,
-                                 "console": console[-20:]}) + "\n")
+                                 "console": console[-20:], "failed": failed[-20:]}) + "\n")
 
 
 if __name__ == "__main__":

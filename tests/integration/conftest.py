@@ -202,17 +202,23 @@ def source_flv(tmp_path_factory):
     return path
 
 
-def run(executable, *args, env=None, timeout=120):
+def run(executable, *args, env=None, timeout=120, kill=False):
     """
     Run a process without blocking the reactor; fires (out, err, code). A
     process still running after ``timeout`` seconds is killed (code 124), so a
-    client stuck in a loop fails its test instead of hanging the suite.
+    client stuck in a loop fails its test instead of hanging the suite. With
+    ``kill`` it gets SIGKILL rather than SIGTERM: a broadcaster that drops
+    without a word, as when its network goes.
     """
-    return getProcessOutputAndValue(
+    stop = ["-s", "KILL"] if kill else ["-k", "5"]
+    d = getProcessOutputAndValue(
         shutil.which("timeout"),
-        ["-k", "5", str(timeout), executable] + [str(a) for a in args],
+        stop + [str(timeout), executable] + [str(a) for a in args],
         env=env if env is not None else dict(os.environ),
     )
+    # Ended by a signal: the same three things, with the signal as -code.
+    d.addErrback(lambda f: (f.value[0], f.value[1], -f.value[2]) if isinstance(f.value, tuple) else f)
+    return d
 
 
 def pyav_publish(url, *extra):

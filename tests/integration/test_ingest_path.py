@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import pytest_twisted
@@ -21,7 +19,7 @@ from twisted.internet import defer, task
 from fbstream.live.tokens import KeyRing
 
 from .conftest import pyav_counts, pyav_publish, run, sleep, tool
-from .topology import API_KEY, TOKEN_KEYS, Topology
+from .topology import TOKEN_KEYS, Topology, http
 
 LEASE = 3.0
 
@@ -31,19 +29,6 @@ def dc(tmp_path_factory, etcd, tls_files):
     topology = Topology(tmp_path_factory.mktemp("dc"), etcd.url, tls_files, lease=LEASE).start()
     yield topology
     topology.stop()
-
-
-def http(method, url, body=None, key=API_KEY):
-    request = urllib.request.Request(url, data=body, method=method)
-    if key is not None:
-        request.add_header("Authorization", "Bearer " + key)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError as e:
-        return 0, str(e).encode()
 
 
 def create_video(pop):

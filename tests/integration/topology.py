@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 from .conftest import ROOT, free_port
@@ -16,6 +17,19 @@ from .test_twistd import twistd
 
 TOKEN_KEYS = "k1:" + "5e" * 32
 API_KEY = "test-api-key"
+
+
+def http(method, url, body=None, key=API_KEY):
+    request = urllib.request.Request(url, data=body, method=method)
+    if key is not None:
+        request.add_header("Authorization", "Bearer " + key)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError as e:
+        return 0, str(e).encode()
 
 
 class Node:
