@@ -88,11 +88,12 @@ def mpd(
     for i, (p, content_ms) in enumerate(shown):
         period = ET.SubElement(root, "Period", {"id": str(p.index), "start": duration(p.start_ms / 1000)})
         if p.end_ms is not None and (i < len(shown) - 1 or not live):
-            # A period that ended early: the broadcaster dropped, and the next
-            # period starts when it came back; the time between is a gap. A
-            # live MPD's last period never ends early, even while the
-            # broadcaster is away: a player (dash.js) would take its end for
-            # the end of the stream and close its MediaSource.
+            # A period the broadcaster dropped out of: it ends with its
+            # content, and the next one starts there (with the slate that
+            # covers the time away). A live MPD's last period never ends,
+            # even while the broadcaster is away: a player (dash.js) would
+            # take its end for the end of the stream and close its
+            # MediaSource.
             period.set("duration", duration(content_ms / 1000))
         _adaptation_sets(period, video, p, live, chunk_ms)
     ET.SubElement(root, "UTCTiming", {
