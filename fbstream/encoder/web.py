@@ -6,8 +6,8 @@ Cache headers drive the caches in front: a complete segment is immutable; the
 segment being made is streamed chunk by chunk as the encoder cuts them, with
 ``Cache-Control: no-store`` and ``X-FBStream-Segment: growing`` so no cache
 keeps it as complete before it is (if the stream dies mid-segment the
-response is aborted, never finished); manifests live one second; a segment
-that does not exist yet is a one-second 404.
+response is aborted, never finished); manifests live one second; a live
+segment that does not exist yet is a 404 no cache keeps (:data:`NOT_YET`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from fbstream.encoder.store import Archive, LiveVideo, Segment
 from fbstream.live.urls import INIT, RENDITION, SEGMENT, STREAM_ID
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
+#: A live segment that does not exist yet may exist a moment later (an
+#: encoder running late, a broadcaster reconnecting): no cache keeps that
+#: 404, or a player's retry would meet it again after the segment is made.
+#: Concurrent requests for it are still coalesced by every cache.
+NOT_YET = b"no-store"
 #: How long a request for the next segment waits for it to start.
 NEXT_SEGMENT_WAIT = 1.5
 
@@ -135,6 +140,8 @@ class LiveResource(Resource):
             return self._from_archive(request, video, (rendition.info.name, "%d.m4s" % (number,)), kind)
         if not video.ended and number == video.live_edge() + 1:
             return self._wait_for(request, video, rendition.info.name, number, kind)
+        if not video.ended and number > video.live_edge():
+            return _error(request, 404, "segment %d is not available yet" % (number,), NOT_YET)
         return _error(request, 404, "segment %d is not available" % (number,))
 
     def _index(self, request: Request) -> bytes:
@@ -214,7 +221,7 @@ class LiveResource(Resource):
         def timed_out() -> None:
             cancel[0]()
             if not (request._disconnected or request.finished):
-                request.write(_error(request, 404, "segment %d is not available yet" % (number,)))
+                request.write(_error(request, 404, "segment %d is not available yet" % (number,), NOT_YET))
                 request.finish()
 
         timer = self.clock.callLater(NEXT_SEGMENT_WAIT, timed_out)

@@ -21,6 +21,8 @@ from .test_twistd import all_role_process, wait_for_ok
 from .topology import API_KEY, TOKEN_KEYS, http
 
 LADDER = '["360:600", "240:300"]'
+#: Longer than dash.js's retries of a missing segment (3, a second apart).
+OUTAGE = 6.0
 
 
 def broadcast(url, seconds, kill):
@@ -62,7 +64,7 @@ def test_dash_js_plays_on_across_a_reconnect(tmp_path):
         out, err, code = yield first
         assert code in (-9, 137), (code, err[-2000:])
         dropped = time.time()
-        yield sleep(2)
+        yield sleep(OUTAGE)
         second = broadcast(url, 30, kill=False)
         out, err, code = yield watching
         assert code == 0, err.decode()[-3000:]
