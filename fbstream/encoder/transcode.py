@@ -557,14 +557,17 @@ class Transcoder:
         """A still keyframe at every segment start before the source's first frame."""
         import av
 
+        stills = []
+        for rendition in self.videos:
+            still = av.VideoFrame(rendition.spec.width, rendition.spec.height, "yuv420p")
+            for plane, value in zip(still.planes, (16, 128, 128)):  # dark grey (BT.601 limited range)
+                plane.update(bytes([value]) * plane.buffer_size)
+            stills.append((rendition, still))
         for number in range(self.clock.first_number, self.clock.number_at(until_ms) + 1):
             start = self.clock.start_of(number)
             if start >= until_ms:
                 break
-            for rendition in self.videos:
-                still = av.VideoFrame(rendition.spec.width, rendition.spec.height, "yuv420p")
-                for plane, value in zip(still.planes, (16, 128, 128)):  # dark grey (BT.601 limited range)
-                    plane.update(bytes([value]) * plane.buffer_size)
+            for rendition, still in stills:
                 rendition.encode(still, start, self.clock, -1, out)
 
     def _slate_audio(self, until_ms: int, like: Any, out: list[Output]) -> None:
