@@ -39,6 +39,7 @@ def publish(
     realtime: bool = True,
     start_ms: int = 0,
     bframes: int = 0,
+    preset: str = "veryfast",
 ) -> dict[str, Any]:
     """Publish until ``duration`` seconds of media are sent (forever if None)."""
     import av
@@ -69,7 +70,7 @@ def publish(
     video.codec_context.gop_size = gop
     video.codec_context.max_b_frames = bframes
     video.options = {
-        "preset": "veryfast",
+        "preset": preset,
         "tune": "zerolatency" if not bframes else "film",
         "x264-params": "keyint=%d:min-keyint=%d:scenecut=0" % (gop, gop),
     }
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gop", type=int, default=60, help="frames between keyframes")
     parser.add_argument("--bitrate", type=int, default=2_000_000)
     parser.add_argument("--bframes", type=int, default=0)
+    parser.add_argument("--preset", default="veryfast", help="x264 preset of the published video")
     parser.add_argument("--no-audio", action="store_true")
     parser.add_argument("--fast", action="store_true", help="do not pace in real time")
     parser.add_argument("--start-ms", type=int, default=0, help="offset every timestamp (ms)")
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         realtime=not args.fast,
         start_ms=args.start_ms,
         bframes=args.bframes,
+        preset=args.preset,
     )
     sys.stdout.write(json.dumps(counts) + "\n")
     return 0
@@ -218,7 +221,9 @@ class DemoPublisherService(Service):
         self._process = self.reactor.spawnProcess(
             _DemoProcess(self),
             self.python,
-            [self.python, "-m", "fbstream.demo", "--url", self.url],
+            # The demo's own encoding is the cheapest x264 has: on a small
+            # machine it shares the cores with the encoder and the viewers.
+            [self.python, "-m", "fbstream.demo", "--url", self.url, "--preset", "ultrafast"],
             env=None,
         )
 

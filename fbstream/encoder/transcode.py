@@ -239,13 +239,21 @@ class _VideoRendition(_Rendition):
             "preset": preset,
             "tune": "zerolatency",
             "forced-idr": "1",
-            "x264-params": "scenecut=0:vbv-maxrate=%d:vbv-bufsize=%d:nal-hrd=none"
+            # Two frame threads rather than zerolatency's slices: a frame
+            # later out, but on a busy machine a sliced frame waits for its
+            # slowest slice thread, and the ladder falls behind real time.
+            "x264-params": "scenecut=0:vbv-maxrate=%d:vbv-bufsize=%d:nal-hrd=none:sliced-threads=0:threads=2"
             % (spec.bitrate * 12 // 10000, spec.bitrate // 1000),
         }
         ctx.open()
         super().__init__(spec.name, stream, chunk_ms)
         self.holder = holder
         self.spec = spec
+        self.clock = SegmentClock()
+        #: The segment whose first frame was forced to be an IDR frame last.
+        self._forced = 0
+        #: Media time -> the source's RTMP timestamp, for frames in the encoder.
+        self._source_pts: dict[int, int] = {}
         # One scaler per rendition, kept: swscale reuses its context (a fresh
         # one per frame costs three times as much CPU).
         self.reformatter = av.video.reformatter.VideoReformatter()
@@ -263,24 +271,41 @@ class _VideoRendition(_Rendition):
     def encode(self, frame: Any, media_ms: int, clock: SegmentClock, source_pts: int, out: list[Output]) -> None:
         from av.video.frame import PictureType
 
+        self.clock = clock
         number = clock.number_at(media_ms)
-        if number != self.number:
-            self._roll(number, clock.start_of(number), out)
+        if number != self._forced:
+            # The first frame of a segment is an IDR frame in every rendition.
+            self._forced = number
             frame.pict_type = PictureType.I
         else:
             frame.pict_type = PictureType.NONE
         frame.pts = media_ms
         frame.time_base = MS
-        self.last_ms = media_ms
-        self.last_source_pts = source_pts
-        self.frames += 1
+        self._source_pts[media_ms] = source_pts
         for packet in self.template.encode(frame):
-            self.mux(packet, out)
+            self._packet(packet, out)
+
+    def _packet(self, packet: Any, out: list[Output]) -> None:
+        """
+        Mux one packet into the segment its timestamp falls in. x264's frame
+        threads hand a packet back a frame after its frame went in, so the
+        segment rolls on the packet, not on the frame.
+        """
+        pts = int(packet.pts)
+        number = self.clock.number_at(pts)
+        if number != self.number:
+            self._roll(number, self.clock.start_of(number), out)
+        self.last_ms = pts
+        self.last_source_pts = self._source_pts.pop(pts, -1)
+        if len(self._source_pts) > 64:
+            self._source_pts.clear()  # a frame the encoder never returned
+        self.frames += 1
+        self.mux(packet, out)
 
     def finish(self, end_ms: int, out: list[Output]) -> None:
-        if self.muxer is not None:
+        if self.muxer is not None or self._forced:
             for packet in self.template.encode(None):
-                self.mux(packet, out)
+                self._packet(packet, out)
             self._close(end_ms, out)
 
 

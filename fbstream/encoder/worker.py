@@ -162,18 +162,23 @@ class StreamEncoder:
         d.addCallbacks(self._done, self._failed, callbackArgs=(finishing,))
 
     def _work(self, batch: list[MediaMessage], finishing: bool) -> list[Output]:
-        # In a pool thread: the only place the transcoder runs.
-        out: list[Output] = []
+        # In a pool thread: the only place the transcoder runs. What each
+        # message makes goes to the reactor at once, not with the batch: a
+        # chunk is served the moment it is cut (the batch's result follows
+        # them, in order, through the same queue).
         for message in batch:
-            out += self.transcoder.feed(message)
-        if finishing:
-            out += self.transcoder.finish()
-        return out
+            out = self.transcoder.feed(message)
+            if out:
+                self.reactor.callFromThread(self._apply_all, out)
+        return self.transcoder.finish() if finishing else []
+
+    def _apply_all(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            self._apply(output)
 
     def _done(self, outputs: list[Output], finishing: bool) -> None:
         self._busy = False
-        for output in outputs:
-            self._apply(output)
+        self._apply_all(outputs)
         self._count()
         if finishing:
             self._finish()
