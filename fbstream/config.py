@@ -61,13 +61,22 @@ ENCODER: dict[str, Setting] = {
     "encoder.window_seconds": Setting(float, 120.0, "live DASH/HLS window (timeShiftBufferDepth)"),
     "encoder.max_lag_ms": Setting(int, 3000, "transcoding backlog past which video is dropped to the next keyframe"),
     "encoder.max_streams": Setting(int, 4, "streams transcoded at once (worker threads)"),
+    "encoder.target_latency": Setting(float, 1.2, "seconds behind live DASH players aim to play "
+                                                  "(MPD ServiceDescription and suggestedPresentationDelay)"),
+    "encoder.part_hold_back": Setting(float, 1.0, "LL-HLS PART-HOLD-BACK: seconds behind the newest part HLS "
+                                                  "players play (at least three parts)"),
+    "encoder.hold_segments": Setting(int, 2, "a request for a segment up to this many past the live edge waits for "
+                                             "it to start; further ahead it is a 404 no cache keeps"),
+    "encoder.max_held": Setting(int, 10_000, "requests waiting at the live edge at once (more: 503)"),
     "archive.dir": Setting(str, "archive", "where segments are archived for replay (empty: no archive)"),
     "archive.retention_hours": Setting(float, 168.0, "archived videos older than this are deleted"),
 }
 
 CACHE: dict[str, Setting] = {
     "cache.max_bytes": Setting(int, 512 * 1024 * 1024, "bytes the cache holds (LRU)"),
-    "cache.lock_timeout": Setting(float, 2.0, "seconds waiters wait for a first byte before one more upstream try"),
+    # Longer than the encoder holds a request for a segment at the live edge
+    # (encoder.hold_segments + 1 seconds): a held request is not a slow one.
+    "cache.lock_timeout": Setting(float, 4.0, "seconds waiters wait for a first byte before one more upstream try"),
     "cache.upstream_timeout": Setting(float, 10.0, "an upstream answer (or body) silent this long is a 504"),
     "cache.stall_timeout": Setting(float, 30.0, "a viewer that does not read for this long is dropped"),
 }

@@ -43,7 +43,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from fbstream.cache import metrics as cm
-from fbstream.live.urls import PLAYBACK_PATH
+from fbstream.live.urls import PLAYBACK_PATH, playlist_key, playlist_query
 
 #: Response headers passed from upstream to viewers (and kept in the cache).
 PASSED_HEADERS = (b"content-type", b"cache-control", b"x-fbstream-segment", b"access-control-allow-origin")
@@ -55,7 +55,7 @@ _MAX_AGE = re.compile(rb"max-age=(\d+)")
 class CacheSettings:
     max_bytes: int = 512 * 1024 * 1024
     #: How long waiters wait for an object's first byte before one more upstream try.
-    lock_timeout: float = 2.0
+    lock_timeout: float = 4.0
     #: An upstream request with no response (or a body that stops) for this long fails.
     upstream_timeout: float = 10.0
     #: A viewer paused by its transport this long is dropped.
@@ -471,6 +471,10 @@ class CachingResource(Resource):
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"not a playback URL\n"
+        if path.endswith(b"/playlist.m3u8"):
+            # An LL-HLS blocking reload is its own object: every viewer
+            # blocked on the same part shares one request upstream.
+            path = playlist_key(path, playlist_query(request.args or {}))
         obj = self.store.get(path, self.clock.seconds())
         if obj is not None:
             self.m_hits.inc()

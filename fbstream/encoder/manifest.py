@@ -14,10 +14,11 @@ between segments so caches serve it well.
 from __future__ import annotations
 
 import datetime
+import math
 from typing import Iterable
 from xml.etree import ElementTree as ET
 
-from fbstream.encoder.store import LiveVideo, Period, Rendition
+from fbstream.encoder.store import LiveVideo, Period, Rendition, Segment
 from fbstream.encoder.transcode import SEGMENT_MS
 
 NS = "urn:mpeg:dash:schema:mpd:2011"
@@ -41,8 +42,7 @@ def _sorted(video: LiveVideo, kind: str) -> list[Rendition]:
 def mpd(
     video: LiveVideo,
     now: float,
-    suggested_delay: float = 3.0,
-    latency_target_ms: int = 3000,
+    target_latency: float = 1.2,
     chunk_ms: int = 250,
 ) -> bytes:
     """The MPD of ``video``: dynamic while live, static with every segment after."""
@@ -60,14 +60,18 @@ def mpd(
         root.set("publishTime", iso_time(video.publish_time))
         root.set("minimumUpdatePeriod", duration(2 * seg))
         root.set("timeShiftBufferDepth", duration(video.window_seconds))
-        root.set("suggestedPresentationDelay", duration(suggested_delay))
+        root.set("suggestedPresentationDelay", duration(target_latency))
+        # The latency players aim for, and how they may get there: play up
+        # to 10 % faster or slower; past max, seek back to the target.
+        target_ms = int(target_latency * 1000)
         sd = ET.SubElement(root, "ServiceDescription", {"id": "0"})
         ET.SubElement(sd, "Latency", {
-            "target": str(latency_target_ms),
-            "min": str(max(500, latency_target_ms - 1500)),
-            "max": str(latency_target_ms * 2),
+            "target": str(target_ms),
+            "min": str(max(250, target_ms - 500)),
+            "max": str(target_ms + 1000),
             "referenceId": "0",
         })
+        ET.SubElement(sd, "PlaybackRate", {"min": "0.9", "max": "1.1"})
     else:
         last_period = video.periods[-1]
         end_ms = last_period.start_ms + ((last_period.end_ms or last_period.base_ms) - last_period.base_ms)
@@ -191,19 +195,38 @@ def eval_rate(rate: str) -> float:
         return 30.0
 
 
-def media_playlist(video: LiveVideo, rendition: Rendition) -> bytes:
-    """The rendition's complete segments: a sliding window while live, all after."""
+#: Complete segments at the end of a live playlist that still list their parts.
+PARTS_KEPT = 3
+
+
+def media_playlist(video: LiveVideo, rendition: Rendition, part_hold_back: float = 1.0, chunk_ms: int = 250) -> bytes:
+    """
+    The rendition's complete segments: a sliding window while live, all
+    after. While live it is a Low-Latency HLS playlist: each CMAF chunk is
+    also an ``EXT-X-PART`` (the last few segments', and those of the segment
+    being made), the next part is an ``EXT-X-PRELOAD-HINT``, and reloads may
+    block (``EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD``) until a part exists.
+    """
     numbers: Iterable[int] = sorted(rendition.history)
-    if not video.ended:
+    live = not video.ended
+    if live:
         keep = int(video.window_seconds * 1000 // SEGMENT_MS)
         numbers = list(numbers)[-keep:]
     numbers = list(numbers)
     period = video.period_of(numbers[0]) if numbers else video.periods[0]
     lines = [
         "#EXTM3U",
-        "#EXT-X-VERSION:7",
+        "#EXT-X-VERSION:9" if live else "#EXT-X-VERSION:7",
         "#EXT-X-TARGETDURATION:%d" % (max(1, round(SEGMENT_MS / 1000)),),
-        "#EXT-X-MEDIA-SEQUENCE:%d" % (numbers[0] if numbers else 1,),
+    ]
+    growing = _growing(video, rendition, numbers) if live else None
+    if live:
+        lines += [
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=%.3f" % (part_hold_back,),
+            "#EXT-X-PART-INF:PART-TARGET=%.3f" % (part_target(rendition, chunk_ms),),
+        ]
+    lines += [
+        "#EXT-X-MEDIA-SEQUENCE:%d" % (numbers[0] if numbers else (growing.number if growing else 1),),
         # One discontinuity per reconnect: the sequence counts those gone by.
         "#EXT-X-DISCONTINUITY-SEQUENCE:%d" % (period.index,),
         "#EXT-X-INDEPENDENT-SEGMENTS",
@@ -211,6 +234,7 @@ def media_playlist(video: LiveVideo, rendition: Rendition) -> bytes:
     ]
     if video.ended:
         lines.insert(2, "#EXT-X-PLAYLIST-TYPE:EVENT")
+    with_parts = set(numbers[-PARTS_KEPT:]) if live else set()
     for i, number in enumerate(numbers):
         start_ms, duration_ms = rendition.history[number]
         p = video.period_of(number)
@@ -220,11 +244,84 @@ def media_playlist(video: LiveVideo, rendition: Rendition) -> bytes:
             lines.append("#EXT-X-PROGRAM-DATE-TIME:" + _wall(video, p, start_ms))
         elif i == 0 or numbers[i - 1] != number - 1:
             lines.append("#EXT-X-PROGRAM-DATE-TIME:" + _wall(video, p, start_ms))
+        if number in with_parts:
+            lines += _parts(rendition, rendition.segments.get(number))
         lines.append("#EXTINF:%.3f," % (duration_ms / 1000,))
         lines.append("%d.m4s" % (number,))
+    if growing is not None:
+        if video.period_of(growing.number) is not period:
+            p = video.period_of(growing.number)
+            lines += ["#EXT-X-DISCONTINUITY", '#EXT-X-MAP:URI="%s"' % (p.init_name(),)]
+            lines.append("#EXT-X-PROGRAM-DATE-TIME:" + _wall(video, p, growing.start_ms))
+        lines += _parts(rendition, growing)
+        if sum(growing.ticks) >= rendition.timescale * (SEGMENT_MS - 10) // 1000:
+            # Its last part is out (the segment is closing): the next part
+            # is the next segment's first.
+            lines.append('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="%d.0.m4s"' % (growing.number + 1,))
+        else:
+            lines.append('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="%d.%d.m4s"' % (growing.number, len(growing.chunks)))
+    elif live and numbers:
+        lines.append('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="%d.0.m4s"' % (numbers[-1] + 1,))
+    if live:
+        for other in sorted(video.renditions.values(), key=lambda r: r.info.name):
+            if other is not rendition:
+                last = last_part(other)
+                if last is not None:
+                    lines.append('#EXT-X-RENDITION-REPORT:URI="../%s/playlist.m3u8",LAST-MSN=%d,LAST-PART=%d'
+                                 % (other.info.name, last[0], last[1]))
     if video.ended:
         lines.append("#EXT-X-ENDLIST")
     return ("\n".join(lines) + "\n").encode()
+
+
+def _growing(video: LiveVideo, rendition: Rendition, numbers: list[int]) -> Segment | None:
+    """The segment being made, if it has a part yet and follows the listed ones."""
+    if not rendition.segments:
+        return None
+    seg = rendition.segments[max(rendition.segments)]
+    if seg.complete or seg.failed or not seg.chunks or (numbers and seg.number <= numbers[-1]):
+        return None
+    return seg
+
+
+def _parts(rendition: Rendition, seg: Segment | None) -> list[str]:
+    if seg is None:
+        return []
+    lines = []
+    independent = rendition.info.kind == "audio"
+    for index, ticks in enumerate(seg.ticks):
+        attributes = 'DURATION=%.5f,URI="%d.%d.m4s"' % (ticks / rendition.timescale, seg.number, index)
+        if independent or index == 0:
+            attributes += ",INDEPENDENT=YES"  # every segment starts with an IDR frame; AAC frames all stand alone
+        lines.append("#EXT-X-PART:" + attributes)
+    return lines
+
+
+def last_part(rendition: Rendition) -> tuple[int, int] | None:
+    """(segment, part) of the newest part ``rendition`` has, for a rendition report."""
+    if not rendition.segments:
+        return None
+    seg = rendition.segments[max(rendition.segments)]
+    if seg.chunks and not seg.failed:
+        return seg.number, len(seg.chunks) - 1
+    return None
+
+
+def part_target(rendition: Rendition, chunk_ms: int) -> float:
+    """
+    The longest a part may be: a chunk is cut at the first frame at or past
+    ``chunk_ms``, so a whole number of video frames or AAC frames (1024
+    samples), whichever that rendition has. Never less than a part seen.
+    """
+    chunk = chunk_ms / 1000
+    if rendition.info.kind == "audio":
+        frame = 1024 / (rendition.info.sample_rate or 48000)
+    else:
+        frame = 1 / (eval_rate(rendition.info.frame_rate) or 30.0)
+    target = math.ceil(chunk / frame - 1e-6) * frame
+    seen = [t for seg in rendition.segments.values() for t in seg.ticks]
+    longest = max(target, max(seen, default=0) / rendition.timescale)
+    return math.ceil(longest * 1000 - 1e-6) / 1000
 
 
 def _wall(video: LiveVideo, period: Period, media_ms: int) -> str:

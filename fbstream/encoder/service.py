@@ -22,7 +22,7 @@ from fbstream.encoder.ladder import VideoRendition, parse_rungs
 from fbstream.encoder.ownership import Broadcasts
 from fbstream.encoder.store import Archive, LiveVideo, Period, Rendition
 from fbstream.encoder.transcode import RenditionInfo, Transcoder, TranscoderSettings
-from fbstream.encoder.web import LiveResource, TimeResource, VideoRegistry
+from fbstream.encoder.web import LiveEdge, LiveResource, TimeResource, VideoRegistry
 from fbstream.encoder.worker import StreamEncoder
 from fbstream.live.hub import IConsumerFactory, LiveStream
 
@@ -191,6 +191,11 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: 
         window,
         config["encoder.max_lag_ms"],
     )
-    root.putChild(b"live", LiveResource(registry, archive, reactor, config["encoder.chunk_ms"]))
+    edge = LiveEdge(config["encoder.hold_segments"], config["encoder.max_held"])
+    root.putChild(b"live", LiveResource(
+        registry, archive, reactor, config["encoder.chunk_ms"],
+        target_latency=config["encoder.target_latency"], edge=edge,
+        part_hold_back=config["encoder.part_hold_back"],
+    ))
     root.putChild(b"time", TimeResource(reactor))
     return consumers

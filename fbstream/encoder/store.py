@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from fbstream.encoder import fmp4
 from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo, SegmentClock
 
 
@@ -28,6 +29,8 @@ class Segment:
     def __init__(self, number: int) -> None:
         self.number = number
         self.chunks: list[bytes] = []
+        #: How long each chunk plays, in its track's timescale (an LL-HLS part's duration).
+        self.ticks: list[int] = []
         self.size = 0
         self.complete = False
         self.failed = False
@@ -40,6 +43,10 @@ class Segment:
 
     def append(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
+        try:
+            self.ticks.append(fmp4.duration(chunk))
+        except fmp4.BoxError:
+            self.ticks.append(0)
         self.size += len(chunk)
         self._notify()
 
@@ -75,6 +82,8 @@ class Rendition:
         #: The init segment of each period that has one in memory (others are
         #: only in the archive).
         self.inits: dict[int, bytes] = {0: init} if init is not None else {}
+        #: The media timescale of its track (the init segment's ``mdhd``).
+        self.timescale = info.timescale
         self.segments: dict[int, Segment] = {}
         #: Number -> (start_ms, duration_ms) of every complete segment, archived too.
         self.history: dict[int, tuple[int, int]] = {}
@@ -175,6 +184,8 @@ class LiveVideo:
         #: No publisher now, but the broadcaster may come back (grace period).
         self.interrupted = False
         self._waiting: dict[tuple[str, int], list[Callable[[Segment | None], None]]] = {}
+        #: Rendition -> callbacks waiting for a part of it (see when_part).
+        self._part_waiting: dict[str, list[tuple[int, int | None, Callable[[], None]]]] = {}
 
     # Fed by the stream's worker (on the reactor thread) -------------------
 
@@ -185,6 +196,10 @@ class LiveVideo:
         if rendition is None:
             rendition = self.renditions[info.name] = Rendition(info, None)
         rendition.inits[period] = init
+        try:
+            rendition.timescale = fmp4.timescale(init)
+        except fmp4.BoxError:
+            pass
         self.publish_time = time.time()
         return rendition
 
@@ -246,6 +261,47 @@ class LiveVideo:
             seg.append(data)
             for callback in self._waiting.pop((name, number), []):
                 callback(seg)
+            self._parts_changed(rendition)
+
+    def has_part(self, name: str, number: int, part: int | None) -> bool:
+        """
+        Whether rendition ``name`` has part ``part`` of segment ``number``
+        (its chunk, 0-based), or the whole segment if ``part`` is None. A
+        complete segment has every part it will ever have.
+        """
+        rendition = self.renditions.get(name)
+        if rendition is None:
+            return False
+        seg = rendition.segments.get(number)
+        if seg is None:
+            return number in rendition.history
+        return seg.complete or (part is not None and len(seg.chunks) > part)
+
+    def when_part(self, name: str, number: int, part: int | None, callback: Callable[[], None]) -> Callable[[], None]:
+        """
+        Call ``callback`` once :meth:`has_part` holds (or the broadcast ends);
+        returns a canceller. What LL-HLS blocking playlist reloads and part
+        requests wait on.
+        """
+        entry = (number, part, callback)
+        waiters = self._part_waiting.setdefault(name, [])
+        waiters.append(entry)
+
+        def cancel() -> None:
+            if entry in waiters:
+                waiters.remove(entry)
+
+        return cancel
+
+    def _parts_changed(self, rendition: Rendition) -> None:
+        waiters = self._part_waiting.get(rendition.info.name)
+        if not waiters:
+            return
+        ready = [w for w in waiters if self.has_part(rendition.info.name, w[0], w[1])]
+        for entry in ready:
+            waiters.remove(entry)
+        for _, _, callback in ready:
+            callback()
 
     def when_started(self, name: str, number: int, callback: Callable[[Segment | None], None]) -> Callable[[], None]:
         """
@@ -270,6 +326,7 @@ class LiveVideo:
         seg.finish(start_ms, duration_ms)
         rendition.history[number] = (start_ms, duration_ms)
         self._trim(rendition)
+        self._parts_changed(rendition)
         everywhere = min(
             (max(r.history) if r.history else 0) for r in self.renditions.values()
         )
@@ -302,6 +359,10 @@ class LiveVideo:
         for callbacks in waiting.values():
             for callback in callbacks:
                 callback(None)
+        parts, self._part_waiting = self._part_waiting, {}
+        for entries in parts.values():
+            for _, _, part_callback in entries:
+                part_callback()
 
     # Read by the web resources -------------------------------------------
 

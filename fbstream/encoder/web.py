@@ -6,24 +6,28 @@ Cache headers drive the caches in front: a complete segment is immutable; the
 segment being made is streamed chunk by chunk as the encoder cuts them, with
 ``Cache-Control: no-store`` and ``X-FBStream-Segment: growing`` so no cache
 keeps it as complete before it is (if the stream dies mid-segment the
-response is aborted, never finished); manifests live one second; a live
-segment that does not exist yet is a 404 no cache keeps (:data:`NOT_YET`).
+response is aborted, never finished); manifests live one second. A request
+for a live segment that has not started is held until it starts, up to a
+bound past the live edge (:class:`LiveEdge`); one further ahead is a 404 no
+cache keeps (:data:`NOT_YET`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Callable
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from fbstream.encoder import manifest
-from fbstream.encoder.store import Archive, LiveVideo, Segment
-from fbstream.live.urls import INIT, RENDITION, SEGMENT, STREAM_ID
+from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
+from fbstream.encoder.transcode import SEGMENT_MS
+from fbstream.encoder.fmp4 import chunks_of
+from fbstream.live.urls import INIT, PART, RENDITION, SEGMENT, STREAM_ID, playlist_query
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 #: A live segment that does not exist yet may exist a moment later (an
@@ -31,8 +35,29 @@ IMMUTABLE = b"public, max-age=31536000, immutable"
 #: 404, or a player's retry would meet it again after the segment is made.
 #: Concurrent requests for it are still coalesced by every cache.
 NOT_YET = b"no-store"
-#: How long a request for the next segment waits for it to start.
-NEXT_SEGMENT_WAIT = 1.5
+
+
+@attrs.frozen
+class LiveEdge:
+    """
+    How the encoder answers a request for a segment it has not started yet.
+
+    A player asks for segment *n* as soon as the manifest's timing lets it
+    (``availabilityTimeOffset`` before its end, on its own clock, which may
+    be a few hundred ms off), and the encoder may be a few hundred ms late: a
+    request up to ``hold_segments`` past the newest segment any rendition has
+    started is held until the segment starts in its rendition, then streamed
+    as it grows. Only requests further ahead get the quick ``no-store`` 404.
+    """
+
+    hold_segments: int = 2
+    #: Requests held at once; more are answered 503 at once.
+    max_held: int = 10_000
+
+    @property
+    def max_wait(self) -> float:
+        """The longest a request is held: long enough for the furthest one allowed to start."""
+        return (self.hold_segments + 1) * SEGMENT_MS / 1000
 
 
 class VideoRegistry:
@@ -55,6 +80,11 @@ def _error(request: Request, code: int, message: str, cache: bytes = b"public, m
     request.setResponseCode(code)
     _headers(request, b"text/plain; charset=utf-8", cache)
     return message.encode() + b"\n"
+
+
+def _started_through(rendition: Rendition) -> int:
+    """The newest segment number ``rendition`` has started (or made)."""
+    return max(rendition.segments, default=0)
 
 
 class TimeResource(Resource):
@@ -81,18 +111,24 @@ class LiveResource(Resource):
         archive: Archive | None,
         clock: Any,
         chunk_ms: int,
-        suggested_delay: float = 3.0,
+        target_latency: float = 1.2,
+        edge: LiveEdge = LiveEdge(),
+        part_hold_back: float = 1.0,
     ) -> None:
         super().__init__()
         self.registry = registry
         self.archive = archive
         self.clock = clock
         self.chunk_ms = chunk_ms
-        self.suggested_delay = suggested_delay
+        self.target_latency = target_latency
+        self.edge = edge
+        self.part_hold_back = part_hold_back
+        #: Requests held at the live edge now.
+        self.held = 0
         #: A live manifest is published once this many segments are complete
         #: everywhere: a player joining earlier would compute a segment number
         #: before the first one (ffmpeg's DASH demuxer then asks for garbage).
-        self.min_segments = int(math.ceil(suggested_delay)) + 1
+        self.min_segments = 4
 
     def render_GET(self, request: Request) -> bytes | int:
         parts = request.postpath
@@ -116,8 +152,10 @@ class LiveResource(Resource):
             return _error(request, 404, "no such rendition")
         kind = b"video/mp4" if rendition.info.kind == "video" else b"audio/mp4"
         if parts[2] == b"playlist.m3u8":
-            _headers(request, b"application/vnd.apple.mpegurl", self._manifest_cache(video))
-            return manifest.media_playlist(video, rendition)
+            return self._playlist(request, video, rendition)
+        part = PART.match(parts[2])
+        if part is not None:
+            return self._part(request, video, rendition, int(part.group(1)), int(part.group(2)), kind)
         init = INIT.match(parts[2])
         if init is not None:
             period = int(init.group(1) or 0)
@@ -129,7 +167,10 @@ class LiveResource(Resource):
         match = SEGMENT.match(parts[2])
         if match is None:
             return _error(request, 400, "bad segment name")
-        number = int(match.group(1))
+        return self._segment(request, video, rendition, int(match.group(1)), kind)
+
+    def _segment(self, request: Request, video: LiveVideo, rendition: Rendition, number: int,
+                 kind: bytes) -> bytes | int:
         seg = rendition.segments.get(number)
         if seg is not None and seg.complete:
             _headers(request, kind, IMMUTABLE)
@@ -138,11 +179,18 @@ class LiveResource(Resource):
             return self._stream(request, seg, kind)
         if number in rendition.history or video.ended:
             return self._from_archive(request, video, (rendition.info.name, "%d.m4s" % (number,)), kind)
-        if not video.ended and number == video.live_edge() + 1:
-            return self._wait_for(request, video, rendition.info.name, number, kind)
-        if not video.ended and number > video.live_edge():
+        if number <= _started_through(rendition):
+            # Its rendition has gone past it: it was never made (video the
+            # encoder dropped while behind) and never will be.
+            return _error(request, 404, "segment %d is not available" % (number,))
+        if number > video.live_edge() + self.edge.hold_segments:
             return _error(request, 404, "segment %d is not available yet" % (number,), NOT_YET)
-        return _error(request, 404, "segment %d is not available" % (number,))
+        name = rendition.info.name
+        return self._hold_for(
+            request, lambda callback: video.when_started(name, number, lambda _: callback()),
+            lambda: self._segment(request, video, rendition, number, kind),
+            lambda: _error(request, 404, "segment %d is not available yet" % (number,), NOT_YET),
+        )
 
     def _index(self, request: Request) -> bytes:
         """The videos this encoder serves, live first, newest first."""
@@ -174,7 +222,7 @@ class LiveResource(Resource):
         if kind == "dash":
             _headers(request, b"application/dash+xml", self._manifest_cache(video))
             return manifest.mpd(
-                video, self.clock.seconds(), suggested_delay=self.suggested_delay, chunk_ms=self.chunk_ms
+                video, self.clock.seconds(), target_latency=self.target_latency, chunk_ms=self.chunk_ms
             )
         _headers(request, b"application/vnd.apple.mpegurl", self._manifest_cache(video))
         return manifest.master_playlist(video)
@@ -195,38 +243,133 @@ class LiveResource(Resource):
                 request.write(data)
             request.finish()
 
-        def failed(failure: Any) -> None:
-            self.log.failure("reading the archive failed", failure)
-            if not (request._disconnected or request.finished):
-                request.write(_error(request, 500, "archive read failed"))
-                request.finish()
-
-        d.addCallbacks(done, failed)
+        d.addCallbacks(done, self._archive_failed, errbackArgs=(request,))
         return NOT_DONE_YET
 
-    def _wait_for(self, request: Request, video: LiveVideo, name: str, number: int, kind: bytes) -> int:
-        cancel: list[Callable[[], None]] = []
+    def _archive_failed(self, failure: Any, request: Request) -> None:
+        self.log.failure("reading the archive failed", failure)
+        if not (request._disconnected or request.finished):
+            request.write(_error(request, 500, "archive read failed"))
+            request.finish()
 
-        def started(seg: Segment | None) -> None:
-            if timer.active():
-                timer.cancel()
+    # LL-HLS ------------------------------------------------------------------
+
+    def _playlist(self, request: Request, video: LiveVideo, rendition: Rendition) -> bytes | int:
+        """
+        A media playlist; with ``_HLS_msn`` (and ``_HLS_part``) a blocking
+        reload, answered once that part (or segment) exists.
+        """
+        directives = playlist_query(request.args or {})
+        if directives is None or video.ended:
+            _headers(request, b"application/vnd.apple.mpegurl", self._manifest_cache(video))
+            return self._media_playlist(video, rendition)
+        msn, part = directives
+        if msn > _started_through(rendition) + self.edge.hold_segments:
+            return _error(request, 400, "_HLS_msn %d is too far ahead of the live edge" % (msn,), NOT_YET)
+        if video.has_part(rendition.info.name, msn, part):
+            return self._blocked_playlist(request, video, rendition)
+        return self._hold_for(
+            request, lambda callback: video.when_part(rendition.info.name, msn, part, callback),
+            lambda: self._blocked_playlist(request, video, rendition),
+            lambda: _error(request, 503, "part %d.%s is not available yet" % (msn, part), NOT_YET),
+        )
+
+    def _blocked_playlist(self, request: Request, video: LiveVideo, rendition: Rendition) -> bytes:
+        # What a blocking reload gets stays true of the part it asked for: a
+        # cache may answer the same question with it for a while.
+        _headers(request, b"application/vnd.apple.mpegurl", b"public, max-age=2")
+        return self._media_playlist(video, rendition)
+
+    def _media_playlist(self, video: LiveVideo, rendition: Rendition) -> bytes:
+        return manifest.media_playlist(video, rendition, self.part_hold_back, self.chunk_ms)
+
+    def _part(self, request: Request, video: LiveVideo, rendition: Rendition, number: int, index: int,
+              kind: bytes) -> bytes | int:
+        """Part ``index`` of segment ``number``: its chunk, immutable once cut."""
+        seg = rendition.segments.get(number)
+        if seg is not None and len(seg.chunks) > index:
+            _headers(request, kind, IMMUTABLE)
+            return seg.chunks[index]
+        if (seg is not None and seg.complete) or (seg is None and number in rendition.history):
+            if seg is None:
+                return self._part_from_archive(request, video, rendition.info.name, number, index, kind)
+            return _error(request, 404, "segment %d has no part %d" % (number, index))
+        if video.ended or (seg is not None and seg.failed):
+            return _error(request, 404, "part %d.%d is not available" % (number, index))
+        if number > video.live_edge() + self.edge.hold_segments:
+            return _error(request, 404, "part %d.%d is not available yet" % (number, index), NOT_YET)
+        name = rendition.info.name
+        return self._hold_for(
+            request, lambda callback: video.when_part(name, number, index, callback),
+            lambda: self._part(request, video, rendition, number, index, kind),
+            lambda: _error(request, 404, "part %d.%d is not available yet" % (number, index), NOT_YET),
+        )
+
+    def _part_from_archive(self, request: Request, video: LiveVideo, name: str, number: int, index: int,
+                           kind: bytes) -> int:
+        if self.archive is None:
+            return _error(request, 404, "not archived")  # type: ignore[return-value]
+        d = self.archive.read(video.stream, (name, "%d.m4s" % (number,)))
+
+        def done(data: bytes | None) -> None:
             if request._disconnected or request.finished:
                 return
-            if seg is None:
-                request.write(_error(request, 404, "the broadcast ended"))
-                request.finish()
+            chunks = chunks_of(data) if data is not None else []
+            if index >= len(chunks):
+                request.write(_error(request, 404, "no such part"))
             else:
-                self._stream(request, seg, kind)
+                _headers(request, kind, IMMUTABLE)
+                request.write(chunks[index])
+            request.finish()
+
+        d.addCallback(done)
+        d.addErrback(self._archive_failed, request)
+        return NOT_DONE_YET
+
+    def _hold_for(
+        self,
+        request: Request,
+        wait: Callable[[Callable[[], None]], Callable[[], None]],
+        ready: Callable[[], bytes | int],
+        too_late: Callable[[], bytes],
+    ) -> bytes | int:
+        """
+        Hold ``request`` (bounded as :class:`LiveEdge` says) until ``wait``
+        calls back, then answer it with ``ready()``; past the bound, with
+        ``too_late()``.
+        """
+        if self.held >= self.edge.max_held:
+            request.setHeader(b"retry-after", b"1")
+            return _error(request, 503, "too many requests waiting for the live edge", NOT_YET)
+        self.held += 1
+        waiting = [True]
+
+        def release() -> bool:
+            if not waiting[0]:
+                return False
+            waiting[0] = False
+            self.held -= 1
+            cancel()
+            if timer.active():
+                timer.cancel()
+            return True
+
+        def answer(body: bytes | int) -> None:
+            if isinstance(body, bytes) and not request.finished:  # else it is streaming
+                request.write(body)
+                request.finish()
+
+        def fired() -> None:
+            if release() and not (request._disconnected or request.finished):
+                answer(ready())
 
         def timed_out() -> None:
-            cancel[0]()
-            if not (request._disconnected or request.finished):
-                request.write(_error(request, 404, "segment %d is not available yet" % (number,), NOT_YET))
-                request.finish()
+            if release() and not (request._disconnected or request.finished):
+                answer(too_late())
 
-        timer = self.clock.callLater(NEXT_SEGMENT_WAIT, timed_out)
-        cancel.append(video.when_started(name, number, started))
-        request.notifyFinish().addErrback(lambda _: (cancel[0](), timer.active() and timer.cancel()))
+        timer = self.clock.callLater(self.edge.max_wait, timed_out)
+        cancel = wait(fired)
+        request.notifyFinish().addErrback(lambda _: release())
         return NOT_DONE_YET
 
     def _stream(self, request: Request, seg: Segment, kind: bytes) -> int:

@@ -7,6 +7,12 @@ caches in front pass them (and nothing else) upstream.
 - ``/live/<id>/<rendition>/playlist.m3u8``
 - ``/live/<id>/<rendition>/init.mp4`` (the first period), ``init-<k>.mp4``
   (period k, after a reconnect), ``<n>.m4s``
+- ``/live/<id>/<rendition>/<n>.<p>.m4s``: part ``p`` (from 0) of segment
+  ``n``, its p-th CMAF chunk: an LL-HLS ``EXT-X-PART``
+
+A media playlist may carry LL-HLS's blocking-reload directives
+(``?_HLS_msn=<n>&_HLS_part=<p>``); :func:`playlist_query` gives the one form
+of them that every tier uses as part of the cache key.
 """
 
 from __future__ import annotations
@@ -20,15 +26,43 @@ _STREAM_ID = STREAM_ID_PATTERN.encode()
 _RENDITION = rb"[A-Za-z0-9_]{1,32}"
 _SEGMENT = rb"([0-9]{1,18})\.m4s"
 _INIT = rb"init(?:-([0-9]{1,6}))?\.mp4"
+_PART = rb"([0-9]{1,18})\.([0-9]{1,3})\.m4s"
 
 STREAM_ID = re.compile(rb"^%s$" % (_STREAM_ID,))
 RENDITION = re.compile(rb"^%s$" % (_RENDITION,))
 SEGMENT = re.compile(rb"^%s$" % (_SEGMENT,))
 #: Group 1 is the period's index, absent for the first period.
 INIT = re.compile(rb"^%s$" % (_INIT,))
+#: Groups: the segment's number, the part's index in it.
+PART = re.compile(rb"^%s$" % (_PART,))
 
 #: A whole playback path.
 PLAYBACK_PATH = re.compile(
-    rb"^/live/(index\.json|%s/(manifest\.mpd|master\.m3u8|%s/(playlist\.m3u8|%s|%s)))$"
-    % (_STREAM_ID, _RENDITION, _INIT, _SEGMENT)
+    rb"^/live/(index\.json|%s/(manifest\.mpd|master\.m3u8|%s/(playlist\.m3u8|%s|%s|%s)))$"
+    % (_STREAM_ID, _RENDITION, _INIT, _SEGMENT, _PART)
 )
+
+_DIGITS = re.compile(rb"^[0-9]{1,18}$")
+
+
+def playlist_query(args: dict[bytes, list[bytes]]) -> tuple[int, int | None] | None:
+    """
+    The blocking-reload directives of a media playlist request
+    (``_HLS_msn``, ``_HLS_part``) as numbers, or None if there are none or
+    they are malformed (then the request is an ordinary reload).
+    """
+    msn = args.get(b"_HLS_msn", [b""])[0]
+    part = args.get(b"_HLS_part", [None])[0]
+    if not _DIGITS.match(msn) or (part is not None and not _DIGITS.match(part)):
+        return None
+    return int(msn), (int(part) if part is not None else None)
+
+
+def playlist_key(path: bytes, directives: tuple[int, int | None] | None) -> bytes:
+    """A playlist's path with its directives in the one order every tier uses."""
+    if directives is None:
+        return path
+    msn, part = directives
+    if part is None:
+        return b"%s?_HLS_msn=%d" % (path, msn)
+    return b"%s?_HLS_msn=%d&_HLS_part=%d" % (path, msn, part)

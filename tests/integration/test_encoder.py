@@ -75,7 +75,7 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
     # (mpegdash reads every boolean string as True; check the XML itself)
     assert b'availabilityTimeComplete="false"' in body
     assert [r.id for r in kinds["video"].representations] == ["720p", "480p", "360p", "240p"]
-    assert b"<ServiceDescription" in body and b'<Latency target="3000"' in body
+    assert b"<ServiceDescription" in body and b'<Latency target="1200"' in body
 
     # The AST does not move while live.
     yield sleep(2)

@@ -1,0 +1,263 @@
+"""
+The encoder's answers at the live edge, on a Clock: requests for segments and
+LL-HLS parts that a player may legitimately make before they exist are held
+until they do (bounded in time and count), never a 404; blocking playlist
+reloads are answered the moment their part exists; and the LL-HLS playlist
+says what Low-Latency HLS players need.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from fbstream.encoder import fmp4, manifest
+from fbstream.encoder.store import LiveVideo
+from fbstream.encoder.transcode import RenditionInfo
+from fbstream.encoder.web import LiveEdge, LiveResource, VideoRegistry
+
+VIDEO = RenditionInfo("360p", "video", "avc1.64001e", 600_000, 640, 360, "30", timescale=1000)
+AUDIO = RenditionInfo("audio", "audio", "mp4a.40.2", 64_000, sample_rate=48000, timescale=48000)
+
+
+def box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def full(kind: bytes, flags: int, payload: bytes) -> bytes:
+    return box(kind, struct.pack(">I", flags) + payload)
+
+
+def init(timescale: int) -> bytes:
+    mdhd = full(b"mdhd", 0, struct.pack(">IIII", 0, 0, timescale, 0) + b"\0" * 4)
+    return box(b"ftyp", b"iso6" + b"\0" * 4) + box(b"moov", box(b"trak", box(b"mdia", mdhd)))
+
+
+def chunk(samples: int, sample_ticks: int, decode_time: int) -> bytes:
+    """A moof+mdat whose samples all last ``sample_ticks`` (the tfhd default)."""
+    tfhd = full(b"tfhd", 0x020008, struct.pack(">II", 1, sample_ticks))
+    tfdt = full(b"tfdt", 0x01000000, struct.pack(">Q", decode_time))
+    trun = full(b"trun", 0x000200, struct.pack(">I", samples) + struct.pack(">I", 10) * samples)
+    moof = box(b"moof", full(b"mfhd", 0, struct.pack(">I", 1)) + box(b"traf", tfhd + tfdt + trun))
+    return moof + box(b"mdat", b"\0" * 10 * samples)
+
+
+class Req(DummyRequest):
+    """What twisted.web's Request has and the resource uses."""
+
+    def __init__(self, path: str) -> None:
+        parts, _, query = path.partition("?")
+        super().__init__([p.encode() for p in parts.strip("/").split("/")])
+        for pair in filter(None, query.split("&")):
+            key, _, value = pair.partition("=")
+            self.addArg(key.encode(), value.encode())
+        self._disconnected = False
+        self.aborted = False
+        request = self
+
+        class Transport:
+            def abortConnection(self) -> None:
+                request.aborted = True
+
+        class Channel:
+            transport = Transport()
+
+        self.channel = Channel()
+
+    @property
+    def code(self) -> int:
+        return self.responseCode or 200  # unset means 200, as in twisted.web
+
+    def header(self, name: bytes) -> bytes | None:
+        values = self.responseHeaders.getRawHeaders(name)
+        return values[0] if values else None
+
+    def body(self) -> bytes:
+        return b"".join(self.written)
+
+
+class LiveCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.video = LiveVideo("cam", 0.0, 120.0, None)
+        self.video.add_rendition(VIDEO, init(1000))
+        self.video.add_rendition(AUDIO, init(48000))
+        self.registry = VideoRegistry()
+        self.registry.videos["cam"] = self.video
+        self.resource = LiveResource(self.registry, None, self.clock, 250, edge=LiveEdge(2, 3))
+
+    def get(self, path: str) -> Req:
+        request = Req("cam/" + path)
+        result = self.resource.render(request)
+        if result != NOT_DONE_YET:
+            request.write(result)
+            request.finish()
+        return request
+
+    def cut(self, name: str, number: int, parts: int = 4, complete: bool = True) -> None:
+        """Segment ``number`` of ``name``: ``parts`` chunks, then its end."""
+        ticks, per = (1000, 267) if name == "360p" else (48000, 12 * 1024)
+        for i in range(parts):
+            self.video.chunk(name, number, chunk(8 if name == "360p" else 12, per // (8 if name == "360p" else 12),
+                                                  (number - 1) * ticks + i * per))
+        if complete:
+            self.video.segment_end(name, number, (number - 1) * 1000, 1000)
+
+
+
+class Edge(LiveCase):
+    def test_a_segment_just_past_the_edge_is_held_then_streamed(self) -> None:
+        self.cut("360p", 1)
+        self.cut("audio", 1)
+        early = self.get("360p/2.m4s")
+        self.assertFalse(early.finished)
+        self.assertEqual(self.resource.held, 1)
+        self.clock.advance(0.9)
+        self.video.chunk("360p", 2, chunk(8, 33, 1000))
+        # Streamed as it grows: the first chunk now, the rest as they are cut.
+        self.assertEqual(early.code, 200)
+        self.assertEqual(early.header(b"x-fbstream-segment"), b"growing")
+        self.assertEqual(len(early.written), 1)
+        self.assertEqual(self.resource.held, 0)
+        self.video.segment_end("360p", 2, 1000, 1000)
+        self.assertTrue(early.finished)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_audio_behind_video_is_held_not_refused(self) -> None:
+        # The video rendition has started segment 2; audio has not yet (AAC
+        # runs a few frames behind): audio/2.m4s waits for it.
+        self.cut("360p", 1)
+        self.cut("audio", 1)
+        self.cut("360p", 2, parts=1, complete=False)
+        audio = self.get("audio/2.m4s")
+        self.assertFalse(audio.finished)
+        self.cut("audio", 2)
+        self.assertEqual(audio.code, 200)
+        self.assertTrue(audio.finished)
+
+    def test_far_ahead_is_a_404_no_cache_keeps(self) -> None:
+        self.cut("360p", 1)
+        far = self.get("360p/4.m4s")
+        self.assertEqual(far.code, 404)
+        self.assertEqual(far.header(b"cache-control"), b"no-store")
+        self.assertEqual(self.resource.held, 0)
+
+    def test_a_held_request_gives_up_after_the_bound(self) -> None:
+        self.cut("360p", 1)
+        held = self.get("360p/3.m4s")
+        self.clock.advance(LiveEdge(2, 3).max_wait - 0.01)
+        self.assertFalse(held.finished)
+        self.clock.advance(0.02)
+        self.assertEqual(held.code, 404)
+        self.assertEqual(held.header(b"cache-control"), b"no-store")
+        self.assertEqual(self.resource.held, 0)
+
+    def test_holding_is_bounded_in_count(self) -> None:
+        self.cut("360p", 1)
+        held = [self.get("360p/2.m4s") for _ in range(3)]
+        refused = self.get("360p/2.m4s")
+        self.assertEqual(refused.code, 503)
+        self.assertEqual(refused.header(b"retry-after"), b"1")
+        # A viewer who leaves frees its place.
+        held[0].processingFailed(Exception("gone"))
+        self.assertEqual(self.resource.held, 2)
+        self.assertFalse(self.get("360p/2.m4s").finished)
+
+    def test_a_missing_segment_behind_the_edge_is_not_held(self) -> None:
+        self.cut("360p", 1)
+        self.cut("360p", 3, parts=1, complete=False)  # 2 was never made (dropped video)
+        gone = self.get("360p/2.m4s")
+        self.assertEqual(gone.code, 404)
+        self.assertEqual(gone.header(b"cache-control"), b"public, max-age=1")
+
+    def test_the_end_of_the_broadcast_answers_held_requests(self) -> None:
+        self.cut("360p", 1)
+        held = self.get("360p/2.m4s")
+        self.video.end("ended")
+        self.assertEqual(held.code, 404)
+        self.assertTrue(held.finished)
+        self.assertEqual(self.resource.held, 0)
+
+
+class LowLatencyHLS(LiveCase):
+    def test_parts_are_served_once_cut_and_held_before(self) -> None:
+        self.cut("360p", 1)
+        self.cut("360p", 2, parts=2, complete=False)
+        first = self.get("360p/2.1.m4s")
+        self.assertEqual(first.code, 200)
+        self.assertEqual(first.header(b"cache-control"), b"public, max-age=31536000, immutable")
+        self.assertEqual(first.body(), self.video.renditions["360p"].segments[2].chunks[1])
+        nxt = self.get("360p/2.2.m4s")
+        self.assertFalse(nxt.finished)
+        self.video.chunk("360p", 2, chunk(8, 33, 1534))
+        self.assertEqual(nxt.body(), self.video.renditions["360p"].segments[2].chunks[2])
+        self.assertTrue(nxt.finished)
+        # A part past a complete segment's last will never exist.
+        self.video.segment_end("360p", 2, 1000, 1000)
+        self.assertEqual(self.get("360p/2.3.m4s").code, 404)
+
+    def test_a_blocking_reload_is_answered_when_its_part_exists(self) -> None:
+        self.cut("360p", 1)
+        self.cut("audio", 1)
+        self.cut("360p", 2, parts=1, complete=False)
+        blocked = self.get("360p/playlist.m3u8?_HLS_msn=2&_HLS_part=1")
+        self.assertFalse(blocked.finished)
+        self.clock.advance(0.25)
+        self.video.chunk("360p", 2, chunk(8, 33, 1267))
+        self.assertTrue(blocked.finished)
+        playlist = blocked.body().decode()
+        self.assertIn('#EXT-X-PART:DURATION=0.26400,URI="2.1.m4s"', playlist)
+        self.assertIn('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="2.2.m4s"', playlist)
+        self.assertEqual(blocked.header(b"cache-control"), b"public, max-age=2")
+        # Already there: answered at once.
+        self.assertTrue(self.get("360p/playlist.m3u8?_HLS_msn=2&_HLS_part=0").finished)
+        # A whole segment (no _HLS_part) waits for its end.
+        whole = self.get("360p/playlist.m3u8?_HLS_msn=2")
+        self.assertFalse(whole.finished)
+        self.video.segment_end("360p", 2, 1000, 1000)
+        self.assertIn("#EXTINF:1.000,\n2.m4s", whole.body().decode())
+
+    def test_a_blocking_reload_too_far_ahead_is_refused(self) -> None:
+        self.cut("360p", 1)
+        self.assertEqual(self.get("360p/playlist.m3u8?_HLS_msn=9&_HLS_part=0").code, 400)
+        late = self.get("360p/playlist.m3u8?_HLS_msn=3&_HLS_part=0")
+        self.clock.advance(LiveEdge().max_wait + 0.01)
+        self.assertEqual(late.code, 503)
+
+    def test_the_playlist_says_what_ll_hls_players_need(self) -> None:
+        for n in (1, 2, 3, 4):
+            self.cut("360p", n)
+            self.cut("audio", n)
+        self.cut("360p", 5, parts=2, complete=False)
+        self.cut("audio", 5, parts=1, complete=False)
+        text = self.get("360p/playlist.m3u8").body().decode()
+        self.assertIn("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.000", text)
+        # Parts are a whole number of frames at or past 250 ms: 8 at 30 fps.
+        self.assertIn("#EXT-X-PART-INF:PART-TARGET=0.267", text)
+        # Parts of the last three complete segments and of the one being made.
+        listed = re.findall(r'URI="(\d+)\.(\d+)\.m4s"', text)
+        self.assertEqual(sorted({int(n) for n, _ in listed}), [2, 3, 4, 5])
+        self.assertIn('#EXT-X-PART:DURATION=0.26400,URI="5.0.m4s",INDEPENDENT=YES', text)
+        self.assertIn('#EXT-X-PART:DURATION=0.26400,URI="5.1.m4s"\n', text)
+        self.assertTrue(text.index('URI="4.3.m4s"') < text.index("#EXTINF:1.000,\n4.m4s"))
+        self.assertIn('#EXT-X-PRELOAD-HINT:TYPE=PART,URI="5.2.m4s"', text)
+        self.assertIn('#EXT-X-RENDITION-REPORT:URI="../audio/playlist.m3u8",LAST-MSN=5,LAST-PART=0', text)
+        audio = self.get("audio/playlist.m3u8").body().decode()
+        # 12 AAC frames of 1024 samples at 48 kHz, every one independent.
+        self.assertIn("#EXT-X-PART-INF:PART-TARGET=0.256", audio)
+        self.assertIn('#EXT-X-PART:DURATION=0.25600,URI="5.0.m4s",INDEPENDENT=YES', audio)
+        # Once ended: a plain playlist, no parts.
+        self.video.end("ended")
+        ended = self.get("360p/playlist.m3u8").body().decode()
+        self.assertNotIn("EXT-X-PART", ended)
+        self.assertIn("#EXT-X-ENDLIST", ended)
+
+    def test_chunk_durations(self) -> None:
+        self.assertEqual(fmp4.duration(chunk(12, 1024, 0)), 12 * 1024)
+        self.assertEqual(fmp4.chunks_of(chunk(1, 1, 0) + chunk(2, 1, 1)), [chunk(1, 1, 0), chunk(2, 1, 1)])
+        self.assertEqual(manifest.PARTS_KEPT, 3)
