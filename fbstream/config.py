@@ -75,8 +75,8 @@ ENCODER: dict[str, Setting] = {
 CACHE: dict[str, Setting] = {
     "cache.max_bytes": Setting(int, 512 * 1024 * 1024, "bytes the cache holds (LRU)"),
     # Longer than the encoder holds a request for a segment at the live edge
-    # (encoder.hold_segments + 1 seconds): a held request is not a slow one.
-    "cache.lock_timeout": Setting(float, 4.0, "seconds waiters wait for a first byte before one more upstream try"),
+    # (6 s at most): a held request is not a slow one.
+    "cache.lock_timeout": Setting(float, 8.0, "seconds waiters wait for a first byte before one more upstream try"),
     "cache.upstream_timeout": Setting(float, 10.0, "an upstream answer (or body) silent this long is a 504"),
     "cache.stall_timeout": Setting(float, 30.0, "a viewer that does not read for this long is dropped"),
 }

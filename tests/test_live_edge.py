@@ -261,3 +261,27 @@ class LowLatencyHLS(LiveCase):
         self.assertEqual(fmp4.duration(chunk(12, 1024, 0)), 12 * 1024)
         self.assertEqual(fmp4.chunks_of(chunk(1, 1, 0) + chunk(2, 1, 1)), [chunk(1, 1, 0), chunk(2, 1, 1)])
         self.assertEqual(manifest.PARTS_KEPT, 3)
+
+
+class LateEncoder(LiveCase):
+    def test_requests_the_manifest_makes_due_wait_for_a_late_encoder(self) -> None:
+        # 10 s into the broadcast the manifest makes segment 11 due, but the
+        # encoder (on a busy machine) has only started segment 6: a player
+        # asking for 11, or 13 (its clock a little ahead), waits for it.
+        for n in range(1, 6):
+            self.cut("360p", n)
+        self.cut("360p", 6, parts=1, complete=False)
+        self.clock.advance(10.2)
+        self.assertEqual(self.video.due(self.clock.seconds()), 11)
+        waiting = self.get("360p/13.m4s")
+        self.assertFalse(waiting.finished)
+        self.assertEqual(self.get("360p/14.m4s").code, 404)
+        blocked = self.get("360p/playlist.m3u8?_HLS_msn=12&_HLS_part=0")
+        self.assertFalse(blocked.finished)
+        self.clock.advance(2)
+        for n in range(6, 13):
+            self.cut("360p", n)
+        self.assertTrue(blocked.finished)
+        self.cut("360p", 13, parts=1, complete=False)
+        self.assertEqual(waiting.code, 200)
+        self.assertEqual(len(waiting.written), 1)

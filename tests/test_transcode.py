@@ -213,3 +213,37 @@ def test_audio_that_changes_format_midstream_is_survived(tmp_path):
     tx, out = transcode(messages)
     inits, ends = summary(out)
     assert sum(e.duration_ms for e in ends["audio"]) >= 3900
+
+
+def test_video_dropped_while_behind_leaves_no_hole(tmp_path):
+    # What the worker does past its backlog bound: video from 1.2 s to just
+    # before the keyframe at 4 s never reaches the transcoder. Segment 3 has
+    # no source frame at all; the last picture stands in for it.
+    messages = source(tmp_path, "gap", duration=6, gop=60, size="320x240", audio=False)
+    kept = [m for m in messages if not (1200 <= m.timestamp < 4000) or flv.parse_video(m.payload).sequence_header]
+    tx, out = transcode(kept, rungs=["240:300"])
+    inits, ends = summary(out)
+    assert [e.number for e in ends["240p"]] == [1, 2, 3, 4, 5, 6]
+    assert [e.start_ms for e in ends["240p"]] == [0, 1000, 2000, 3000, 4000, 5000]
+    assert [e.frames for e in ends["240p"]][1:3] == [6, 1]
+
+
+def test_shedding_halves_the_frames_but_keeps_every_segment_start(tmp_path):
+    messages = source(tmp_path, "shed", duration=4, gop=60, size="320x240", audio=False)
+    tx = Transcoder(TranscoderSettings(parse_rungs(["240:300"])))
+    tx.shedding = True
+    out = []
+    for message in messages:
+        out += tx.feed(message)
+    out += tx.finish()
+    ends = summary(out)[1]["240p"]
+    assert [e.number for e in ends] == [1, 2, 3, 4]
+    # 30 frames a second in, 15 out: each segment still starts on a keyframe.
+    assert all(14 <= e.frames <= 16 for e in ends), [e.frames for e in ends]
+    assert tx.frames_shed >= 55
+    chunks = collections.defaultdict(list)
+    for o in out:
+        if isinstance(o, Chunk):
+            chunks[o.number].append(o.data)
+    for number, data in chunks.items():
+        assert decode_time(data[0]) * 1000 // 16000 == (number - 1) * 1000

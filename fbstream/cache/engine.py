@@ -55,7 +55,7 @@ _MAX_AGE = re.compile(rb"max-age=(\d+)")
 class CacheSettings:
     max_bytes: int = 512 * 1024 * 1024
     #: How long waiters wait for an object's first byte before one more upstream try.
-    lock_timeout: float = 4.0
+    lock_timeout: float = 8.0
     #: An upstream request with no response (or a body that stops) for this long fails.
     upstream_timeout: float = 10.0
     #: A viewer paused by its transport this long is dropped.

@@ -191,7 +191,10 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: 
         window,
         config["encoder.max_lag_ms"],
     )
-    edge = LiveEdge(config["encoder.hold_segments"], config["encoder.max_held"])
+    hold = config["encoder.hold_segments"]
+    # Held long enough for the furthest segment allowed to start on time,
+    # and for an encoder as far behind as its backlog bound lets it fall.
+    edge = LiveEdge(hold, config["encoder.max_held"], hold + 1 + config["encoder.max_lag_ms"] / 1000)
     root.putChild(b"live", LiveResource(
         registry, archive, reactor, config["encoder.chunk_ms"],
         target_latency=config["encoder.target_latency"], edge=edge,

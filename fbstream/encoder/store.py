@@ -370,6 +370,18 @@ class LiveVideo:
         """The newest segment number any rendition has started."""
         return max((max(r.segments) for r in self.renditions.values() if r.segments), default=0)
 
+    def due(self, now: float) -> int:
+        """
+        The newest segment number the manifest's timing lets a player ask
+        for at ``now`` (0 once the broadcast is over): what players go by,
+        however far behind the encoder is.
+        """
+        if self.ended:
+            return 0
+        period = self.periods[-1]
+        media_ms = int((now - self.availability_start) * 1000) - period.start_ms + period.base_ms
+        return period.clock.number_at(media_ms)
+
     def state(self) -> ArchiveState:
         return ArchiveState(
             self.stream,

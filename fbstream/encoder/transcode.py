@@ -249,6 +249,8 @@ class _VideoRendition(_Rendition):
         super().__init__(spec.name, stream, chunk_ms)
         self.holder = holder
         self.spec = spec
+        #: The last picture encoded, to stand in for video that never came.
+        self.last_frame: Any = None
         self.clock = SegmentClock()
         #: The segment whose first frame was forced to be an IDR frame last.
         self._forced = 0
@@ -441,6 +443,11 @@ class Transcoder:
         self.frames_out = 0
         self.decode_errors = 0
         self.encode_seconds = 0.0
+        #: Set (by the stream's worker, between batches) while the encoder
+        #: is behind real time: half the frames are left out.
+        self.shedding = False
+        self._shed = False
+        self.frames_shed = 0
         self._source_size: tuple[int, int] | None = None
         self._last_video_ms = 0
         #: Audio that arrived before the first video frame fixed the origin.
@@ -556,6 +563,21 @@ class Transcoder:
             self._start_video(frame.width, frame.height, out)
             if self.resume_ms > self.clock.base_ms:
                 self._slate_video(media_ms, out)
+        number = self.clock.number_at(media_ms)
+        newest = self.videos[0]._forced
+        if newest and number > newest + 1:
+            # Whole segments without video (dropped while the encoder was
+            # behind, or a publisher that skipped): the last picture stands
+            # in for them, so no segment number is missing for a player.
+            self._still_video(newest + 1, media_ms, [(r, r.last_frame) for r in self.videos], out)
+        elif self.shedding and number == newest:
+            # Behind real time: every other frame inside a segment is left
+            # out (half the frame rate, half the work) rather than letting
+            # the viewers' segments come late.
+            self._shed = not self._shed
+            if self._shed:
+                self.frames_shed += 1
+                return
         self._last_video_ms = max(self._last_video_ms, media_ms)
         began = time.perf_counter()
         for rendition in self.videos:
@@ -568,6 +590,7 @@ class Transcoder:
                 )
             rendition.encode(scaled, media_ms, self.clock,
                              (media_ms - self.resume_ms + (self.origin_ms or 0)) & 0xFFFFFFFF, out)
+            rendition.last_frame = scaled
         self.encode_seconds += time.perf_counter() - began
         self.frames_out += 1
 
@@ -579,7 +602,7 @@ class Transcoder:
             self.videos.append(_VideoRendition(spec, rate, self.settings.preset, self.settings.chunk_ms))
 
     def _slate_video(self, until_ms: int, out: list[Output]) -> None:
-        """A still keyframe at every segment start before the source's first frame."""
+        """A dark still keyframe at every segment start before the source's first frame."""
         import av
 
         stills = []
@@ -588,12 +611,18 @@ class Transcoder:
             for plane, value in zip(still.planes, (16, 128, 128)):  # dark grey (BT.601 limited range)
                 plane.update(bytes([value]) * plane.buffer_size)
             stills.append((rendition, still))
-        for number in range(self.clock.first_number, self.clock.number_at(until_ms) + 1):
+        self._still_video(self.clock.first_number, until_ms, stills, out)
+
+    def _still_video(self, first: int, until_ms: int, stills: list[tuple["_VideoRendition", Any]],
+                     out: list[Output]) -> None:
+        """Each rendition's still as a keyframe at every segment start from ``first`` up to ``until_ms``."""
+        for number in range(first, self.clock.number_at(until_ms) + 1):
             start = self.clock.start_of(number)
             if start >= until_ms:
                 break
             for rendition, still in stills:
-                rendition.encode(still, start, self.clock, -1, out)
+                if still is not None:
+                    rendition.encode(still, start, self.clock, -1, out)
 
     def _slate_audio(self, until_ms: int, like: Any, out: list[Output]) -> None:
         """

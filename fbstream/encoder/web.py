@@ -44,20 +44,22 @@ class LiveEdge:
 
     A player asks for segment *n* as soon as the manifest's timing lets it
     (``availabilityTimeOffset`` before its end, on its own clock, which may
-    be a few hundred ms off), and the encoder may be a few hundred ms late: a
-    request up to ``hold_segments`` past the newest segment any rendition has
-    started is held until the segment starts in its rendition, then streamed
-    as it grows. Only requests further ahead get the quick ``no-store`` 404.
+    be a few hundred ms off), and the encoder may be late, by a few hundred
+    ms or, on a busy machine, by seconds. A request up to ``hold_segments``
+    past the live edge (the newest segment the manifest's timing makes due,
+    or the newest started if that is further) is held until the segment
+    starts in its rendition, then streamed as it grows: a late encoder is a
+    wait, never a 404 (dash.js never skips a segment it was refused). Only
+    requests further ahead get the quick ``no-store`` 404.
     """
 
     hold_segments: int = 2
     #: Requests held at once; more are answered 503 at once.
     max_held: int = 10_000
-
-    @property
-    def max_wait(self) -> float:
-        """The longest a request is held: long enough for the furthest one allowed to start."""
-        return (self.hold_segments + 1) * SEGMENT_MS / 1000
+    #: The longest a request is held: the furthest one allowed starts within
+    #: hold_segments + 1 seconds on time, and the encoder may run up to its
+    #: backlog bound (encoder.max_lag_ms) late.
+    max_wait: float = 6.0
 
 
 class VideoRegistry:
@@ -183,7 +185,7 @@ class LiveResource(Resource):
             # Its rendition has gone past it: it was never made (video the
             # encoder dropped while behind) and never will be.
             return _error(request, 404, "segment %d is not available" % (number,))
-        if number > video.live_edge() + self.edge.hold_segments:
+        if number > self._edge(video) + self.edge.hold_segments:
             return _error(request, 404, "segment %d is not available yet" % (number,), NOT_YET)
         name = rendition.info.name
         return self._hold_for(
@@ -252,6 +254,10 @@ class LiveResource(Resource):
             request.write(_error(request, 500, "archive read failed"))
             request.finish()
 
+    def _edge(self, video: LiveVideo) -> int:
+        """The live edge requests are held up to (see :class:`LiveEdge`)."""
+        return max(video.live_edge(), video.due(self.clock.seconds()))
+
     # LL-HLS ------------------------------------------------------------------
 
     def _playlist(self, request: Request, video: LiveVideo, rendition: Rendition) -> bytes | int:
@@ -264,7 +270,7 @@ class LiveResource(Resource):
             _headers(request, b"application/vnd.apple.mpegurl", self._manifest_cache(video))
             return self._media_playlist(video, rendition)
         msn, part = directives
-        if msn > _started_through(rendition) + self.edge.hold_segments:
+        if msn > self._edge(video) + self.edge.hold_segments:
             return _error(request, 400, "_HLS_msn %d is too far ahead of the live edge" % (msn,), NOT_YET)
         if video.has_part(rendition.info.name, msn, part):
             return self._blocked_playlist(request, video, rendition)
@@ -296,7 +302,7 @@ class LiveResource(Resource):
             return _error(request, 404, "segment %d has no part %d" % (number, index))
         if video.ended or (seg is not None and seg.failed):
             return _error(request, 404, "part %d.%d is not available" % (number, index))
-        if number > video.live_edge() + self.edge.hold_segments:
+        if number > self._edge(video) + self.edge.hold_segments:
             return _error(request, 404, "part %d.%d is not available yet" % (number, index), NOT_YET)
         name = rendition.info.name
         return self._hold_for(

@@ -40,6 +40,23 @@ from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
 
 #: How many frame receipt times are remembered for the availability lag.
 _RECEIPTS = 600
+#: Video waiting this long (ms of media) means the transcoder is behind real
+#: time: it sheds frames until the wait is back under SHED_UNTIL_MS.
+SHED_AFTER_MS = 1000
+SHED_UNTIL_MS = 300
+
+
+def _video_span(messages: list[MediaMessage]) -> int:
+    """Milliseconds of media between the first and the last video message."""
+    first = last = None
+    for message in messages:
+        if message.type_id == VIDEO:
+            if first is None:
+                first = message.timestamp
+            last = message.timestamp
+    if first is None or last is None:
+        return 0
+    return (last - first) & 0xFFFFFFFF
 
 
 @implementer(IStreamConsumer)
@@ -132,10 +149,7 @@ class StreamEncoder:
         self._kick()
 
     def _check_backlog(self) -> None:
-        videos = [m for m in self._pending if m.type_id == VIDEO]
-        if len(videos) < 2:
-            return
-        span = (videos[-1].timestamp - videos[0].timestamp) & 0xFFFFFFFF
+        span = _video_span(self._pending)
         if span <= self.max_lag_ms:
             return
         kept = [m for m in self._pending if m.type_id != VIDEO or flv.parse_video(m.payload).sequence_header]
@@ -158,6 +172,17 @@ class StreamEncoder:
         batch, self._pending = self._pending, []
         finishing = self._ending is not None
         self._busy = True
+        # What piled up while the last batch ran is how far behind real time
+        # the transcoder is: past a second it sheds frames until it is back
+        # within a third of one.
+        behind = _video_span(batch)
+        if behind > SHED_AFTER_MS or (self.transcoder.shedding and behind > SHED_UNTIL_MS):
+            if not self.transcoder.shedding:
+                self.log.warn("{stream}: transcoding is {behind} ms behind; encoding half the frames",
+                              stream=self.video.stream, behind=behind)
+            self.transcoder.shedding = True
+        else:
+            self.transcoder.shedding = False
         d = deferToThreadPool(self.reactor, self.pool, self._work, batch, finishing)
         d.addCallbacks(self._done, self._failed, callbackArgs=(finishing,))
 
