@@ -70,28 +70,24 @@ class FragmentSplitter:
 
 def chunks_of(segment: bytes) -> list[bytes]:
     """A media segment's ``moof``+``mdat`` chunks, in order (an archived segment's parts)."""
-    chunks = []
-    moof_at = -1
-    for kind, pos, size in boxes(segment):
+    return FragmentSplitter().feed(segment)
+
+
+def _track_fragments(data: bytes) -> Iterator[tuple[int, int]]:
+    """``(offset, size)`` of every ``traf`` in every ``moof`` of ``data``."""
+    for kind, pos, size in boxes(data):
         if kind == b"moof":
-            moof_at = pos
-        elif kind == b"mdat" and moof_at >= 0:
-            chunks.append(segment[moof_at : pos + size])
-            moof_at = -1
-    return chunks
+            for kind2, pos2, size2 in boxes(data, pos + 8, pos + size):
+                if kind2 == b"traf":
+                    yield pos2, size2
 
 
 def _in_track_fragments(data: bytes, wanted: bytes) -> Iterator[int]:
     """The offset of each ``wanted`` box inside every ``moof``/``traf`` of ``data``."""
-    for kind, pos, size in boxes(data):
-        if kind != b"moof":
-            continue
-        for kind2, pos2, size2 in boxes(data, pos + 8, pos + size):
-            if kind2 != b"traf":
-                continue
-            for kind3, pos3, _ in boxes(data, pos2 + 8, pos2 + size2):
-                if kind3 == wanted:
-                    yield pos3
+    for pos, size in _track_fragments(data):
+        for kind, at, _ in boxes(data, pos + 8, pos + size):
+            if kind == wanted:
+                yield at
 
 
 def decode_time(chunk: bytes) -> int:
@@ -108,31 +104,26 @@ def duration(chunk: bytes) -> int:
     How long a chunk (``moof`` + ``mdat``) plays, in its track's timescale:
     the ``trun`` sample durations, or the ``tfhd`` default per sample.
     """
-    total = 0
-    for kind, pos, size in boxes(chunk):
-        if kind != b"moof":
-            continue
-        for kind2, pos2, size2 in boxes(chunk, pos + 8, pos + size):
-            if kind2 != b"traf":
-                continue
-            default = None
-            for kind3, pos3, _ in boxes(chunk, pos2 + 8, pos2 + size2):
-                flags = int.from_bytes(chunk[pos3 + 9 : pos3 + 12], "big")
-                if kind3 == b"tfhd" and flags & 0x08:
-                    # track id, then base offset (0x01), description index (0x02).
-                    at = pos3 + 16 + (8 if flags & 0x01 else 0) + (4 if flags & 0x02 else 0)
-                    default = int(struct.unpack_from(">I", chunk, at)[0])
-                elif kind3 == b"trun":
-                    count = int(struct.unpack_from(">I", chunk, pos3 + 12)[0])
-                    at = pos3 + 16 + (4 if flags & 0x01 else 0) + (4 if flags & 0x04 else 0)
-                    if flags & 0x100:
-                        step = 4 * sum(1 for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit)
-                        total += sum(int(struct.unpack_from(">I", chunk, at + i * step)[0]) for i in range(count))
-                    elif default is not None:
-                        total += default * count
-                    else:
-                        raise BoxError("no sample durations in chunk")
-            return total
+    for pos, size in _track_fragments(chunk):
+        total = 0
+        default = None
+        for kind, box_at, _ in boxes(chunk, pos + 8, pos + size):
+            flags = int.from_bytes(chunk[box_at + 9 : box_at + 12], "big")
+            if kind == b"tfhd" and flags & 0x08:
+                # track id, then base offset (0x01), description index (0x02).
+                at = box_at + 16 + (8 if flags & 0x01 else 0) + (4 if flags & 0x02 else 0)
+                default = int(struct.unpack_from(">I", chunk, at)[0])
+            elif kind == b"trun":
+                count = int(struct.unpack_from(">I", chunk, box_at + 12)[0])
+                at = box_at + 16 + (4 if flags & 0x01 else 0) + (4 if flags & 0x04 else 0)
+                if flags & 0x100:
+                    step = 4 * sum(1 for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit)
+                    total += sum(int(struct.unpack_from(">I", chunk, at + i * step)[0]) for i in range(count))
+                elif default is not None:
+                    total += default * count
+                else:
+                    raise BoxError("no sample durations in chunk")
+        return total
     raise BoxError("no track fragment in chunk")
 
 
