@@ -1,22 +1,34 @@
 """
 Open the PoP's page in headless Chromium (Debian's, driven by Playwright; no
-browser is downloaded) and watch the player: print one JSON line with what
-it saw every second. Run as a separate process by the browser test.
+browser is downloaded) and watch the player the way a viewer does: print one
+JSON object with what it saw every second, every request that failed, and a
+summary (stalls, seconds stalled, latency, renditions played). Run as a
+separate process by the browser tests and by ``bench/playback.py``.
 
-    python -m tests.integration.browser URL SECONDS
+    python -m tests.integration.browser URL SECONDS [SCREENSHOT]
+
+A request counts as failed if the server answered 400 or more, or if it
+ended without a whole response for any reason but the player's own abort
+(``net::ERR_ABORTED``: dash.js cancels a request when it switches rendition
+or seeks; that is the player's choice, not the server's failure). Both kinds
+are listed in ``failed`` and ``aborted``.
 """
+
+from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import time
-
-from playwright.sync_api import sync_playwright
 
 FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
+    # A hidden or occluded page must not be throttled: it is watched.
+    "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
 ]
 
 #: One sample: the page's own stats, what the video element has buffered, and
@@ -27,37 +39,96 @@ SAMPLE = """Object.assign({}, window.fbstreamStats, {
     wall: Date.now() / 1000,
 })"""
 
+#: Requests of media (segments, parts, init segments) and manifests.
+MEDIA = (".m4s", ".mp4", ".mpd", ".m3u8")
 
-def main(url: str, seconds: float) -> None:
+
+def summarize(seen: dict) -> dict:
+    """What a viewer would say of a run: stalls, time stalled, latency, renditions, failures."""
+    samples = seen["samples"]
+    latencies = sorted(s["latency"] for s in samples if s.get("latency") is not None)
+    renditions = []
+    for s in samples:
+        if s.get("rendition") and (not renditions or renditions[-1][0] != s["rendition"]):
+            renditions.append((s["rendition"], round(s["currentTime"], 1)))
+    last = samples[-1] if samples else {}
+
+    def pct(q: float) -> float | None:
+        if not latencies:
+            return None
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    return {
+        "engine": last.get("engine"),
+        "seconds": len(samples),
+        "stalls": last.get("stalls", 0),
+        "stalled_seconds": round(last.get("stalledSeconds", 0.0), 2),
+        "latency_p50": round(statistics.median(latencies), 2) if latencies else None,
+        "latency_p95": round(pct(0.95), 2) if latencies else None,
+        "first_frame_seconds": seen.get("first_frame_seconds"),
+        "renditions": renditions,
+        "top_reached_at": next((t for r, t in renditions if r == seen.get("top")), None),
+        "failed": [f for f in seen["failed"] if any(m in f.split("?")[0] for m in MEDIA)],
+        "aborted": seen.get("aborted", []),
+        "errors": last.get("errors", []),
+    }
+
+
+def watch(url: str, seconds: float, screenshot: str | None = None, console_path: str | None = None) -> dict:
+    from playwright.sync_api import sync_playwright
+
     samples = []
+    console: list[str] = []
+    failed: list[str] = []
+    aborted: list[str] = []
+
+    def request_failed(r) -> None:
+        why = r.failure or ""
+        entry = "%.3f %s %s" % (time.time(), why, r.url)
+        (aborted if "ERR_ABORTED" in why else failed).append(entry)
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
-        page = browser.new_page()
-        console = []
-        failed = []
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.on("console", lambda m: console.append("%.3f %s" % (time.time(), m.text)))
-        page.on("response", lambda r: failed.append("%d %s" % (r.status, r.url)) if r.status >= 400 else None)
-        page.on("requestfailed", lambda r: failed.append("failed %s" % (r.url,)))
+        page.on("response", lambda r: failed.append("%.3f %d %s" % (time.time(), r.status, r.url))
+                if r.status >= 400 else None)
+        page.on("requestfailed", request_failed)
+        opened = time.monotonic()
         page.goto(url)
         deadline = time.monotonic() + 30
+        first_frame = None
         while time.monotonic() < deadline:
             if page.evaluate("window.fbstreamStats && window.fbstreamStats.currentTime") > 0:
+                first_frame = round(time.monotonic() - opened, 2)
                 break
-            time.sleep(0.25)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+            time.sleep(0.1)
+        began = time.monotonic()
+        for i in range(int(seconds)):
+            # One sample a second on the clock, however long sampling takes.
+            time.sleep(max(0.0, began + i - time.monotonic()))
             samples.append(page.evaluate(SAMPLE))
-            time.sleep(1)
         listing = page.evaluate("Array.from(document.querySelectorAll('#videos a')).map(a => a.textContent)")
         stats_line = page.evaluate("document.getElementById('stats').textContent")
-        page.screenshot(path=sys.argv[3]) if len(sys.argv) > 3 else None
+        top = page.evaluate("window.fbstreamStats.top")
+        if screenshot:
+            page.screenshot(path=screenshot)
         browser.close()
-    if os.environ.get("FBSTREAM_BROWSER_CONSOLE"):
-        with open(os.environ["FBSTREAM_BROWSER_CONSOLE"], "w") as f:
+    if console_path:
+        with open(console_path, "w") as f:
             f.write("\n".join(console) + "\n")
-    sys.stdout.write(json.dumps({"samples": samples, "listing": listing, "stats": stats_line,
-                                 "console": console[-20:], "failed": failed[-20:]}) + "\n")
+    seen = {"samples": samples, "listing": listing, "stats": stats_line, "top": top,
+            "first_frame_seconds": first_frame, "console": console[-30:],
+            "failed": failed[-50:], "aborted": aborted[-50:]}
+    seen["summary"] = summarize(seen)
+    return seen
+
+
+def main(argv: list[str]) -> None:
+    seen = watch(argv[1], float(argv[2]), argv[3] if len(argv) > 3 else None,
+                 os.environ.get("FBSTREAM_BROWSER_CONSOLE"))
+    sys.stdout.write(json.dumps(seen) + "\n")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], float(sys.argv[2]))
+    main(sys.argv)
