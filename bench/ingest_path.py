@@ -18,8 +18,11 @@ What the ingest path costs, measured on real processes over loopback:
    segment holding the broadcaster's new media (more than one frame).
 
     python bench/ingest_path.py [--seconds 20] [--reconnects 3]
+    python bench/ingest_path.py --smoke    (CI: 3 s per path, one reconnect after 4 s)
 
-(``--seconds 0`` or ``--reconnects 0`` leaves that part out.)
+(``--seconds 0`` or ``--reconnects 0`` leaves that part out.) The exit status
+is non-zero only if the bench itself broke (a server that does not come up,
+a refused publish, no media through a path), never on a figure.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ TOKEN_KEYS = "k1:" + "42" * 32
 API_KEY = "bench-api-key"
 
 
+class Broken(Exception):
+    """The bench itself broke (not a slow figure)."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -74,15 +81,27 @@ def start(role: str, args: list[str], directory: str, name: str) -> tuple[subpro
     return proc, http
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
+def log_tail(directory: str, name: str, lines: int = 20) -> str:
+    try:
+        with open(os.path.join(directory, name + ".log"), errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], directory: str, name: str, timeout: float = 30) -> None:
+    """Wait for the server ``proc`` to answer ``url``; it dying or never answering breaks the bench."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Broken("%s exited with status %s before it answered %s\n%s"
+                         % (name, proc.returncode, url, log_tail(directory, name)))
         try:
             urllib.request.urlopen(url, timeout=1).read()
             return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError("%s did not answer" % (url,))
+    raise Broken("%s did not answer %s in %.0f s\n%s" % (name, url, timeout, log_tail(directory, name)))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -162,6 +181,8 @@ def measure_path(target_port: int, sink_port: int, name: str, query: str, second
         done[0].raiseException()  # type: ignore[attr-defined]
     result["received"] = len(latencies)
     latencies = latencies[RATE:]  # the first second warms up
+    if not latencies:
+        raise Broken("%d of %d messages came through to the player" % (result["received"], result.get("sent", 0)))
     result["p50_ms"] = statistics.median(latencies) * 1000
     result["p99_ms"] = percentile(latencies, 0.99) * 1000
     return result
@@ -177,15 +198,17 @@ def relay_hops(seconds: float) -> None:
         sink, sink_http = start("pop", ["--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (sink_rtmp,),
                                         "--set", "relay.dc_proxies=[]", "--set", "tokens.required=false",
                                         "--set", "pop.cache_listen=[]"], directory, "sink")
+        procs.append(sink)
         dcp, dc_http = start("dc-proxy", ["--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (dc_rtmp,),
                                           "--set", "relay.encoders=tcp:127.0.0.1:%d" % (sink_rtmp,)],
                              directory, "dcproxy")
+        procs.append(dcp)
         pop, pop_http = start("pop", ["--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (pop_rtmp,),
                                       "--set", "relay.dc_proxies=dc1=tcp:127.0.0.1:%d" % (dc_rtmp,),
                                       "--set", "pop.cache_listen=[]"], directory, "pop")
-        procs = [sink, dcp, pop]
-        for port in (sink_http, dc_http, pop_http):
-            wait_http("http://127.0.0.1:%d/metrics" % (port,))
+        procs.append(pop)
+        for proc, port, name in ((sink, sink_http, "sink"), (dcp, dc_http, "dcproxy"), (pop, pop_http, "pop")):
+            wait_http("http://127.0.0.1:%d/metrics" % (port,), proc, directory, name)
         token = "?token=" + KeyRing.parse(TOKEN_KEYS).sign("x", "dc1", time.time())
         runs = {}
         for label, target, relays in (("direct", sink_rtmp, []), ("dc-proxy", dc_rtmp, [dcp]),
@@ -194,7 +217,11 @@ def relay_hops(seconds: float) -> None:
             out = subprocess.run(
                 [sys.executable, __file__, "--one-path", json.dumps([target, sink_rtmp, label.replace("+", "-"),
                                                                       token, seconds, [p.pid for p in relays]])],
-                capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=ROOT))
+                capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=seconds + 60)
+            if out.returncode != 0:
+                raise Broken("the %s path failed (status %d):\n%s\nlogs:\n%s"
+                             % (label, out.returncode, out.stderr[-2000:],
+                                "".join(log_tail(directory, n, 5) for n in ("sink", "dcproxy", "pop"))))
             runs[label] = json.loads(out.stdout.strip().splitlines()[-1])
         print("Relay hops, 6 Mbps (%d x %d B/s), %.0f s each; sink = a PoP's own hub, player over RTMP"
               % (RATE, FRAME_BYTES, seconds))
@@ -218,7 +245,8 @@ def relay_hops(seconds: float) -> None:
 # 2. Reconnect to first new segment ------------------------------------------
 
 
-def reconnects(count: int) -> None:
+def reconnects(count: int, first: int = 8, again: int = 6) -> None:
+    """``count`` reconnects: a publish of ``first`` s, then each a 2 s pause and ``again`` s more."""
     directory = tempfile.mkdtemp(prefix="fbstream-bench-")
     ports = {k: free_port() for k in ("rtmp", "dc", "enc", "pop", "dchttp", "enchttp", "origin", "cache")}
     args = [
@@ -240,9 +268,10 @@ def reconnects(count: int) -> None:
         "--set", "origin.origin.upstreams=tcp:127.0.0.1:%d" % (ports["enchttp"],),
     ]
     proc, _ = start("all", args, directory, "all")
+    publishers: list[subprocess.Popen[bytes]] = []
     try:
         api = "http://127.0.0.1:%d/api/v1/live_videos" % (ports["pop"],)
-        wait_http("http://127.0.0.1:%d/metrics" % (ports["pop"],))
+        wait_http("http://127.0.0.1:%d/metrics" % (ports["pop"],), proc, directory, "all")
         request = urllib.request.Request(api, data=b"{}", method="POST",
                                          headers={"Authorization": "Bearer " + API_KEY})
         video = json.loads(urllib.request.urlopen(request, timeout=10).read())
@@ -260,22 +289,37 @@ def reconnects(count: int) -> None:
             return sample_count(urllib.request.urlopen(base + "%d.m4s" % (number,), timeout=5).read())
 
         def publish(seconds: int) -> subprocess.Popen[bytes]:
-            return subprocess.Popen([sys.executable, "-m", "fbstream.demo", "--url", url, "--duration",
-                                     str(seconds), "--size", "426x240"], cwd=ROOT,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            name = "publisher-%d" % (len(publishers),)
+            with open(os.path.join(directory, name + ".log"), "wb") as log:
+                publishers.append(subprocess.Popen(
+                    [sys.executable, "-m", "fbstream.demo", "--url", url, "--duration", str(seconds),
+                     "--size", "426x240"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                    stdout=subprocess.DEVNULL, stderr=log))
+            return publishers[-1]
 
-        publish(8).wait()
+        def finished(publisher: subprocess.Popen[bytes], seconds: int) -> None:
+            try:
+                publisher.wait(timeout=seconds + 60)
+            except subprocess.TimeoutExpired:
+                raise Broken("a %d s publish did not end in %d s" % (seconds, seconds + 60)) from None
+            if publisher.returncode != 0:
+                raise Broken("the publisher exited with status %d:\n%s\nlog:\n%s"
+                             % (publisher.returncode,
+                                log_tail(directory, "publisher-%d" % (publishers.index(publisher),)),
+                                log_tail(directory, "all")))
+
+        finished(publish(first), first)
         slate_times, media_times = [], []
         for _ in range(count):
             time.sleep(2)
             before = max(listed(), default=0)
             began = time.monotonic()
-            second = publish(6)
+            second = publish(again)
             slate = None
             checked: set[int] = set()
             while True:
                 if time.monotonic() - began > 30:
-                    raise RuntimeError("no new media 30 s after the reconnect")
+                    raise Broken("no new media 30 s after the reconnect\n%s" % (log_tail(directory, "all"),))
                 new = [n for n in listed() if n > before]
                 if new and slate is None:
                     slate = time.monotonic() - began
@@ -286,22 +330,26 @@ def reconnects(count: int) -> None:
                 time.sleep(0.02)
             slate_times.append(slate)
             media_times.append(time.monotonic() - began)
-            second.wait()
+            finished(second, again)
         print("Reconnect (all role, 426x240 source, 240p), from starting the new publisher process:")
         print("  new period (its slate) in the manifest: %s s; median %.2f s"
               % (", ".join("%.2f" % t for t in slate_times), statistics.median(slate_times)))
         print("  first segment with the broadcaster's media: %s s; median %.2f s"
               % (", ".join("%.2f" % t for t in media_times), statistics.median(media_times)))
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        for p in publishers + [proc]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--reconnects", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true",
+                        help="3 s per relay path, one reconnect after a 4 s publish (for CI)")
     parser.add_argument("--one-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_path:
@@ -313,12 +361,21 @@ def main() -> None:
 
         result = measure_path(target, sink, name, query, seconds, [_Proc(p) for p in pids])
         print(json.dumps(result))
-        return
-    if args.seconds > 0:
-        relay_hops(args.seconds)
-    if args.reconnects > 0:
-        reconnects(args.reconnects)
+        return 0
+    first, again = 8, 6
+    if args.smoke:
+        args.seconds, args.reconnects, first, again = 3.0, 1, 4, 4
+    try:
+        if args.seconds > 0:
+            relay_hops(args.seconds)
+            sys.stdout.flush()
+        if args.reconnects > 0:
+            reconnects(args.reconnects, first, again)
+    except (Broken, subprocess.TimeoutExpired) as e:
+        print("the bench broke: %s" % (e,), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,6 +10,11 @@ in the same run:
    holds yet: upstream requests for it, and p50/p99 time to first byte.
 
     python bench/pop_serve.py   (needs nginx and wrk: apt-get install nginx wrk)
+    python bench/pop_serve.py --smoke    (CI: 2 s of wrk each, a herd of 200)
+
+The exit status is non-zero only if the bench itself broke (nginx or wrk
+missing, a server that does not come up, no answered request), never on a
+figure.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEGMENT_BYTES = 500_000 // 8  # one second at 500 kbps
 SEGMENTS = 60
 
@@ -36,14 +44,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
+class Broken(Exception):
+    """The bench itself broke (not a slow figure)."""
+
+
+def tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_port(port: int, proc: "subprocess.Popen[bytes]", name: str, log: str = "", timeout: float = 30) -> None:
+    """Wait for ``proc`` to listen on ``port``; it dying or never listening breaks the bench."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Broken("%s exited with status %s before listening on %d\n%s"
+                         % (name, proc.returncode, port, tail(log)))
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise RuntimeError("nothing listens on %d" % (port,))
+    raise Broken("%s does not listen on %d after %.0f s\n%s" % (name, port, timeout, tail(log)))
 
 
 def upstream(port: int, delay: float) -> None:
@@ -102,8 +126,8 @@ http {{
 """
 
 
-def wrk(url_base: str, seconds: int) -> tuple[float, float]:
-    """(requests/s, MB/s) over the 60 segments, with wrk."""
+def wrk(url_base: str, seconds: float) -> tuple[float, float, int]:
+    """(requests/s, MB/s, non-2xx/3xx answers) over the 60 segments, with wrk."""
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     script.write(
         "counter = 0\n"
@@ -113,15 +137,21 @@ def wrk(url_base: str, seconds: int) -> tuple[float, float]:
         "end\n" % (SEGMENTS,)
     )
     script.close()
-    out = subprocess.run(
-        ["wrk", "-t2", "-c64", "-d%ds" % (seconds,), "-s", script.name, url_base],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    os.unlink(script.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    try:
+        run = subprocess.run(
+            ["wrk", "-t2", "-c64", "-d%ds" % (seconds,), "-s", script.name, url_base],
+            capture_output=True, text=True, timeout=seconds + 60,
+        )
+    finally:
+        os.unlink(script.name)
+    out = run.stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     transfer = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    if run.returncode != 0 or rps is None or transfer is None:
+        raise Broken("wrk failed (status %d):\n%s%s" % (run.returncode, out, run.stderr))
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     scale = {"B": 1e-6, "KB": 1e-3, "MB": 1.0, "GB": 1e3}[transfer.group(2)]
-    return rps, float(transfer.group(1)) * scale
+    return float(rps.group(1)), float(transfer.group(1)) * scale, int(errors.group(1)) if errors else 0
 
 
 def herd(url: str, viewers: int) -> list[float]:
@@ -153,8 +183,11 @@ for i in range(n):
 reactor.run()
 print(" ".join("%.6f" % t for t in ttfb))
 '''
-    out = subprocess.run([sys.executable, "-c", code, url, str(viewers)], capture_output=True, text=True, check=True)
-    return [float(v) for v in out.stdout.split()]
+    run = subprocess.run([sys.executable, "-c", code, url, str(viewers)], capture_output=True, text=True,
+                         timeout=120)
+    if run.returncode != 0:
+        raise Broken("the herd's client failed (status %d):\n%s" % (run.returncode, run.stderr[-2000:]))
+    return [float(v) for v in run.stdout.split()]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -164,56 +197,81 @@ def percentile(values: list[float], p: float) -> float:
 
 def upstream_counts(port: int) -> dict[str, int]:
     import ast
-    import urllib.request
 
-    with urllib.request.urlopen("http://127.0.0.1:%d/counts" % (port,)) as f:
+    with urllib.request.urlopen("http://127.0.0.1:%d/counts" % (port,), timeout=10) as f:
         return ast.literal_eval(f.read().decode())
 
 
-def main() -> None:
+def warm(base: str) -> None:
+    """Fetch the 60 segments once through a cache, all at once (each miss waits on the upstream)."""
+    def get(n: int) -> None:
+        urllib.request.urlopen("%s/live/bench/500k/%d.m4s" % (base, n), timeout=30).read()
+
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(get, range(1, SEGMENTS + 1)))
+    except OSError as e:
+        raise Broken("warming %s failed: %s" % (base, e)) from None
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--viewers", type=int, default=2000)
+    parser.add_argument("--smoke", action="store_true", help="2 s of wrk per server, a herd of 200 (for CI)")
     args = parser.parse_args()
     if args.upstream:
         upstream(args.upstream, delay=0.2)
-        return
-    work = tempfile.mkdtemp()
+        return 0
+    if args.smoke:
+        args.seconds, args.viewers = 2, 200
+    missing = [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+    if missing:
+        print("the bench broke: %s not installed (apt-get install -y nginx wrk)"
+              % (" and ".join(missing) + (" is" if len(missing) == 1 else " are"),), file=sys.stderr)
+        return 1
+    work = tempfile.mkdtemp(prefix="fbstream-bench-")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         up = free_port()
         procs.append(subprocess.Popen([sys.executable, __file__, "--upstream", str(up)]))
-        wait_port(up)
+        wait_port(up, procs[-1], "the upstream")
         pop, cache = free_port(), free_port()
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        procs.append(subprocess.Popen(
-            [twistd if os.path.exists(twistd) else "twistd", "-n", "--pidfile=", "--logfile=/dev/null",
-             "fbstream", "--role=pop",
-             "--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
-             "--set", "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop,),
-             "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
-             "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
-             "--set", "pop.origins=tcp:127.0.0.1:%d" % (up,)],
-            cwd=work))
+        pop_log = os.path.join(work, "pop.log")
+        with open(pop_log, "wb") as log:
+            procs.append(subprocess.Popen(
+                [twistd if os.path.exists(twistd) else "twistd", "-n", "--pidfile=",
+                 "fbstream", "--role=pop",
+                 "--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
+                 "--set", "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop,),
+                 "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
+                 "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
+                 "--set", "pop.origins=tcp:127.0.0.1:%d" % (up,)],
+                cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                # The working tree's fbstream, not a copy installed in the venv.
+                env=dict(os.environ, PYTHONPATH=ROOT)))
+        pop_proc = procs[-1]
         ng = free_port()
         with open(os.path.join(work, "nginx.conf"), "w") as f:
             f.write(NGINX_CONF.format(dir=work, port=ng, upstream=up))
         procs.append(subprocess.Popen(["nginx", "-c", os.path.join(work, "nginx.conf"), "-g", "daemon off;"]))
-        wait_port(pop)
-        wait_port(ng)
+        wait_port(pop, pop_proc, "the fbstream PoP", pop_log)
+        wait_port(ng, procs[-1], "nginx", os.path.join(work, "error.log"))
         for base in ("http://127.0.0.1:%d" % (pop,), "http://127.0.0.1:%d" % (ng,)):
-            import urllib.request
-
-            for n in range(1, SEGMENTS + 1):
-                urllib.request.urlopen("%s/live/bench/500k/%d.m4s" % (base, n)).read()
-        print("Cached 1 s segments of a 500 kbps rendition (%d B), wrk -t2 -c64 -d%ds, 2 cores"
-              % (SEGMENT_BYTES, args.seconds))
+            warm(base)
+        print("Cached 1 s segments of a 500 kbps rendition (%d B), wrk -t2 -c64 -d%ds, %d cores"
+              % (SEGMENT_BYTES, args.seconds, os.cpu_count() or 1))
         results = {}
         for name, port in (("fbstream PoP (one process)", pop), ("nginx proxy_cache (one worker)", ng)):
-            rps, mbs = wrk("http://127.0.0.1:%d" % (port,), args.seconds)
+            rps, mbs, errors = wrk("http://127.0.0.1:%d" % (port,), args.seconds)
+            if rps == 0:
+                raise Broken("%s answered no request under wrk" % (name,))
             results[name] = rps
-            print("  %-32s %10.0f req/s %10.1f MB/s" % (name, rps, mbs))
+            print("  %-32s %10.0f req/s %10.1f MB/s%s"
+                  % (name, rps, mbs, "  (%d answers not 2xx/3xx)" % (errors,) if errors else ""))
+            sys.stdout.flush()
         names = list(results)
         print("  ratio fbstream / nginx: %.2f" % (results[names[0]] / results[names[1]],))
         print("Herd: %d viewers joining within 1 s on a segment no cache holds (upstream answers in 200 ms)"
@@ -221,19 +279,28 @@ def main() -> None:
         for name, port, number in (("fbstream PoP", pop, 1001), ("nginx proxy_cache", ng, 1002)):
             path = "/live/bench/500k/%d.m4s" % (number,)
             ttfb = [t for t in herd("http://127.0.0.1:%d%s" % (port, path), args.viewers) if t == t]
+            if not ttfb:
+                raise Broken("%s answered none of the herd's %d requests" % (name, args.viewers))
             count = upstream_counts(up).get(path, 0)
             print("  %-20s upstream requests %d; TTFB p50 %.0f ms, p99 %.0f ms (%d answered)"
                   % (name, count, statistics.median(ttfb) * 1000, percentile(ttfb, 0.99) * 1000, len(ttfb)))
+            sys.stdout.flush()
+    except (Broken, subprocess.TimeoutExpired) as e:
+        print("the bench broke: %s" % (e,), file=sys.stderr)
+        return 1
     finally:
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         for proc in procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

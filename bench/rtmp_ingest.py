@@ -5,12 +5,17 @@ whole server connection (decoder, control handling, command and media events),
 and by the pure-Python ``pyrtmp`` package on the same byte stream.
 
     pip install '.[bench]' && python bench/rtmp_ingest.py
+    python bench/rtmp_ingest.py --smoke    (CI: the same table from 2 s of media, best of 3)
 
 The stream is what a publisher sends after the handshake: a 6 Mbps, 30 fps
 H.264 video track (a 2 s GOP: big keyframes, smaller inter frames) with a
 128 kbps AAC track, chunked the way ffmpeg chunks it. It is fed in 64 KiB
 reads, which is what a Twisted transport hands ``dataReceived`` under load,
 and (one row) in 1460-byte reads, one TCP segment at a time.
+
+The exit status is non-zero only if the bench itself broke (pyrtmp is not
+installed, or one of fbstream's parsers did not give back every message it
+was fed), never on a figure.
 """
 
 from __future__ import annotations
@@ -131,12 +136,25 @@ def bench_pyrtmp(data: bytes, chunk_size: int) -> int:
     return asyncio.run(parse())
 
 
+def check(name: str, parsed: int, expected: int) -> None:
+    """A parser of ours that loses messages breaks the bench, whatever its speed."""
+    if parsed < expected:
+        raise SystemExit("the bench broke: %s gave %d messages of %d" % (name, parsed, expected))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="media seconds for fbstream")
     parser.add_argument("--pyrtmp-seconds", type=float, default=1.0, help="media seconds for pyrtmp (it is slow)")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="2 s of media, 0.5 s for pyrtmp, best of 3 (for CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.pyrtmp_seconds, args.runs = 2.0, 0.5, 3
+    try:
+        import pyrtmp  # noqa: F401
+    except ImportError:
+        raise SystemExit("the bench broke: pyrtmp is not installed (pip install '.[bench]')") from None
 
     messages = media_messages(args.seconds)
     small = media_messages(args.pyrtmp_seconds, seed=2)
@@ -148,16 +166,21 @@ def main() -> None:
         pieces = reads(data)
         mb = len(data) / 1e6
         t, n = best_of(args.runs, lambda: bench_decoder(pieces))
+        check("ChunkDecoder", n, len(messages) + 1)  # + the Set Chunk Size message
         ours = mb / t
         print("%-8d %-34s %12.1f %10.1f %10d" % (chunk_size, "fbstream ChunkDecoder", mb, ours, n))
         mss = [data[i : i + 1460] for i in range(0, len(data), 1460)]
         t, n = best_of(args.runs, lambda: bench_decoder(mss))
+        check("ChunkDecoder, 1460 B reads", n, len(messages) + 1)
         print("%-8d %-34s %12.1f %10.1f %10d" % (chunk_size, "fbstream ChunkDecoder, 1460 B reads", mb, mb / t, n))
         t, n = best_of(args.runs, lambda: bench_connection(pieces))
+        check("ServerConnection", n, len(messages))
         print("%-8d %-34s %12.1f %10.1f %10d" % (chunk_size, "fbstream ServerConnection (events)", mb, mb / t, n))
         pdata = chunked(small, chunk_size, announce=False)
         expected = len(small)
         t, n = best_of(1, lambda: bench_pyrtmp(pdata, chunk_size))
+        if n == 0:
+            raise SystemExit("the bench broke: pyrtmp parsed no message (is it still 0.3.1?)")
         theirs = len(pdata) / 1e6 / t
         status = "" if n == expected else "  (pyrtmp parsed %d of %d messages)" % (n, expected)
         print("%-8d %-34s %12.1f %10.2f %10d%s" % (chunk_size, "pyrtmp 0.3.1", len(pdata) / 1e6, theirs, n, status))
