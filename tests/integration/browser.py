@@ -69,7 +69,9 @@ def summarize(seen: dict) -> dict:
         "renditions": renditions,
         "top_reached_at": next((t for r, t in renditions if r == seen.get("top")), None),
         "failed": [f for f in seen["failed"] if any(m in f.split("?")[0] for m in MEDIA)],
+        "failed_count": seen.get("failed_count", len(seen["failed"])),
         "aborted": seen.get("aborted", []),
+        "aborted_count": seen.get("aborted_count", len(seen.get("aborted", []))),
         "errors": last.get("errors", []),
     }
 
@@ -94,13 +96,15 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
         page.on("response", lambda r: failed.append("%.3f %d %s" % (time.time(), r.status, r.url))
                 if r.status >= 400 else None)
         page.on("requestfailed", request_failed)
-        opened = time.monotonic()
         page.goto(url)
         deadline = time.monotonic() + 30
         first_frame = None
         while time.monotonic() < deadline:
-            if page.evaluate("window.fbstreamStats && window.fbstreamStats.currentTime") > 0:
-                first_frame = round(time.monotonic() - opened, 2)
+            # The first frame playing (a player's first seek moves
+            # currentTime before any frame has played).
+            first_frame = page.evaluate("window.fbstreamStats && window.fbstreamStats.firstFrame")
+            if first_frame is not None:
+                first_frame = round(first_frame, 2)
                 break
             time.sleep(0.1)
         began = time.monotonic()
@@ -119,7 +123,8 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
             f.write("\n".join(console) + "\n")
     seen = {"samples": samples, "listing": listing, "stats": stats_line, "top": top,
             "first_frame_seconds": first_frame, "console": console[-30:],
-            "failed": failed[-50:], "aborted": aborted[-50:]}
+            "failed": failed[:50], "failed_count": len(failed),
+            "aborted": aborted[:50], "aborted_count": len(aborted)}
     seen["summary"] = summarize(seen)
     return seen
 
