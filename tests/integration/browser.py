@@ -31,9 +31,11 @@ FLAGS = [
     "--disable-backgrounding-occluded-windows",
 ]
 
-#: One sample: the page's own stats, what the video element has buffered, and
+#: One sample: the page's own stats (its currentTime read now, not at the
+#: page's last half-second refresh), what the video element has buffered, and
 #: the wall clock (seconds), to line samples up with what the test did.
 SAMPLE = """Object.assign({}, window.fbstreamStats, {
+    currentTime: document.getElementById('video').currentTime,
     buffered: Array.from({length: document.getElementById('video').buffered.length}, (_, i) =>
         [document.getElementById('video').buffered.start(i), document.getElementById('video').buffered.end(i)]),
     wall: Date.now() / 1000,
