@@ -247,3 +247,19 @@ def test_shedding_halves_the_frames_but_keeps_every_segment_start(tmp_path):
             chunks[o.number].append(o.data)
     for number, data in chunks.items():
         assert decode_time(data[0]) * 1000 // 16000 == (number - 1) * 1000
+
+
+def test_stills_last_until_the_next_picture(tmp_path):
+    # A slate segment is one still keyframe: it must last the whole second
+    # (players treat a hole in the buffer as a stall, or a fatal error).
+    messages = source(tmp_path, "still", duration=3, size="320x240", audio=False)
+    tx, out = transcode(messages, rungs=["240:300"], clock=SegmentClock(5, 4000), resume_ms=6000)
+    data = collections.defaultdict(bytes)
+    for o in out:
+        if isinstance(o, Chunk):
+            data[o.number] += o.data
+    from fbstream.encoder.fmp4 import chunks_of, duration
+
+    for number in (5, 6, 7, 8):
+        played = sum(duration(chunk) for chunk in chunks_of(data[number]))
+        assert abs(played - 16000) <= 16, (number, played)

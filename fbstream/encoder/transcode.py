@@ -256,6 +256,8 @@ class _VideoRendition(_Rendition):
         self._forced = 0
         #: Media time -> the source's RTMP timestamp, for frames in the encoder.
         self._source_pts: dict[int, int] = {}
+        #: The newest packet, muxed when the next one says how long it lasts.
+        self._held: Any = None
         # One scaler per rendition, kept: swscale reuses its context (a fresh
         # one per frame costs three times as much CPU).
         self.reformatter = av.video.reformatter.VideoReformatter()
@@ -291,10 +293,14 @@ class _VideoRendition(_Rendition):
         """
         Mux one packet into the segment its timestamp falls in. x264's frame
         threads hand a packet back a frame after its frame went in, so the
-        segment rolls on the packet, not on the frame.
+        segment rolls on the packet, not on the frame. Each packet is muxed
+        once the next one is known, lasting until it: a picture followed by
+        a gap (a still standing in for missing video, the slate) covers the
+        gap rather than leaving a hole in the players' buffers.
         """
         pts = int(packet.pts)
         number = self.clock.number_at(pts)
+        self._mux_held(self.clock.start_of(number) if number != self.number else pts, out)
         if number != self.number:
             self._roll(number, self.clock.start_of(number), out)
         self.last_ms = pts
@@ -302,12 +308,19 @@ class _VideoRendition(_Rendition):
         if len(self._source_pts) > 64:
             self._source_pts.clear()  # a frame the encoder never returned
         self.frames += 1
-        self.mux(packet, out)
+        self._held = packet
+
+    def _mux_held(self, until_ms: int, out: list[Output]) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.duration = max(1, until_ms - int(held.pts))
+            self.mux(held, out)
 
     def finish(self, end_ms: int, out: list[Output]) -> None:
         if self.muxer is not None or self._forced:
             for packet in self.template.encode(None):
                 self._packet(packet, out)
+            self._mux_held(end_ms, out)
             self._close(end_ms, out)
 
 
@@ -565,10 +578,11 @@ class Transcoder:
                 self._slate_video(media_ms, out)
         number = self.clock.number_at(media_ms)
         newest = self.videos[0]._forced
-        if newest and number > newest + 1:
-            # Whole segments without video (dropped while the encoder was
-            # behind, or a publisher that skipped): the last picture stands
-            # in for them, so no segment number is missing for a player.
+        if newest and (number > newest + 1 or (number > newest and media_ms - self.clock.start_of(number) > 50)):
+            # Video missing across a segment boundary (dropped while the
+            # encoder was behind, or a publisher that skipped): the last
+            # picture stands in from each segment start it missed, so no
+            # segment is missing or starts late for a player.
             self._still_video(newest + 1, media_ms, [(r, r.last_frame) for r in self.videos], out)
         elif self.shedding and number == newest:
             # Behind real time: every other frame inside a segment is left
