@@ -309,9 +309,6 @@ class Fetch:
             return
         if self._lock_timer is not None and self._lock_timer.active():
             self._lock_timer.cancel()
-        for other in self._attempts:
-            if not other.called:
-                other.cancel()
         headers = [
             (name.lower(), value)
             for name, values in response.headers.getAllRawHeaders()
@@ -327,6 +324,13 @@ class Fetch:
             stored = headers
         self.obj = CachedObject(self.key, response.code, headers)
         self._stored_headers = stored
+        # Only now that this answer is the object: a cancelled attempt's
+        # errback runs at once, and seeing no object and no other attempt
+        # it would fail every waiter (a 502 whenever the lock timeout had
+        # let a second request through, that is, on a loaded machine).
+        for other in self._attempts:
+            if not other.called:
+                other.cancel()
         body = _Body(self)
         self._winner = body
         self._reset_idle()

@@ -57,7 +57,10 @@ class FakeEncoder(Resource):
             return
         if path == MANIFEST:
             request.setHeader(b"content-type", b"application/dash+xml")
-            request.setHeader(b"cache-control", b"public, max-age=1")
+            # Fresh for longer than a 2,000-viewer herd takes on a loaded
+            # machine, so the viewer after it is a hit (with max-age=1 the
+            # herd could outlive the object).
+            request.setHeader(b"cache-control", b"public, max-age=10")
             body = b"<MPD>" + b"m" * 3000 + b"</MPD>"
         elif path == BIG:
             request.setHeader(b"content-type", b"video/mp4")
