@@ -63,7 +63,7 @@ ENCODER: dict[str, Setting] = {
     "encoder.max_streams": Setting(int, 4, "streams transcoded at once (worker threads)"),
     "encoder.target_latency": Setting(float, 1.2, "seconds behind live DASH players aim to play "
                                                   "(MPD ServiceDescription and suggestedPresentationDelay)"),
-    "encoder.part_hold_back": Setting(float, 1.25, "LL-HLS PART-HOLD-BACK: seconds behind the newest part HLS "
+    "encoder.part_hold_back": Setting(float, 1.5, "LL-HLS PART-HOLD-BACK: seconds behind the newest part HLS "
                                                   "players play (at least three parts)"),
     "encoder.hold_segments": Setting(int, 2, "a request for a segment up to this many past the live edge waits for "
                                              "it to start; further ahead it is a 404 no cache keeps"),

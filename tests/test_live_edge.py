@@ -236,7 +236,7 @@ class LowLatencyHLS(LiveCase):
         self.cut("360p", 5, parts=2, complete=False)
         self.cut("audio", 5, parts=1, complete=False)
         text = self.get("360p/playlist.m3u8").body().decode()
-        self.assertIn("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.250", text)
+        self.assertIn("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.500", text)
         # Parts are a whole number of frames at or past 250 ms: 8 at 30 fps.
         self.assertIn("#EXT-X-PART-INF:PART-TARGET=0.267", text)
         # Parts of the last three complete segments and of the one being made.

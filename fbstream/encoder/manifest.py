@@ -199,7 +199,7 @@ def eval_rate(rate: str) -> float:
 PARTS_KEPT = 3
 
 
-def media_playlist(video: LiveVideo, rendition: Rendition, part_hold_back: float = 1.25, chunk_ms: int = 250) -> bytes:
+def media_playlist(video: LiveVideo, rendition: Rendition, part_hold_back: float = 1.5, chunk_ms: int = 250) -> bytes:
     """
     The rendition's complete segments: a sliding window while live, all
     after. While live it is a Low-Latency HLS playlist: each CMAF chunk is

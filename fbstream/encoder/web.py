@@ -115,7 +115,7 @@ class LiveResource(Resource):
         chunk_ms: int,
         target_latency: float = 1.2,
         edge: LiveEdge = LiveEdge(),
-        part_hold_back: float = 1.25,
+        part_hold_back: float = 1.5,
     ) -> None:
         super().__init__()
         self.registry = registry
