@@ -88,3 +88,70 @@ class SecondAttempt(SynchronousTestCase):
         self.attempts[1].callback(Response(b"segment"))
         self.assertTrue(self.attempts[0].called)
         self.assertEqual([b"".join(v.written) for v in viewers], [b"segment", b"segment"])
+
+
+class AgeAcrossTiers(SynchronousTestCase):
+    """
+    A manifest's lifetime counts from when it left the encoder, at every tier:
+    each sends ``Age`` and honours the one it got, so a ``max-age=10`` object
+    fetched by the origin 4 s ago lives 6 s more at the PoP, not 10.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.fetches: list[tuple[bytes, bytes | None]] = []
+        self.upstream_age: bytes | None = None
+
+        def upstream(path: bytes) -> Deferred:
+            response = Response(b"<MPD/>")
+            response.headers = Headers({b"content-type": [b"application/dash+xml"],
+                                        b"cache-control": [b"public, max-age=10"]})
+            if self.upstream_age is not None:
+                response.headers.setRawHeaders(b"age", [self.upstream_age])
+            self.fetches.append((path, self.upstream_age))
+            d: Deferred = Deferred()
+            d.callback(response)
+            return d
+
+        self.cache = CachingResource("pop-proxy", upstream, self.clock, CacheSettings())
+
+    def get(self) -> Viewer:
+        viewer = Viewer()
+        self.cache.render(viewer)
+        return viewer
+
+    def age(self, viewer: Viewer) -> list[bytes]:
+        return viewer.responseHeaders.getRawHeaders(b"age")
+
+    def test_age_is_sent_and_grows(self) -> None:
+        self.assertEqual(self.age(self.get()), [b"0"])
+        self.clock.advance(4)
+        hit = self.get()
+        self.assertEqual(hit.responseHeaders.getRawHeaders(b"x-cache"), [b"HIT pop-proxy"])
+        self.assertEqual(self.age(hit), [b"4"])
+        self.clock.advance(6)
+        self.assertEqual(self.age(self.get()), [b"0"])  # expired at 10 s: fetched again
+        self.assertEqual(len(self.fetches), 2)
+
+    def test_an_upstream_age_shortens_the_lifetime_here(self) -> None:
+        self.upstream_age = b"4"
+        self.assertEqual(self.age(self.get()), [b"4"])
+        self.clock.advance(5.5)
+        self.assertEqual(self.age(self.get()), [b"9"])
+        self.clock.advance(0.5)  # 4 + 6 = 10 s old: stale here too
+        self.get()
+        self.assertEqual(len(self.fetches), 2)
+
+    def test_an_object_already_stale_upstream_is_not_stored(self) -> None:
+        for hostile in (b"10", b"99999999999999", b"31536000"):
+            self.upstream_age = hostile
+            self.get()
+        self.get()
+        self.assertEqual(len(self.fetches), 4)
+
+    def test_a_malformed_age_counts_as_zero(self) -> None:
+        for garbage in (b"-5", b"abc", b"1.5", b""):
+            self.upstream_age = garbage
+            self.clock.advance(11)
+            self.assertEqual(self.age(self.get()), [b"0"])

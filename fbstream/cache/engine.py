@@ -14,7 +14,9 @@ nothing; the last one to leave cancels the upstream request.
 
 The store is an LRU bounded in bytes. Freshness comes from the upstream's
 ``Cache-Control``: immutable segments stay until evicted, manifests for their
-short ``max-age``, 404s for theirs (negative caching). A segment served as
+short ``max-age``, 404s for theirs (negative caching), each counted from
+when it left the encoder: every tier sends ``Age`` and honours the one it
+receives, as HTTP caches do, so lifetimes never add up. A segment served as
 ``X-FBStream-Segment: growing`` is streamed to its waiters and stored as
 complete only once its body ends cleanly.
 
@@ -49,6 +51,9 @@ from fbstream.live.urls import PLAYBACK_PATH, playlist_key, playlist_query
 PASSED_HEADERS = (b"content-type", b"cache-control", b"x-fbstream-segment", b"access-control-allow-origin")
 IMMUTABLE = b"public, max-age=31536000, immutable"
 _MAX_AGE = re.compile(rb"max-age=(\d+)")
+_AGE = re.compile(rb"^\s*(\d+)\s*$")
+#: An ``Age`` beyond this is nonsense (a year): taken as "already stale".
+MAX_AGE_HEADER = 365 * 86400
 
 
 @attrs.define
@@ -67,7 +72,7 @@ class CacheSettings:
 class CachedObject:
     """An object in the store, or being fetched into it."""
 
-    __slots__ = ("key", "code", "headers", "chunks", "size", "complete", "expires")
+    __slots__ = ("key", "code", "headers", "chunks", "size", "complete", "expires", "born")
 
     def __init__(self, key: bytes, code: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.key = key
@@ -77,6 +82,13 @@ class CachedObject:
         self.size = 0
         self.complete = False
         self.expires = 0.0
+        #: When its age was 0: when it reached us, less the ``Age`` it came
+        #: with (the time it already spent in caches upstream). A lifetime
+        #: counts from here at every tier, so tiers never add up.
+        self.born = 0.0
+
+    def age(self, now: float) -> int:
+        return max(0, int(now - self.born))
 
 
 def freshness(headers: list[tuple[bytes, bytes]], growing: bool) -> float:
@@ -90,6 +102,16 @@ def freshness(headers: list[tuple[bytes, bytes]], growing: bool) -> float:
             match = _MAX_AGE.search(value)
             if match:
                 return float(match.group(1))
+    return 0.0
+
+
+def _age_of(values: list[bytes]) -> float:
+    """The seconds an ``Age`` header says (the first valid one; garbage counts as 0)."""
+    for value in values:
+        match = _AGE.match(value[:64])
+        if match:
+            digits = match.group(1).lstrip(b"0") or b"0"
+            return float(MAX_AGE_HEADER if len(digits) > 10 else min(int(digits), MAX_AGE_HEADER))
     return 0.0
 
 
@@ -170,6 +192,7 @@ class Viewer:
         for name, value in obj.headers:
             request.setHeader(name, value)
         request.setHeader(b"x-cache", b"%s %s" % (self.status, self.cache.tier.encode()))
+        request.setHeader(b"age", b"%d" % (obj.age(self.cache.clock.seconds()),))
         if obj.complete:
             request.setHeader(b"content-length", b"%d" % (obj.size,))
         request.registerProducer(self, True)
@@ -323,6 +346,7 @@ class Fetch:
         else:
             stored = headers
         self.obj = CachedObject(self.key, response.code, headers)
+        self.obj.born = self.cache.clock.seconds() - _age_of(response.headers.getRawHeaders(b"age") or [])
         self._stored_headers = stored
         # Only now that this answer is the object: a cancelled attempt's
         # errback runs at once, and seeing no object and no other attempt
@@ -390,8 +414,10 @@ class Fetch:
             stored.chunks = [b"".join(obj.chunks)] if obj.chunks else []
             stored.size = obj.size
             stored.complete = True
-            stored.expires = self.cache.clock.seconds() + lifetime
-            self.cache.store.put(stored)
+            stored.born = obj.born
+            stored.expires = obj.born + lifetime
+            if stored.expires > self.cache.clock.seconds():  # not already stale upstream
+                self.cache.store.put(stored)
         self.cache._fetch_done(self)
         for viewer in list(self.viewers):
             viewer.more()
