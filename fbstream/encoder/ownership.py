@@ -67,6 +67,8 @@ class Broadcasts:
         #: idle(name) -> Deferred that fires once the stream's last publish is
         #: fully transcoded (set by the encoder's consumers).
         self.idle: Any = lambda name: succeed(None)
+        # The live API ends a video by writing its record: seen here at once.
+        self._unwatch = registry.watch_videos(self._record_written)
 
     # IAdmission ---------------------------------------------------------------
 
@@ -245,10 +247,7 @@ class Broadcasts:
         def written(record: Any) -> None:
             broadcast._writing = False
             if record is not None and record.get("ended") and not broadcast.ended:
-                self.log.info("{stream}: ended by the live API", stream=broadcast.stream)
-                if broadcast.publisher is not None:
-                    broadcast.publisher.stop("the live video was ended")
-                self._end(broadcast, "the live video was ended")
+                self._ended_by_api(broadcast)
             elif broadcast._dirty:
                 self.write_state(broadcast)
 
@@ -260,6 +259,17 @@ class Broadcasts:
         d.addCallbacks(written, failed)
 
     # Endings ----------------------------------------------------------------
+
+    def _record_written(self, stream: str, record: dict[str, Any]) -> None:
+        broadcast = self.by_stream.get(stream)
+        if broadcast is not None and record.get("ended") and not broadcast.ended:
+            self._ended_by_api(broadcast)
+
+    def _ended_by_api(self, broadcast: Broadcast) -> None:
+        self.log.info("{stream}: ended by the live API", stream=broadcast.stream)
+        if broadcast.publisher is not None:
+            broadcast.publisher.stop("the live video was ended")
+        self._end(broadcast, "the live video was ended")
 
     def _end(self, broadcast: Broadcast, reason: str) -> None:
         if broadcast.ended:
@@ -291,6 +301,7 @@ class Broadcasts:
             broadcast.grace.cancel()
 
     def stop(self) -> None:
+        self._unwatch()
         for broadcast in self.by_stream.values():
             self._forget(broadcast)
 

@@ -117,6 +117,12 @@ class IRegistry(Interface):
         :class:`Fenced`; returns the API's record, read in the same step.
         """
 
+    def watch_videos(changed: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        """
+        Call ``changed(stream, record)`` for every API record written from now
+        on (an ended video, at once); returns the function that stops it.
+        """
+
 
 class Ownership:
     """

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 import treq
@@ -30,6 +31,7 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError,
 )
+from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -75,6 +77,7 @@ class EtcdRegistry:
         self.pool.retryAutomatically = False
         self.http = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=timeout))
         self._next = 0
+        self._watches: set[_VideoWatch] = set()
 
     def _key(self, kind: str, stream: str = "") -> str:
         return "%s/%s/%s" % (self.prefix, kind, stream)
@@ -218,5 +221,116 @@ class EtcdRegistry:
         kvs = (reply["responses"][1].get("response_range") or {}).get("kvs") or []
         return json.loads(_value(kvs[0])) if kvs else None
 
+    # Watching ----------------------------------------------------------------
+
+    def watch_videos(self, changed: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        watch = _VideoWatch(self, changed)
+        self._watches.add(watch)
+
+        def stop() -> None:
+            self._watches.discard(watch)
+            watch.stop()
+
+        return stop
+
     def close(self) -> Deferred[Any]:
+        for watch in list(self._watches):
+            watch.stop()
+        self._watches.clear()
         return self.pool.closeCachedConnections()
+
+
+class _VideoWatch:
+    """
+    One streaming ``/v3/watch`` of the API's records, whose response never
+    ends: the gateway sends one JSON object per line as records are written.
+    When it drops (a member restarts, the network), it is opened again on the
+    next member from the revision after the last one seen, so no write is
+    missed unless etcd has compacted it away meanwhile.
+    """
+
+    log = Logger()
+    RETRY_SECONDS = 1.0
+    #: A line longer than this is not one of etcd's: drop the watch and reopen.
+    MAX_LINE = 1 << 20
+
+    def __init__(self, registry: EtcdRegistry, changed: Callable[[str, dict[str, Any]], None]) -> None:
+        self.registry = registry
+        self.changed = changed
+        self.prefix = registry._key("videos")
+        self.revision: int | None = None
+        self.stopped = False
+        self._buffer = b""
+        self._request: Deferred[Any] | None = None
+        self._retry: Any = None
+        self._open()
+
+    def _open(self) -> None:
+        self._retry = None
+        self._buffer = b""
+        registry = self.registry
+        create: dict[str, Any] = {"key": _b64(self.prefix), "range_end": _prefix_end(self.prefix)}
+        if self.revision is not None:
+            create["start_revision"] = str(self.revision + 1)
+        url = registry.urls[registry._next % len(registry.urls)]
+        d = registry.http.post(url + "/v3/watch", data=json.dumps({"create_request": create}).encode(),
+                               headers=_JSON, reactor=registry.reactor)
+        d.addCallback(self._streaming)
+        d.addBoth(self._closed)
+        self._request = d
+
+    def _streaming(self, response: Any) -> Any:
+        if response.code != 200:
+            raise RegistryUnavailable("etcd answered %d to a watch" % (response.code,))
+        return treq.collect(response, self._data)
+
+    def _data(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > self.MAX_LINE:
+            raise RegistryUnavailable("the watch sent a line of more than %d bytes" % (self.MAX_LINE,))
+        for line in lines:
+            if line.strip():
+                self._message(json.loads(line))
+
+    def _message(self, message: dict[str, Any]) -> None:
+        result = message.get("result")
+        if result is None:
+            raise RegistryUnavailable("the watch failed: %s" % (str(message.get("error"))[:200],))
+        if result.get("compact_revision") not in (None, "0"):
+            self.revision = None  # what we missed is gone: watch from now
+            raise RegistryUnavailable("the watch fell behind etcd's compaction")
+        header = result.get("header") or {}
+        if self.revision is None and header.get("revision"):
+            self.revision = int(header["revision"])
+        for event in result.get("events") or []:
+            kv = event.get("kv") or {}
+            self.revision = max(self.revision or 0, int(kv.get("mod_revision", 0)))
+            if event.get("type", "PUT") != "PUT":
+                continue
+            stream = base64.b64decode(kv["key"]).decode()[len(self.prefix):]
+            try:
+                record = json.loads(_value(kv))
+            except ValueError:
+                continue
+            try:
+                self.changed(stream, record)
+            except Exception:
+                self.log.failure("handling the API's record of {stream}", stream=stream)
+
+    def _closed(self, result: Any) -> None:
+        self._request = None
+        if self.stopped:
+            return
+        why = result.getErrorMessage() if hasattr(result, "getErrorMessage") else "it ended"
+        self.log.warn("the etcd watch of live videos dropped ({why}); reopening", why=why)
+        registry = self.registry
+        registry._next = (registry._next + 1) % len(registry.urls)
+        self._retry = registry.reactor.callLater(self.RETRY_SECONDS, self._open)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._request is not None:
+            self._request.cancel()

@@ -7,7 +7,7 @@ process is the whole data center; it has the same semantics as etcd's.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -25,6 +25,7 @@ class MemoryRegistry:
         self._fences: dict[str, int] = {}
         #: stream -> (owner, lease expiry)
         self._owners: dict[str, tuple[Owner, float]] = {}
+        self._watchers: list[Callable[[str, dict[str, Any]], None]] = []
 
     def _live_owner(self, stream: str) -> Owner | None:
         entry = self._owners.get(stream)
@@ -37,7 +38,13 @@ class MemoryRegistry:
 
     def create_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
         self._videos[stream] = copy.deepcopy(record)
+        for changed in list(self._watchers):
+            changed(stream, copy.deepcopy(record))
         return succeed(None)
+
+    def watch_videos(self, changed: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        self._watchers.append(changed)
+        return lambda: self._watchers.remove(changed) if changed in self._watchers else None
 
     def get_video(self, stream: str) -> Deferred[dict[str, Any] | None]:
         return succeed(copy.deepcopy(self._videos.get(stream)))

@@ -216,3 +216,57 @@ def test_reconnect_failover_and_fencing(dc):
                                "-f", "flv", direct, timeout=60)
     assert code != 0
     assert "owned by encoder" in dc.encoders[index].log()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_api_ends_a_broadcast_at_once_at_every_tier(dc):
+    """
+    ``DELETE`` while the broadcaster publishes through PoP A: its connection
+    closes with the reason, and within 2 s PoP B serves a static MPD and HLS
+    playlists with ``EXT-X-ENDLIST`` (the owning encoder learns of it from an
+    etcd watch, and no cache tier adds its lifetime to another's).
+    """
+    pop_a, pop_b = dc.pops
+    video = create_video(pop_a)
+    vid = video["id"]
+    publishing = run(tool("ffmpeg"), "-hide_banner", "-re", "-f", "lavfi", "-i",
+                     "testsrc2=size=426x240:rate=30", "-t", "60", "-c:v", "libx264", "-preset", "veryfast",
+                     "-g", "30", "-f", "flv", ingest(pop_a, video, tls=False), timeout=90)
+    mpd_url = "http://127.0.0.1:%d/live/%s/manifest.mpd" % (pop_b.http, vid)
+    playlist_url = "http://127.0.0.1:%d/live/%s/240p/playlist.m3u8" % (pop_b.http, vid)
+    yield wait_for(lambda: http("GET", mpd_url, key=None)[0] == 200, what="the live MPD at PoP B")
+    # Viewers at PoP B keep the manifests in its caches, as players do.
+    for _ in range(4):
+        assert b'type="dynamic"' in http("GET", mpd_url, key=None)[1]
+        assert b"#EXT-X-ENDLIST" not in http("GET", playlist_url, key=None)[1]
+        yield sleep(0.5)
+    code, body = http("DELETE", "http://127.0.0.1:%d/api/v1/live_videos/%s" % (pop_a.http, vid))
+    assert code == 200 and json.loads(body)["status"] == "ended", body
+    ended = time.monotonic()
+    yield wait_for(lambda: b'type="static"' in http("GET", mpd_url, key=None)[1]
+                   and b"#EXT-X-ENDLIST" in http("GET", playlist_url, key=None)[1],
+                   timeout=10, what="a static MPD and ENDLIST at PoP B")
+    took = time.monotonic() - ended
+    out, err, code = yield publishing
+    stopped = time.monotonic() - ended
+    print("ended at PoP B after %.2f s; the broadcaster's ffmpeg exited after %.2f s (%d)" % (took, stopped, code))
+    assert took <= 2.0, "PoP B still served the live manifests %.2f s after the DELETE" % (took,)
+    assert code != 0 and stopped < 10, (code, stopped, err[-2000:])
+    assert state(pop_a, vid)["status"] == "ended"
+
+    # A broadcast whose broadcaster is away (the encoder waits 30 s for it
+    # to come back) ends at once too.
+    video = create_video(pop_a)
+    vid = video["id"]
+    yield pyav_publish(ingest(pop_a, video), "--duration", "5", "--size", "320x240")
+    yield wait_for(lambda: state(pop_a, vid)["status"] == "interrupted", what="interrupted")
+    mpd_url = "http://127.0.0.1:%d/live/%s/manifest.mpd" % (pop_b.http, vid)
+    assert b'type="dynamic"' in http("GET", mpd_url, key=None)[1]
+    code, body = http("DELETE", "http://127.0.0.1:%d/api/v1/live_videos/%s" % (pop_a.http, vid))
+    assert code == 200, body
+    ended = time.monotonic()
+    yield wait_for(lambda: b'type="static"' in http("GET", mpd_url, key=None)[1], timeout=40,
+                   what="a static MPD at PoP B")
+    took = time.monotonic() - ended
+    print("an interrupted broadcast ended at PoP B after %.2f s" % (took,))
+    assert took <= 2.0, "PoP B still served a live MPD %.2f s after the DELETE" % (took,)
