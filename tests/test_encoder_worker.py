@@ -1,5 +1,7 @@
 """The encoder's per-stream worker: bounded backlog, refusal, outputs applied in order."""
 
+import os
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from fbstream.encoder.ladder import parse_rungs
@@ -75,7 +77,7 @@ class ArchiveTests(SynchronousTestCase):
         archive.write("old", ("240p", "1.m4s"), b"moofmdat")
         pool.run_all()
         registry = VideoRegistry()
-        self.assertEqual(load_archive(archive, registry, 120.0), 1)
+        self.assertEqual(load_archive(archive, registry, 120.0), [])  # none interrupted
         reloaded = registry.get("old")
         self.assertTrue(reloaded.ended)
         self.assertEqual(reloaded.renditions["240p"].history, {1: (0, 1000)})
@@ -84,3 +86,36 @@ class ArchiveTests(SynchronousTestCase):
         pool.run_all()
         self.assertEqual(self.successResultOf(d), ["old"])
         self.assertFalse(os.path.exists(os.path.join(directory, "old")))
+
+    def test_a_video_a_restart_interrupted_stays_live_until_its_grace_is_over(self):
+        from fbstream.encoder import manifest
+        from fbstream.encoder.service import end_unless_resumed, load_archive
+        from fbstream.encoder.store import Archive, ArchiveState, LiveVideo
+        from fbstream.encoder.transcode import RenditionInfo
+        from fbstream.encoder.web import VideoRegistry
+
+        directory = self.mktemp()
+        pool = StepPool()
+        archive = Archive(directory, pool, InlineReactor())
+        video = LiveVideo("cut", 1000.0, 120.0, None)
+        video.add_rendition(RenditionInfo("240p", "video", "avc1.640015", 300000, 426, 240, "30"), b"init")
+        for n in (1, 2, 3):
+            video.chunk("240p", n, b"moofmdat")
+            video.segment_end("240p", n, (n - 1) * 1000, 1000)
+        # The encoder died here: its last state says live, its period open.
+        archive.write("cut", ("state.json",), video.state().to_json().encode())
+        pool.run_all()
+        registry = VideoRegistry()
+        [reloaded] = load_archive(archive, registry, 120.0)
+        self.assertIs(registry.get("cut"), reloaded)
+        self.assertFalse(reloaded.ended)
+        self.assertTrue(reloaded.interrupted)
+        self.assertEqual(reloaded.periods[-1].end_ms, 3000)
+        self.assertEqual(reloaded.complete_through, 3)
+        self.assertIn('type="dynamic"', manifest.mpd(reloaded, 1000.0 + 10).decode())
+        end_unless_resumed(archive, registry, reloaded)
+        pool.run_all()
+        self.assertTrue(reloaded.ended)
+        self.assertIn('type="static"', manifest.mpd(reloaded, 1000.0 + 40).decode())
+        with open(os.path.join(directory, "cut", "state.json")) as f:
+            self.assertTrue(ArchiveState.from_json(f.read()).ended)

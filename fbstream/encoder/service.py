@@ -131,9 +131,15 @@ def _video_renditions(video: LiveVideo, known: list[dict[str, Any]]) -> list[Vid
     return sorted(specs, key=lambda v: -v.height)
 
 
-def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: float) -> int:
-    """Put every archived video back in the registry, ended (at startup)."""
-    count = 0
+def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: float) -> list[LiveVideo]:
+    """
+    Put every archived video back in the registry (at startup). One that had
+    ended is its replay. One this encoder's restart interrupted is not ended:
+    its broadcaster may still come back, so it stays a live video, interrupted
+    (a dynamic manifest that caches hold for a second, not a replay they would
+    keep for a minute). Returns those.
+    """
+    interrupted = []
     for state in archive.load_all():
         video = LiveVideo(state.stream, state.availability_start, window_seconds, archive.path(state.stream))
         for info in state.renditions:
@@ -143,11 +149,23 @@ def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: floa
             video.renditions[info["name"]] = rendition
         if state.periods:
             video.periods = [Period(**p) for p in state.periods]
-        video.ended = True
-        video.end_reason = "archived" if state.ended else "the encoder restarted"
         registry.videos[state.stream] = video
-        count += 1
-    return count
+        if state.ended:
+            video.ended = True
+            video.end_reason = "archived"
+        else:
+            video.close_period()  # where its content ends; interrupted from now
+            video.complete_through = min((max(r.history, default=0) for r in video.renditions.values()),
+                                         default=0)
+            interrupted.append(video)
+    return interrupted
+
+
+def end_unless_resumed(archive: Archive, registry: VideoRegistry, video: LiveVideo) -> None:
+    """The grace period of a video a restart interrupted is over: if no one continued it, it ends."""
+    if registry.videos.get(video.stream) is video and video.interrupted and not video.ended:
+        video.end("the broadcaster did not come back after the encoder restarted")
+        archive.write(video.stream, ("state.json",), video.state().to_json().encode())
 
 
 def settings_from(config: RoleConfig) -> TranscoderSettings:
@@ -172,7 +190,8 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: 
     registry = VideoRegistry()
     window = config["encoder.window_seconds"]
     if archive is not None:
-        load_archive(archive, registry, window)
+        for video in load_archive(archive, registry, window):
+            reactor.callLater(config["ingest.grace_seconds"], end_unless_resumed, archive, registry, video)
         retention = config["archive.retention_hours"] * 3600
 
         def expire() -> None:
