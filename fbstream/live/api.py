@@ -9,7 +9,8 @@ The live API, served by the PoP: ``/api/v1/live_videos``.
 - ``DELETE .../<id>`` ends one: the encoder stops its broadcaster and the
   video becomes its replay; its token is refused from then on.
 
-Every call needs ``Authorization: Bearer <api key>``.
+Every call needs ``Authorization: Bearer <api key>``, or a browser session
+(:mod:`fbstream.live.login`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from fbstream.live.login import Sessions
 from fbstream.live.tokens import KeyRing
 
 VIDEO_ID = re.compile(r"^[a-f0-9]{16}$")
@@ -55,8 +57,10 @@ class LiveVideosResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, registry: Any, keys: KeyRing, settings: APISettings, clock: Any) -> None:
+    def __init__(self, registry: Any, keys: KeyRing, settings: APISettings, clock: Any,
+                 sessions: Sessions | None = None) -> None:
         super().__init__()
+        self.sessions = sessions
         self.registry = registry
         self.keys = keys
         self.settings = settings
@@ -66,7 +70,8 @@ class LiveVideosResource(Resource):
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         auth = request.getHeader(b"authorization") or b""
-        if not hmac.compare_digest(auth, b"Bearer " + self.settings.api_key.encode()):
+        signed_in = self.sessions is not None and self.sessions.authenticated(request)
+        if not signed_in and not hmac.compare_digest(auth, b"Bearer " + self.settings.api_key.encode()):
             request.setHeader(b"www-authenticate", b'Bearer realm="fbstream"')
             return _json(request, 401, {"error": "a valid API key is required (Authorization: Bearer <key>)"})
         parts = [p for p in request.postpath or [] if p]
@@ -118,8 +123,10 @@ class LiveVideosResource(Resource):
             key = "%s?token=%s" % (vid, token)
             out["stream_key"] = key
             out["token"] = token
-            out["ingest"] = {"rtmp": "%s/%s" % (s.rtmp_url, key)}
+            # OBS's "Server" and "Stream Key" are server and stream_key.
+            out["ingest"] = {"server": s.rtmp_url, "rtmp": "%s/%s" % (s.rtmp_url, key)}
             if s.rtmps_url:
+                out["ingest"]["rtmps_server"] = s.rtmps_url
                 out["ingest"]["rtmps"] = "%s/%s" % (s.rtmps_url, key)
         return out
 

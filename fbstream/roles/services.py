@@ -6,12 +6,14 @@ HTTP site with ``/metrics``, and the RTMP listener with its stream hub.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -20,6 +22,7 @@ from fbstream.config import ConfigError, RoleConfig
 from fbstream.diskio import ThreadPoolService
 from fbstream.live.hub import IConsumerFactory, StreamHub
 from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
+from fbstream.live.login import Sessions, SessionResource
 from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest, PublishRefused
 from fbstream.live.record import FLVRecorderFactory
 from fbstream.live.tokens import KeyConfigError, KeyRing, peek_datacenter, token_from_query
@@ -54,6 +57,15 @@ def rtmp_settings(config: RoleConfig) -> RTMPServerSettings:
     )
 
 
+#: Query parameters that carry a secret (a stream token, a one-time login).
+_SECRET_PARAMETER = re.compile(r"\b((?:token|login)=)[^&\s\"]*")
+
+
+def access_log_line(timestamp: str, request: Any) -> str:
+    """The combined log format, with the secrets in URLs and referrers left out."""
+    return _SECRET_PARAMETER.sub(r"\1-", combinedLogFormatter(timestamp, request))
+
+
 class RoleService(MultiService):
     """One role: its listeners and helpers, with ``hub`` and ``site`` for tests."""
 
@@ -86,6 +98,28 @@ class _Stop(Service):
     def stopService(self) -> Any:
         super().stopService()
         return self.stop()
+
+
+class _LoginLink(Service):
+    """
+    Shows, once the role is up, the link that signs a browser in to the live
+    API: on the process's standard error, the terminal of ``twistd -n``, and
+    never in the log, which outlives the link's use.
+    """
+
+    def __init__(self, sessions: Sessions, base_url: str) -> None:
+        self.sessions = sessions
+        self.base_url = base_url
+
+    def startService(self) -> None:
+        super().startService()
+        link = "%s/?login=%s" % (self.base_url, self.sessions.new_code())
+        text = ("\nfbstream is running. To go live, open this link (it works once; it signs\n"
+                "your browser in to the live API) and press Go live:\n\n    %s\n\n" % (link,))
+        try:
+            os.write(2, text.encode())
+        except OSError:
+            pass  # no standard error (daemonized): the API key is the way in
 
 
 def make_registry(config: RoleConfig, reactor: Any, parent: MultiService, shared: dict[str, Any]) -> Any:
@@ -221,9 +255,13 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
             api = Resource()
             v1 = Resource()
             api.putChild(b"v1", v1)
-            v1.putChild(b"live_videos", LiveVideosResource(registry, keys, settings, reactor))
+            sessions = Sessions(api_key, reactor)
+            v1.putChild(b"live_videos", LiveVideosResource(registry, keys, settings, reactor, sessions))
+            v1.putChild(b"session", SessionResource(sessions))
             root.putChild(b"api", api)
             shared["api"] = (api_key, keys, registry, settings)
+            if shared.get("all"):
+                _LoginLink(sessions, settings.playback_url).setServiceParent(service)
     if "rtmp.listen" in config.values:
         if ingest is None:
             consumers: list[IConsumerFactory] = []
@@ -268,6 +306,6 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
         from fbstream.cache.service import build_pop
 
         service.caches = build_pop(service, config, reactor, root)
-    service.site = Site(root)
+    service.site = Site(root, logFormatter=access_log_line)
     listen(service, reactor, config["http.listen"], service.site)
     return service

@@ -6,6 +6,7 @@ summary (stalls, seconds stalled, latency, renditions played). Run as a
 separate process by the browser tests and by ``bench/playback.py``.
 
     python -m tests.integration.browser URL SECONDS [SCREENSHOT]
+    python -m tests.integration.browser --go-live LOGIN-LINK TITLE
 
 A request counts as failed if the server answered 400 or more, or if it
 ended without a whole response for any reason but the player's own abort
@@ -131,7 +132,40 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
     return seen
 
 
+def go_live(link: str, title: str) -> dict:
+    """
+    What a newcomer does with the link the server printed: open it, press
+    *Go live*, name the video and create it. Returns what the page then
+    shows (OBS's Server and Stream Key, the ffmpeg line, the watch link), the
+    page's address (the login code must be gone from it), and what a second
+    opening of the same link shows.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
+        page = browser.new_page()
+        page.goto(link)
+        page.click("#golive-button", timeout=20000)  # shown once the browser is signed in
+        page.fill("#golive-title", title)
+        page.click("#golive-form button[type=submit]")
+        page.wait_for_selector("#golive-result:not([hidden])", timeout=20000)
+        shown = {key: page.text_content("#golive-" + key) for key in ("server", "key", "ffmpeg")}
+        shown["watch"] = page.get_attribute("#golive-watch", "href")
+        shown["address"] = page.url
+        other = browser.new_context().new_page()  # another browser, with no cookie
+        other.goto(link)
+        other.wait_for_function("document.getElementById('golive-error').textContent !== ''", timeout=20000)
+        shown["second_use"] = other.text_content("#golive-error")
+        shown["second_use_button_hidden"] = other.is_hidden("#golive-button")
+        browser.close()
+    return shown
+
+
 def main(argv: list[str]) -> None:
+    if argv[1] == "--go-live":
+        sys.stdout.write(json.dumps(go_live(argv[2], argv[3])) + "\n")
+        return
     seen = watch(argv[1], float(argv[2]), argv[3] if len(argv) > 3 else None,
                  os.environ.get("FBSTREAM_BROWSER_CONSOLE"))
     sys.stdout.write(json.dumps(seen) + "\n")

@@ -46,11 +46,13 @@ def wait_for_ok(url, seconds):
 
 
 @contextlib.contextmanager
-def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, pop_interfaces=("127.0.0.1",)):
+def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, pop_interfaces=("127.0.0.1",),
+                     stderr=None):
     """
     ``twistd fbstream --role=all`` on free ports, running; yields its ports and
     log file, and stops it (SIGTERM) afterwards. The PoP's viewers' HTTP
-    listens on each of ``pop_interfaces``, on the same port.
+    listens on each of ``pop_interfaces``, on the same port. ``stderr``: a
+    path for the process's standard error (where the login link goes).
     """
     ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin", "cache")}
     dc_rtmp, encoder_rtmp = free_port(), free_port()
@@ -73,6 +75,9 @@ def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, p
         "--set", "pop.pop.origins=tcp:127.0.0.1:%d" % (ports["origin"],),
         "--set", "origin.origin.upstreams=tcp:127.0.0.1:%d" % (ports["encoder"],),
         "--set", "pop.pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),),
+        # The URLs the live API gives out, on the ports it really has.
+        "--set", "pop.api.rtmp_url=rtmp://127.0.0.1:%d/live" % (ports["rtmp"],),
+        "--set", "pop.api.playback_url=http://127.0.0.1:%d" % (ports["pop"],),
     ]
     for role in ("dc-proxy", "encoder", "origin"):
         args += ["--set", "%s.http.listen=tcp:%d:interface=127.0.0.1" % (role, ports[role])]
@@ -81,7 +86,8 @@ def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, p
     # The working tree's code, whatever copy of it is installed.
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(args, cwd=str(tmp_path), env=env)
+    err = open(stderr, "wb") if stderr else None
+    proc = subprocess.Popen(args, cwd=str(tmp_path), env=env, stderr=err)
     # The tests' own deadlines count from a running process, not from the
     # spawn: on a loaded 2-core CI machine starting Python can take seconds.
     deadline = time.monotonic() + 60
@@ -100,6 +106,9 @@ def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, p
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+        finally:
+            if err is not None:
+                err.close()
 
 
 @pytest.fixture(params=["default", "asyncio"])
