@@ -93,6 +93,7 @@ def _relay(timeout: float) -> dict[str, Setting]:
     return {
         "relay.connect_timeout": Setting(float, 5.0, "seconds to reach the next hop before trying another"),
         "relay.publish_timeout": Setting(float, timeout, "seconds the next hop may take to accept a publish"),
+        "relay.pull_linger": Setting(float, 5.0, "seconds an RTMP pull outlives its last player"),
     }
 
 

@@ -270,9 +270,18 @@ class StreamHub:
         for message in stream.start_messages():
             player.send(message)
         stream.players.append(player)
+        self._players_changed(stream)
         return stream
 
     def stop_playing(self, stream: LiveStream, player: IPlayer) -> None:
         if player in stream.players:
             stream.players.remove(player)
+            self._players_changed(stream)
+
+    @staticmethod
+    def _players_changed(stream: LiveStream) -> None:
+        """Tell a publisher that wants to know (a pull from upstream) how many players it has."""
+        changed = getattr(stream.publisher, "players_changed", None)
+        if changed is not None:
+            changed(len(stream.players))
 

@@ -36,6 +36,15 @@ class PublishRefused(Exception):
         self.reason = reason
 
 
+class PlayRefused(Exception):
+    """A play is refused with this onStatus ``code`` and ``description``."""
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
 class ISink(Interface):
     name = Attribute("the stream name")
 

@@ -26,6 +26,7 @@ from fbstream.live.login import Sessions, SessionResource
 from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest, PublishRefused
 from fbstream.live.record import FLVRecorderFactory
 from fbstream.live.tokens import KeyConfigError, KeyRing, peek_datacenter, token_from_query
+from fbstream.relay.pull import Puller
 from fbstream.relay.relay import RelayIngest
 from fbstream.metrics import ROLE_UP, metrics_resource
 from fbstream.rtmp.protocol import RTMPServerFactory, RTMPServerSettings
@@ -212,6 +213,18 @@ def _pop_route(dc_proxies: list[str]) -> Any:
     return route
 
 
+def _pop_play_route(dc_proxies: list[str]) -> Any:
+    """A player gives no token: every dc-proxy, in the configured order, is asked for the stream."""
+    hops = [entry.partition("=")[2] for entry in dc_proxies]
+    return lambda name: list(hops)
+
+
+def _ring_play_route(encoders: list[str], vnodes: int) -> Any:
+    """The encoders in the order a publish of the stream tries them: its owner is the first that has it."""
+    route = _ring_route(encoders, vnodes)
+    return lambda name: route(name, "")
+
+
 def _ring_route(encoders: list[str], vnodes: int) -> Any:
     if not encoders:
         raise ConfigError("relay.encoders is empty")
@@ -262,6 +275,16 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
             shared["api"] = (api_key, keys, registry, settings)
             if shared.get("all"):
                 _LoginLink(sessions, settings.playback_url).setServiceParent(service)
+    puller = None
+    if "rtmp.listen" in config.values and ingest is not None:
+        # RTMP players here: each stream pulled once from the next hop towards its encoder.
+        service.hub = StreamHub(role, max_gop_bytes=config["rtmp.gop_cache_bytes"],
+                                video_codecs=config["rtmp.video_codecs"], audio_codecs=config["rtmp.audio_codecs"])
+        play_route = (_ring_play_route(config["relay.encoders"], config["relay.virtual_nodes"]) if role == "dc-proxy"
+                      else _pop_play_route(config["relay.dc_proxies"]))
+        puller = Puller(reactor, service.hub, play_route, config["rtmp.app"], role,
+                        config["relay.connect_timeout"], config["relay.connect_timeout"] * 2,
+                        config["relay.pull_linger"])
     if "rtmp.listen" in config.values:
         if ingest is None:
             consumers: list[IConsumerFactory] = []
@@ -296,7 +319,7 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
             service.broadcasts = broadcasts
             _Stop(lambda: broadcasts.stop()).setServiceParent(service)
             ingest = HubIngest(service.hub, broadcasts)
-        factory = RTMPServerFactory(service.hub, reactor, rtmp_settings(config), ingest, role)
+        factory = RTMPServerFactory(service.hub, reactor, rtmp_settings(config), ingest, role, puller)
         listen(service, reactor, config["rtmp.listen"], factory)
     if role == "origin":
         from fbstream.cache.service import build_origin

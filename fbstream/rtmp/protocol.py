@@ -29,7 +29,7 @@ from fbstream.live.hub import (
     MediaMessage,
     StreamHub,
 )
-from fbstream.live.ingest import HubIngest, PublishRefused
+from fbstream.live.ingest import HubIngest, PlayRefused, PublishRefused
 from fbstream.metrics import (
     RTMP_CONNECTIONS,
     RTMP_CONNECTIONS_REFUSED,
@@ -68,9 +68,11 @@ class RTMPServerFactory(Factory):
     log = Logger()
 
     def __init__(self, hub: StreamHub | None, reactor: Any, settings: RTMPServerSettings,
-                 ingest: Any = None, role: str = "") -> None:
+                 ingest: Any = None, role: str = "", puller: Any = None) -> None:
         #: Players play from the hub; a relay has none (playback is over HTTP).
         self.hub = hub
+        #: Where a stream not live in the hub is pulled from (an upstream hop), if anywhere.
+        self.puller = puller
         self.reactor = reactor
         self.settings = settings
         self.role = hub.role if hub is not None else role
@@ -380,14 +382,46 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
     def _play(self, request: c.PlayRequest) -> None:
         assert self.conn is not None
         if self.hub is None:
-            self.conn.reject_play(request, "NetStream.Play.Failed",
-                                  "this server only relays publishers; play over HTTP")
-            self._close_after_flush()
+            self._reject_play(request, "NetStream.Play.Failed", "this server only relays publishers; play over HTTP")
             return
+        if not STREAM_NAME.match(request.name):
+            self._reject_play(request, "NetStream.Play.StreamNotFound", "invalid stream name")
+            return
+        puller = self.factory.puller
+        if request.name in self.hub.streams or puller is None:
+            self._start_playing(request)
+            return
+        # Not live here: pulled from upstream first (the player waits).
+        sid = request.stream_id
+        d = puller.stream_for(request.name)
+        self._opening[sid] = d
+
+        def pulled(_: Any) -> None:
+            self._opening.pop(sid, None)
+            if not self._closed:
+                self._start_playing(request)
+
+        def refused(failure: Failure) -> None:
+            self._opening.pop(sid, None)
+            if self._closed:
+                return
+            if failure.check(PlayRefused):
+                self._reject_play(request, failure.value.code, failure.value.description)
+            else:
+                self.log.failure("playing {name} failed", failure, name=request.name)
+                self._reject_play(request, "NetStream.Play.Failed", "the server could not play the stream")
+
+        d.addCallbacks(pulled, refused)
+
+    def _reject_play(self, request: c.PlayRequest, code: str, description: str) -> None:
+        assert self.conn is not None
+        self.conn.reject_play(request, code, description)
+        self._close_after_flush()
+
+    def _start_playing(self, request: c.PlayRequest) -> None:
+        assert self.conn is not None and self.hub is not None
         if request.name not in self.hub.streams:
-            self.conn.reject_play(request, "NetStream.Play.StreamNotFound",
-                                  "stream %s is not live" % (request.name,))
-            self._close_after_flush()
+            self._reject_play(request, "NetStream.Play.StreamNotFound", "stream %s is not live" % (request.name,))
             return
         self.conn.accept_play(request)
         player = _Player(self, request.stream_id, request.name)

@@ -270,3 +270,63 @@ def test_the_api_ends_a_broadcast_at_once_at_every_tier(dc):
     took = time.monotonic() - ended
     print("an interrupted broadcast ended at PoP B after %.2f s" % (took,))
     assert took <= 2.0, "PoP B still served a live MPD %.2f s after the DELETE" % (took,)
+
+
+def first_video_packet(path):
+    """(flags, pts) of the first video packet of an FLV file, by ffprobe."""
+    out = __import__("subprocess").run(
+        [tool("ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=flags,pts_time",
+         "-read_intervals", "%+#1", "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
+
+
+@pytest_twisted.inlineCallbacks
+def test_rtmp_players_at_two_pops_share_one_pull_each(dc, tmp_path):
+    """
+    RTMP playback at the PoPs, the seeds' low-latency path: while the ffmpeg
+    tool publishes through PoP A, rtmpdump and the ffmpeg tool play at PoP A
+    and PoP B (two players there). Each PoP pulls the stream once, through a
+    dc-proxy, from the encoder that owns it; every player starts on a
+    keyframe; the pulls end after the last player leaves.
+    """
+    pop_a, pop_b = dc.pops
+    video = create_video(pop_a)
+    vid = video["id"]
+    publishing = run(tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+                     "testsrc2=size=426x240:rate=30", "-f", "lavfi", "-i", "sine=frequency=440",
+                     "-t", "40", "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-c:a", "aac",
+                     "-f", "flv", ingest(pop_a, video, tls=False), timeout=90)
+    yield wait_for(lambda: state(pop_a, vid)["status"] == "live", what="live")
+    yield sleep(2)
+    # A stream nobody publishes is refused with StreamNotFound, from upstream.
+    out, err, code = yield run(tool("rtmpdump"), "-r", "rtmp://127.0.0.1:%d/live/%s" % (pop_b.rtmp, "0" * 16),
+                               "-o", str(tmp_path / "none.flv"), timeout=30)
+    assert code != 0 and b"StreamNotFound" in err, err[-1000:]
+    # rtmpdump plays a live stream until it is stopped (SIGTERM after 10 s,
+    # as a viewer closes the player); ffmpeg stops after 8 s of it.
+    players = [
+        run(tool("rtmpdump"), "-r", "rtmp://127.0.0.1:%d/live/%s" % (pop_a.rtmp, vid), "-o",
+            str(tmp_path / "a-rtmpdump.flv"), timeout=10),
+        run(tool("rtmpdump"), "-r", "rtmp://127.0.0.1:%d/live/%s" % (pop_b.rtmp, vid), "-o",
+            str(tmp_path / "b-rtmpdump.flv"), timeout=10),
+        run(tool("ffmpeg"), "-hide_banner", "-loglevel", "error", "-i",
+            "rtmp://127.0.0.1:%d/live/%s" % (pop_b.rtmp, vid), "-t", "8", "-c", "copy", "-y",
+            str(tmp_path / "b-ffmpeg.flv"), timeout=60),
+    ]
+    results = yield defer.gatherResults(players)
+    for name, (out, err, code) in zip(("a-rtmpdump", "b-rtmpdump", "b-ffmpeg"), results):
+        path = tmp_path / (name + ".flv")
+        assert path.exists() and path.stat().st_size > 50_000, (name, code, err[-1000:])
+        first = first_video_packet(path)
+        assert first is not None and "K" in first.split(",")[-1], (name, first)
+        probe = __import__("subprocess").run(
+            [tool("ffprobe"), "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+            capture_output=True, text=True, timeout=30)
+        assert float(probe.stdout.strip() or 0) >= 5, (name, probe.stdout)
+    for pop in (pop_a, pop_b):
+        assert pop.log().count("pulling %s from" % (vid,)) == 1, "one pull per PoP"
+    # The last player gone, each PoP's pull ends after its linger (5 s).
+    yield wait_for(lambda: all("pull of %s ended: no players left" % (vid,) in pop.log() for pop in (pop_a, pop_b)),
+                   timeout=20, what="the pulls to end")
+    out, err, code = yield publishing
+    assert code == 0, err[-2000:]
