@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from fractions import Fraction
@@ -130,7 +131,8 @@ def publish(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", default=os.environ.get("FBSTREAM_DEMO_URL"),
+                        help="where to publish (default: $FBSTREAM_DEMO_URL, which keeps a token out of ps)")
     parser.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--rate", type=int, default=30)
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="do not pace in real time")
     parser.add_argument("--start-ms", type=int, default=0, help="offset every timestamp (ms)")
     args = parser.parse_args(argv)
+    if not args.url:
+        parser.error("give --url or set $FBSTREAM_DEMO_URL")
     counts = publish(
         args.url,
         args.duration,
@@ -217,14 +221,17 @@ class DemoPublisherService(Service):
 
     def _spawn(self) -> None:
         self._restart = None
-        self.log.info("demo publisher -> {url}", url=self.url)
+        # The URL carries the demo's stream token: it goes to the child in its
+        # environment (not its argv, which every user of the host can read
+        # with ps), and into the log without its query.
+        self.log.info("demo publisher -> {url}", url=self.url.partition("?")[0])
         self._process = self.reactor.spawnProcess(
             _DemoProcess(self),
             self.python,
             # The demo's own encoding is the cheapest x264 has: on a small
             # machine it shares the cores with the encoder and the viewers.
-            [self.python, "-m", "fbstream.demo", "--url", self.url, "--preset", "ultrafast"],
-            env=None,
+            [self.python, "-m", "fbstream.demo", "--preset", "ultrafast"],
+            env=dict(os.environ, FBSTREAM_DEMO_URL=self.url),
         )
 
     def ended(self, reason: Any) -> None:

@@ -151,6 +151,10 @@ def test_all_role_runs_the_demo_and_serves_metrics(all_role):
     response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports["origin"],))
     text = yield response.text()
     assert 'fbstream_cache_upstream_fetches_total{tier="origin"}' in text
+    # The demo's stream token is in neither the log nor any command line.
+    assert "token=" not in log.read_text()
+    demo = subprocess.run(["pgrep", "-af", "fbstream.demo"], capture_output=True, text=True).stdout
+    assert "fbstream.demo" in demo and "token" not in demo, demo
 
 
 @pytest.mark.parametrize(
