@@ -30,6 +30,31 @@ def test_round_trip() -> None:
     assert peek_datacenter(token) == "dc1"
 
 
+def test_a_token_has_one_form() -> None:
+    """Lenient base64 read variants of a real signature as the same bytes: each is refused now."""
+    keys = ring()
+    token = keys.sign("abc123", "dc1", NOW)
+    kid, body, mac = token.split(".")
+    # The MAC is 32 bytes: 43 characters, whose last carries 2 unused bits.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(mac[-1])
+    same_bits = [alphabet[(last & ~3) | low] for low in range(4) if (last & ~3) | low != last]
+    variants = [mac[:-1] + c for c in same_bits]  # decode to the same bytes leniently
+    variants += [mac + "=", mac + "A", mac + "==", mac + " ", mac.replace("-", "+").replace("_", "/")]
+    if "-" not in mac and "_" not in mac:
+        variants.append(mac[:-1] + "+")
+    for variant in variants:
+        if variant == mac:
+            continue
+        with pytest.raises(TokenError):
+            keys.verify("%s.%s.%s" % (kid, body, variant), "abc123", NOW)
+    for variant in (body + "=", body + "A", body.replace("-", "+")):
+        if variant != body:
+            with pytest.raises(TokenError):
+                keys.verify("%s.%s.%s" % (kid, variant, mac), "abc123", NOW)
+    keys.verify(token, "abc123", NOW)
+
+
 def test_expired() -> None:
     keys = ring()
     token = keys.sign("abc", "dc1", NOW, ttl=60)

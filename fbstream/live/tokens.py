@@ -56,8 +56,22 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_BASE64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """
+    Strict unpadded base64url: a token has one form only. Padding, ``+/``,
+    characters outside the alphabet, trailing junk and a last character whose
+    unused bits are set (which lenient decoders read as the same bytes) are
+    all refused.
+    """
+    if not _BASE64URL.match(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not the canonical base64url of its bytes")
+    return data
 
 
 @attrs.frozen
