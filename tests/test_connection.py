@@ -225,3 +225,41 @@ def test_truncated_user_control():
     enc = ChunkEncoder()
     with pytest.raises(ProtocolError, match="too short"):
         server.receive(c2 + enc.encode(2, 0, m.USER_CONTROL, 0, b"\x00"))
+
+
+@pytest.mark.parametrize("step", [None, 1])
+def test_commands_pipelined_with_connect_wait_for_its_answer(step):
+    """connect and createStream in one write: createStream is answered once connect is accepted."""
+    pair = Pair(step)
+    pair.server.receive(pair.client.bytes_to_send())  # C0C1
+    pair.client.receive(pair.server.bytes_to_send())  # S0S1S2: the client now has C2 and connect
+    pair.client.create_stream()
+    pair.client.create_stream()
+    events = pair._feed(pair.server, pair.client.bytes_to_send())  # all in one write
+    [req] = events
+    assert isinstance(req, c.ConnectRequest)
+    assert pair.server.accept_connect(req) == []  # createStream answers itself, no event
+    _, events = pair.pump()
+    assert [type(e) for e in events] == [c.Connected, c.StreamCreated, c.StreamCreated]
+    assert [e.stream_id for e in events[1:]] == [1, 2]
+
+
+def test_a_flood_of_commands_before_connect_is_answered_is_refused():
+    pair = Pair()
+    pair.server.receive(pair.client.bytes_to_send())
+    pair.client.receive(pair.server.bytes_to_send())
+    for _ in range(c.MAX_EARLY_COMMANDS + 1):
+        pair.client.create_stream()
+    with pytest.raises(ProtocolError, match="before the connection was accepted"):
+        pair.server.receive(pair.client.bytes_to_send())
+
+
+def test_commands_held_for_a_refused_connect_are_dropped():
+    pair = Pair()
+    pair.server.receive(pair.client.bytes_to_send())
+    pair.client.receive(pair.server.bytes_to_send())
+    pair.client.create_stream()
+    [req] = pair.server.receive(pair.client.bytes_to_send())
+    pair.server.reject_connect(req, "unknown application")
+    _, events = pair.pump()
+    assert [type(e) for e in events] == [c.CommandFailed]

@@ -122,6 +122,10 @@ class CommandFailed:
 Event = Any
 
 
+#: Commands a client may send after ``connect`` before it is answered.
+MAX_EARLY_COMMANDS = 8
+
+
 class _State(enum.Enum):
     HANDSHAKE = "handshake"
     AWAIT_CONNECT = "await-connect"
@@ -293,10 +297,19 @@ class ServerConnection(_Connection):
         self.streams: dict[int, str] = {}
         self._published_names: dict[str, int] = {}
         self.app = ""
+        #: Commands that came after ``connect`` but before it was accepted
+        #: (a client that pipelines connect and createStream in one write).
+        self._early: list[tuple[int, str, float, list[Any]]] = []
 
     def _on_command(
         self, stream_id: int, name: str, tid: float, args: list[Any], events: list[Event]
     ) -> None:
+        if self._state is _State.CONNECTING and name != "connect":
+            if len(self._early) >= MAX_EARLY_COMMANDS:
+                raise ProtocolError("more than %d commands before the connection was accepted"
+                                    % (MAX_EARLY_COMMANDS,))
+            self._early.append((stream_id, name, tid, args))
+            return
         if name == "connect":
             if self._state is not _State.AWAIT_CONNECT:
                 raise ProtocolError("connect on a connection that is already connected")
@@ -381,7 +394,8 @@ class ServerConnection(_Connection):
 
     # Answers -------------------------------------------------------------
 
-    def accept_connect(self, request: ConnectRequest) -> None:
+    def accept_connect(self, request: ConnectRequest) -> list[Event]:
+        """Accept; returns the events of commands the client sent before this answer."""
         self._state = _State.CONNECTED
         self._control(m.WINDOW_ACK_SIZE, m.u32(WINDOW_ACK_SIZE))
         self._control(m.SET_PEER_BANDWIDTH, m.set_peer_bandwidth(WINDOW_ACK_SIZE))
@@ -400,8 +414,14 @@ class ServerConnection(_Connection):
             ),
         )
         self._command(0, "onBWDone", 0, None)
+        events: list[Event] = []
+        early, self._early = self._early, []
+        for stream_id, name, tid, args in early:
+            self._on_command(stream_id, name, tid, args, events)
+        return events
 
     def reject_connect(self, request: ConnectRequest, description: str) -> None:
+        self._early = []
         self._command(
             0,
             "_error",

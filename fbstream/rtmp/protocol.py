@@ -302,8 +302,12 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
                 self.conn.reject_connect(event, "unknown application %r" % (event.app,))
                 self._close_after_flush()
                 return
-            self.conn.accept_connect(event)
+            early = self.conn.accept_connect(event)
             self.setTimeout(self.settings.idle_timeout)
+            for pipelined in early:  # createStream, publish... sent with connect
+                self._event(pipelined)
+                if self._closed:
+                    return
         elif isinstance(event, c.PublishRequest):
             self._publish(event)
         elif isinstance(event, c.PlayRequest):
