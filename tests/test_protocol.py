@@ -103,6 +103,37 @@ class PublishTests(SynchronousTestCase):
             self.assertIn("invalid stream name", str(self.failureResultOf(d, RTMPStatusError).value))
             self.assertEqual(self.h.hub.streams, {})
 
+    def test_a_huge_stream_name_is_not_echoed_whole(self):
+        logged = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        name = "x" * 5_000_000
+        client, server, pump, sid, d = start_publishing(self, self.h, name=name)
+        description = str(self.failureResultOf(d, RTMPStatusError).value)
+        self.assertIn("invalid stream name", description)
+        self.assertLess(len(description), 300)
+        from twisted.logger import formatEvent
+
+        self.assertLess(max(len(formatEvent(e)) for e in logged), 1000)
+
+    def test_an_unexpected_error_closes_only_that_connection(self):
+        first, _, pump, sid, d = start_publishing(self, self.h)
+        self.successResultOf(d)
+        client, server, other_pump = self.h.connect()
+
+        def broken(data):
+            raise ValueError("not an RTMPError")
+
+        server.conn.receive = broken
+        client.transport.write(b"anything")
+        other_pump.flush()
+        self.assertTrue(server._closed)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.publish_gop(first, pump, sid)
+        self.assertIn("cam", self.h.hub.streams)
+
     def test_unsupported_codec_gets_an_error_status(self):
         client, server, pump, sid, d = start_publishing(self, self.h)
         self.successResultOf(d)

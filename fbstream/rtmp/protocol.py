@@ -46,6 +46,15 @@ from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
 
 #: Stream names we accept: the stream ids of the playback URLs.
 STREAM_NAME = re.compile(r"^%s$" % (STREAM_ID_PATTERN,))
+#: How much of a name a client chose is repeated back to it or into the log.
+SHOWN_NAME = 64
+
+
+def shown(name: str) -> str:
+    """``name`` as it may be echoed: quoted, and cut to :data:`SHOWN_NAME` characters."""
+    if len(name) <= SHOWN_NAME:
+        return repr(name)
+    return "%r... (%d characters)" % (name[:SHOWN_NAME], len(name))
 
 
 @attrs.define
@@ -197,6 +206,11 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         except RTMPError as e:
             self._protocol_error(str(e))
             return
+        except Exception:
+            # A bug, or input no check foresaw: it costs this connection only.
+            self.log.failure("closing RTMP connection from {peer}: handling its data failed", peer=self.peer)
+            self._protocol_error("handling its data failed")
+            return
         self._flush()
 
     def _flush(self) -> None:
@@ -325,7 +339,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         assert self.conn is not None
         if not STREAM_NAME.match(request.name):
             self._reject_publish(request, "NetStream.Publish.BadName", "bad-name",
-                                 "invalid stream name %r" % (request.name,))
+                                 "invalid stream name %s" % (shown(request.name),))
             return
         sid = request.stream_id
         publisher = _Publisher(self, sid)
@@ -360,7 +374,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         assert self.conn is not None
         RTMP_PUBLISH_REJECTED.labels(role=self.factory.role, reason=reason).inc()
         self.log.info("refusing publish of {name} from {peer}: {description}",
-                      name=request.name, peer=self.peer, description=description)
+                      name=shown(request.name), peer=self.peer, description=description)
         self.conn.reject_publish(request, code, description)
         self._close_after_flush()
 
