@@ -30,7 +30,7 @@ class Setting:
     help: str
 
 
-def _rtmp(listen: str) -> dict[str, Setting]:
+def _rtmp(listen: str, per_address: int = 0) -> dict[str, Setting]:
     return {
         "rtmp.listen": Setting(list, [listen], "endpoint strings to accept RTMP on (ssl:... for RTMPS)"),
         "rtmp.app": Setting(str, "live", "the RTMP application name publishers and players use"),
@@ -39,6 +39,8 @@ def _rtmp(listen: str) -> dict[str, Setting]:
         "rtmp.max_message_size": Setting(int, 8 * 1024 * 1024, "largest RTMP message accepted, bytes"),
         "rtmp.max_chunk_streams": Setting(int, 64, "chunk stream ids one connection may use"),
         "rtmp.max_connections": Setting(int, 1000, "RTMP connections one listener keeps open at once"),
+        "rtmp.max_connections_per_address": Setting(
+            int, per_address, "of those, how many one client address may hold (0: no limit)"),
         "rtmp.player_queue_bytes": Setting(int, 8 * 1024 * 1024, "bytes a slow player may lag before it is dropped"),
         "rtmp.gop_cache_bytes": Setting(int, 32 * 1024 * 1024, "largest GOP kept for players that join late"),
         "rtmp.video_codecs": Setting(list, ["avc1", "hvc1", "av01", "vp09"], "video codecs publishers may send"),
@@ -132,7 +134,8 @@ API: dict[str, Setting] = {
 
 SCHEMA: dict[str, dict[str, Setting]] = {
     "pop": {
-        **_rtmp("tcp:1935"), **_http("tcp:8080"), **POP, **CACHE, **_relay(60.0), **API, **TOKENS, **REGISTRY,
+        # Broadcasters reach the PoP; behind it, each client carries many of them.
+        **_rtmp("tcp:1935", per_address=50), **_http("tcp:8080"), **POP, **CACHE, **_relay(60.0), **API, **TOKENS, **REGISTRY,
         "relay.dc_proxies": Setting(list, ["dc1=tcp:127.0.0.1:1936"],
                                     "<datacenter>=<endpoint> of each dc-proxy, tried in order "
                                     "([]: publish to this PoP's own hub, no relay)"),

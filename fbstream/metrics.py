@@ -26,7 +26,7 @@ RTMP_CONNECTIONS_TOTAL = Counter(
 )
 RTMP_CONNECTIONS_REFUSED = Counter(
     "fbstream_rtmp_connections_refused",
-    "RTMP connections closed at once because rtmp.max_connections were open",
+    "RTMP connections closed at once: rtmp.max_connections open, or rtmp.max_connections_per_address from one address",
     ["role"],
 )
 RTMP_PROTOCOL_ERRORS = Counter(

@@ -216,6 +216,29 @@ class PublishTests(SynchronousTestCase):
         first.connectionLost()
         self.assertIsNotNone(self.h.factory.buildProtocol(None))
 
+    def test_one_address_cannot_hold_every_connection(self):
+        from twisted.internet.address import IPv4Address
+
+        self.h.factory.settings.max_connections = 10
+        self.h.factory.settings.max_connections_per_address = 3
+
+        def connect(host):
+            address = IPv4Address("TCP", host, 40000)
+            proto = self.h.factory.buildProtocol(address)
+            if proto is not None:
+                proto.makeConnection(StringTransport(peerAddress=address))
+            return proto
+
+        hog = [connect("203.0.113.9") for _ in range(3)]
+        self.assertIsNone(connect("203.0.113.9"))
+        broadcaster = connect("198.51.100.7")  # another address still gets in
+        self.assertIsNotNone(broadcaster)
+        hog[0].connectionLost()
+        self.assertIsNotNone(connect("203.0.113.9"))
+        for proto in (*hog[1:], broadcaster):
+            proto.connectionLost()
+        self.assertEqual(self.h.factory.by_address, {"203.0.113.9": 1})
+
     def test_a_consumer_can_stop_the_publisher_with_a_reason(self):
         client, server, pump, sid, d = start_publishing(self, self.h)
         self.h.hub.streams["cam"].publisher.stop("video codec 'hvc1' cannot be transcoded")

@@ -55,6 +55,7 @@ def rtmp_settings(config: RoleConfig) -> RTMPServerSettings:
         max_chunk_streams=config["rtmp.max_chunk_streams"],
         player_queue_bytes=config["rtmp.player_queue_bytes"],
         max_connections=config["rtmp.max_connections"],
+        max_connections_per_address=config["rtmp.max_connections_per_address"],
     )
 
 

@@ -71,6 +71,10 @@ class RTMPServerSettings:
     player_queue_bytes: int = 8 * 1024 * 1024
     #: Connections one listener keeps open at once; more are closed at once.
     max_connections: int = 1000
+    #: Of those, how many one client address may hold (0: no limit). The
+    #: broadcasters' listener, at the PoP, sets it; behind it the clients are
+    #: PoPs and dc-proxies, each of which carries many broadcasters.
+    max_connections_per_address: int = 0
 
 
 class RTMPServerFactory(Factory):
@@ -91,8 +95,17 @@ class RTMPServerFactory(Factory):
         #: Where publishes go (an IIngest).
         self.ingest = ingest
         self.open_connections = 0
+        #: Client address -> connections it has open (no entry at zero).
+        self.by_address: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> "RTMPServerProtocol | None":
+        host = getattr(addr, "host", None)
+        per_address = self.settings.max_connections_per_address
+        if host is not None and per_address and self.by_address.get(host, 0) >= per_address:
+            self.log.warn("refusing RTMP connection from {host}: it has {n} open",
+                          host=host, n=self.by_address[host])
+            RTMP_CONNECTIONS_REFUSED.labels(role=self.role).inc()
+            return None
         if self.open_connections >= self.settings.max_connections:
             self.log.warn(
                 "refusing RTMP connection from {addr}: {n} connections open",
@@ -171,6 +184,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self._queue: deque[bytes] = deque()
         self._queued = 0
         self._closed = False
+        self.address: str | None = None
 
     # Transport plumbing --------------------------------------------------
 
@@ -184,6 +198,10 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         )
         self.setTimeout(self.settings.handshake_timeout)
         self.factory.open_connections += 1
+        self.address = getattr(peer, "host", None)
+        if self.address is not None:
+            by_address = self.factory.by_address
+            by_address[self.address] = by_address.get(self.address, 0) + 1
         RTMP_CONNECTIONS.labels(role=self.factory.role).inc()
         RTMP_CONNECTIONS_TOTAL.labels(role=self.factory.role).inc()
 
@@ -276,6 +294,11 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
         self._closed = True
         self.setTimeout(None)
         self.factory.open_connections -= 1
+        if self.address is not None:
+            by_address = self.factory.by_address
+            by_address[self.address] -= 1
+            if not by_address[self.address]:
+                del by_address[self.address]
         RTMP_CONNECTIONS.labels(role=self.factory.role).dec()
         self._detach("publisher disconnected")
         self._queue.clear()
