@@ -136,3 +136,50 @@ class LiveAPISessionTests(SynchronousTestCase):
         self.assertEqual(answer(self.api, Req(b"POST", cookie=self.cookie, page=False))[0], 401)
         self.assertEqual(answer(self.api, Req(b"POST", cookie=self.cookie[:-1] + b"x"))[0], 401)
         self.assertEqual(answer(self.api, Req(b"GET"))[0], 401)
+
+
+class LiveAPIHostileTests(SynchronousTestCase):
+    """What the API does with what a caller holding the key may still send."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        settings = APISettings("the api key", "dc1", 3600, "rtmp://127.0.0.1:1935/live", "",
+                               "http://127.0.0.1:8080", create_rate=1.0, create_burst=5)
+        self.api = LiveVideosResource(MemoryRegistry(self.clock, 10), KeyRing.generate(), settings, self.clock)
+
+    def call(self, method: bytes, body: bytes = b"", args: dict | None = None) -> tuple[int, dict]:
+        request = Req(method, body=body, page=False)
+        request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer the api key"])
+        for key, value in (args or {}).items():
+            request.addArg(key, value)
+        return answer(self.api, request)
+
+    def test_deeply_nested_json_is_a_400_not_a_503(self) -> None:
+        status, body = self.call(b"POST", b"[" * 5000 + b"]" * 5000)
+        self.assertEqual(status, 400, body)
+        status, body = self.call(b"POST", b'{"title": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+        self.assertEqual(status, 400, body)
+
+    def test_creation_is_rate_limited_per_caller(self) -> None:
+        codes = [self.call(b"POST", b"{}")[0] for _ in range(8)]
+        self.assertEqual(codes, [201] * 5 + [429] * 3)
+        self.clock.advance(2)
+        self.assertEqual([self.call(b"POST", b"{}")[0] for _ in range(3)], [201, 201, 429])
+
+    def test_the_list_comes_a_page_at_a_time(self) -> None:
+        made = []
+        for i in range(7):
+            self.clock.advance(10)  # a new bucket token, and a distinct creation time
+            made.append(self.call(b"POST", b"{}")[1]["id"])
+        status, page = self.call(b"GET", args={b"limit": b"3"})
+        self.assertEqual(status, 200)
+        self.assertEqual([v["id"] for v in page["live_videos"]], made[::-1][:3])
+        seen = [v["id"] for v in page["live_videos"]]
+        while "next" in page:
+            after = page["next"].split("after=")[1].encode()
+            status, page = self.call(b"GET", args={b"limit": b"3", b"after": after})
+            seen += [v["id"] for v in page["live_videos"]]
+        self.assertEqual(seen, made[::-1])
+        for bad in ({b"limit": b"0"}, {b"limit": b"5000"}, {b"limit": b"x"}, {b"after": b"../x"}):
+            self.assertEqual(self.call(b"GET", args=bad)[0], 400, bad)

@@ -42,6 +42,39 @@ class APISettings:
     rtmp_url: str
     rtmps_url: str
     playback_url: str
+    #: Live videos one caller (the key, or the browser sessions) may create
+    #: per second, and in a burst.
+    create_rate: float = 1.0
+    create_burst: int = 10
+
+
+#: Videos per page of the list, by default and at most.
+PAGE = 100
+MAX_PAGE = 1000
+
+
+class RateLimit:
+    """A token bucket per caller: ``rate`` per second, up to ``burst`` at once."""
+
+    def __init__(self, clock: Any, rate: float, burst: int, max_callers: int = 1024) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.max_callers = max_callers
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, caller: str) -> float:
+        """0 if ``caller`` may go on now (and a token is spent), else the seconds until it may."""
+        now = self.clock.seconds()
+        tokens, then = self._buckets.pop(caller, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        if len(self._buckets) >= self.max_callers:
+            del self._buckets[next(iter(self._buckets))]  # the least recently seen
+        if tokens >= 1.0:
+            self._buckets[caller] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[caller] = (tokens, now)
+        return (1.0 - tokens) / self.rate
 
 
 def load_api_key(path: str, environ: dict[str, str] | None = None) -> str | None:
@@ -61,6 +94,7 @@ class LiveVideosResource(Resource):
                  sessions: Sessions | None = None) -> None:
         super().__init__()
         self.sessions = sessions
+        self.creating = RateLimit(clock, settings.create_rate, settings.create_burst)
         self.registry = registry
         self.keys = keys
         self.settings = settings
@@ -82,6 +116,11 @@ class LiveVideosResource(Resource):
             return _json(request, 404, {"error": "no such live video"})
         method = request.method
         if method == b"POST" and video_id is None:
+            wait = self.creating.take("session" if signed_in else "key")
+            if wait:
+                request.setHeader(b"retry-after", b"%d" % (max(1, round(wait)),))
+                return _json(request, 429, {"error": "too many live videos created; try again in %d s"
+                                                     % (max(1, round(wait)),)})
             d = self._create(request)
         elif method == b"GET":
             d = self._show(request, video_id) if video_id else self._list(request)
@@ -137,7 +176,7 @@ class LiveVideosResource(Resource):
         if body.strip():
             try:
                 parsed = json.loads(body) if len(body) <= MAX_BODY else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
                 parsed = None
             if not isinstance(parsed, dict) or not isinstance(parsed.get("title", ""), str):
                 request.write(_json(request, 400, {"error": "the body must be a JSON object like {\"title\": \"...\"}"}))
@@ -157,9 +196,25 @@ class LiveVideosResource(Resource):
 
     @inlineCallbacks
     def _list(self, request: Request) -> Any:
+        """Newest first, a page at a time: ``?limit=<n>`` (100, at most 1000) and ``?after=<id>``."""
+        args: dict[bytes, list[bytes]] = request.args or {}
+        try:
+            limit = int((args.get(b"limit") or [b"%d" % (PAGE,)])[0])
+        except ValueError:
+            limit = 0
+        after = (args.get(b"after") or [b""])[0].decode("ascii", "replace")
+        if not 1 <= limit <= MAX_PAGE or (after and not VIDEO_ID.match(after)):
+            request.write(_json(request, 400, {"error": "limit is 1 to %d; after is a video id" % (MAX_PAGE,)}))
+            request.finish()
+            return
         videos = yield self.registry.list_videos()
-        listing = [self._describe(v) for v in sorted(videos, key=lambda v: -v.get("created", 0))]
-        request.write(_json(request, 200, {"live_videos": listing}))
+        order = sorted(videos, key=lambda v: (-v.get("created", 0), v["id"]))
+        start = next((i + 1 for i, v in enumerate(order) if v["id"] == after), 0) if after else 0
+        page = order[start:start + limit]
+        out: dict[str, Any] = {"live_videos": [self._describe(v) for v in page]}
+        if start + limit < len(order):
+            out["next"] = "/api/v1/live_videos?limit=%d&after=%s" % (limit, page[-1]["id"])
+        request.write(_json(request, 200, out))
         request.finish()
 
     @inlineCallbacks

@@ -116,7 +116,7 @@ class SessionResource(Resource):
         body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
         try:
             code = json.loads(body).get("login") if len(body) <= MAX_BODY else None
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             code = None
         cookie = self.sessions.redeem(code) if isinstance(code, str) else None
         if cookie is None:

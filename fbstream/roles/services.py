@@ -5,6 +5,7 @@ HTTP site with ``/metrics``, and the RTMP listener with its stream hub.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from typing import Any
@@ -15,7 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from fbstream.cache.ring import HashRing
 from fbstream.config import ConfigError, RoleConfig
@@ -66,6 +67,48 @@ _SECRET_PARAMETER = re.compile(r"\b((?:token|login)=)[^&\s\"]*")
 def access_log_line(timestamp: str, request: Any) -> str:
     """The combined log format, with the secrets in URLs and referrers left out."""
     return _SECRET_PARAMETER.sub(r"\1-", combinedLogFormatter(timestamp, request))
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body may be at most ``max_body`` bytes, kept in memory:
+    one that says it is longer is answered 413 before a byte of it is read,
+    and a chunked one is cut off there. (twisted.web spools any body over
+    100 KB to a temporary file, before authentication or routing.) None of
+    our URLs takes more than a few KB.
+    """
+
+    max_body = 64 * 1024
+    _refused = False
+    _body_seen = 0
+    content: Any
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > self.max_body:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_seen += len(data)
+        if self._body_seen > self.max_body:
+            self._refuse()
+            return
+        self.content.write(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        transport: Any = self.channel.transport
+        requests = getattr(self.channel, "requests", [])
+        if requests and requests[0] is self:  # nothing before it still being answered
+            message = b"request bodies are limited to %d bytes\n" % (self.max_body,)
+            transport.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-type: text/plain\r\n"
+                            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message))
+            transport.loseConnection()
+        else:
+            transport.abortConnection()
 
 
 class RoleService(MultiService):
@@ -331,5 +374,6 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
 
         service.caches = build_pop(service, config, reactor, root)
     service.site = Site(root, logFormatter=access_log_line)
+    service.site.requestFactory = BoundedRequest
     listen(service, reactor, config["http.listen"], service.site)
     return service
