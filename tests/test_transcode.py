@@ -263,3 +263,35 @@ def test_stills_last_until_the_next_picture(tmp_path):
     for number in (5, 6, 7, 8):
         played = sum(duration(chunk) for chunk in chunks_of(data[number]))
         assert abs(played - 16000) <= 16, (number, played)
+
+
+def test_a_timestamp_jump_is_a_new_timeline_not_hours_of_slate(tmp_path):
+    """
+    A reconnecting publisher (a token is all it takes) sends an audio frame
+    stamped 0x7FFFFFFF, 24 days on: the slate and the stills must not be
+    sized by it. The jump starts a new timeline where the old one was.
+    """
+    messages = source(tmp_path, "jump", size="426x240", duration=2)
+    first_audio = next(m for m in messages if m.type_id == 8 and m.payload[1:2] == b"\x01")
+    hostile = MediaMessage(8, 0x7FFFFFFF, first_audio.payload)
+    later = [MediaMessage(m.type_id, (m.timestamp + 0x7FFFFFFF + 40) & 0xFFFFFFFF, m.payload)
+             for m in messages[len(messages) // 2:] if m.type_id == 8 or m.payload[1:2] == b"\x01"]
+    tx, out = transcode(messages[: len(messages) // 2] + [hostile] + later,
+                        clock=SegmentClock(19, 17_300), resume_ms=20_011)
+    assert tx.timeline_resets >= 1
+    inits, ends = summary(out)
+    numbers = [e.number for e in ends["240p"]] + [e.number for e in ends["audio"]]
+    # About 3 s away (the slate) plus 2 s of source: a handful of segments, not 2 million.
+    assert max(numbers) <= 19 + 10, max(numbers)
+
+
+def test_audio_a_reconnect_stamps_24_days_ahead_is_bounded_work(tmp_path):
+    """The same, from the reconnect's first audio on: every audio frame 0x7FFFFFFF ms ahead of the video."""
+    messages = source(tmp_path, "skewed", size="426x240", duration=2)
+    skewed = [MediaMessage(m.type_id, (m.timestamp + 0x7FFFFFFF) & 0xFFFFFFFF, m.payload) if m.type_id == 8 else m
+              for m in messages]
+    tx, out = transcode(skewed, clock=SegmentClock(19, 17_300), resume_ms=20_011)
+    assert tx.timeline_resets >= 1
+    inits, ends = summary(out)
+    numbers = [e.number for e in ends["240p"]] + [e.number for e in ends["audio"]]
+    assert max(numbers) <= 19 + 10, max(numbers)

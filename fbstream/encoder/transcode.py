@@ -36,6 +36,11 @@ from fbstream.rtmp.messages import AUDIO, VIDEO
 MS = Fraction(1, 1000)
 #: Segment duration; the MPD's SegmentTemplate@duration.
 SEGMENT_MS = 1000
+#: Two messages of one publisher whose timestamps are further apart than this
+#: start a new timeline (rtmp.idle_timeout drops one silent for 30 s).
+MAX_TIMESTAMP_JUMP_MS = 60_000
+#: Where the first message of a new timeline goes: just after the last one.
+TIMELINE_STEP_MS = 20
 AUDIO_RATE = 48000
 AUDIO_NAME = "audio"
 
@@ -447,6 +452,9 @@ class Transcoder:
         self.fixed_renditions = renditions
         self.frame_rate = frame_rate
         self.origin_ms: int | None = None
+        #: The media time of the last message, and how often its clock jumped.
+        self._last_media_ms: int | None = None
+        self.timeline_resets = 0
         self.video_decoder: Any = None
         self.audio_decoder: Any = None
         self.videos: list[_VideoRendition] = []
@@ -530,9 +538,17 @@ class Transcoder:
     def _media_ms(self, timestamp: int) -> int:
         if self.origin_ms is None:
             self.origin_ms = timestamp
-        # Serial arithmetic: RTMP timestamps wrap at 2**32 ms.
-        delta = (timestamp - self.origin_ms) & 0xFFFFFFFF
-        return (delta - (1 << 32) if delta >= 1 << 31 else delta) + self.resume_ms
+        media_ms = _serial(timestamp - self.origin_ms) + self.resume_ms
+        last = self._last_media_ms
+        if last is not None and abs(media_ms - last) > MAX_TIMESTAMP_JUMP_MS:
+            # No publisher's clock jumps a minute between two messages (one
+            # silent for half that is dropped): a new timeline, which goes on
+            # where the old one was, not hours of slate and stills to fill.
+            self.timeline_resets += 1
+            self.origin_ms = (timestamp - (last + TIMELINE_STEP_MS - self.resume_ms)) & 0xFFFFFFFF
+            media_ms = last + TIMELINE_STEP_MS
+        self._last_media_ms = media_ms
+        return media_ms
 
     # Video -----------------------------------------------------------------
 
@@ -690,6 +706,12 @@ class Transcoder:
             if self.audio.next_sample is None and self.resume_ms > self.clock.base_ms:
                 self._slate_audio(media_ms, frame, out)
             self.audio.feed(frame, media_ms, out)
+
+
+def _serial(delta: int) -> int:
+    """A difference of RTMP timestamps, which wrap at 2**32 ms, as a signed number."""
+    delta &= 0xFFFFFFFF
+    return delta - (1 << 32) if delta >= 1 << 31 else delta
 
 
 class _Refuse(Exception):
