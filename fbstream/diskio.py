@@ -6,32 +6,69 @@ bounded file writer on top of it.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 
+def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
+    return threading.Thread(*args, daemon=True, **kwargs)
+
+
 class ThreadPoolService(Service):
     """
     A dedicated thread pool, started and stopped with the application (not the
     reactor's default pool, which name resolution shares).
+
+    Stopping never blocks the reactor: the pool's workers are joined on a
+    thread of their own, and shutdown waits at most ``stop_timeout`` for a
+    busy one, then goes on without it (workers are daemon threads, so one
+    stuck in a long call does not keep the process alive either).
     """
 
-    def __init__(self, name: str, min_threads: int = 1, max_threads: int = 4) -> None:
+    log = Logger()
+    stop_timeout = 10.0
+
+    def __init__(self, name: str, min_threads: int = 1, max_threads: int = 4, reactor: Any = None) -> None:
         self.pool = ThreadPool(min_threads, max_threads, name=name)
+        self.pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+        self._reactor = reactor
 
     def startService(self) -> None:
         super().startService()
         self.pool.start()
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.pool.stop()
+        if self._reactor is None:
+            from twisted.internet import reactor as default
+
+            self._reactor = default
+        reactor = self._reactor
+        stopped: Deferred[None] = Deferred()
+
+        def fire() -> None:
+            if not stopped.called:  # not already given up on
+                stopped.callback(None)
+
+        def stop() -> None:
+            self.pool.stop()  # joins the workers
+            reactor.callFromThread(fire)
+
+        threading.Thread(target=stop, name="%s-stop" % (self.pool.name,), daemon=True).start()
+
+        def gave_up(failure: Failure) -> None:
+            failure.trap(TimeoutError)
+            self.log.warn("{pool}: a worker is still busy after {s} s; shutting down without it",
+                          pool=self.pool.name, s=self.stop_timeout)
+
+        return stopped.addTimeout(self.stop_timeout, reactor).addErrback(gave_up)
 
 
 class BacklogExceeded(Exception):
