@@ -119,3 +119,48 @@ class ArchiveTests(SynchronousTestCase):
         self.assertIn('type="static"', manifest.mpd(reloaded, 1000.0 + 40).decode())
         with open(os.path.join(directory, "cut", "state.json")) as f:
             self.assertTrue(ArchiveState.from_json(f.read()).ended)
+
+
+class ArchiveWriteFailures(SynchronousTestCase):
+    """Out of file descriptors or disk: a write is retried, then logged as lost; never an unhandled error."""
+
+    def archive(self, failures):
+        from fbstream.encoder.store import Archive
+
+        reactor = InlineReactor()
+        pool = StepPool()
+        archive = Archive(self.mktemp(), pool, reactor)
+        real = __import__("fbstream.encoder.store", fromlist=["_write_atomically"])._write_atomically
+        calls = []
+
+        def flaky(path, data):
+            calls.append(path)
+            if len(calls) <= failures:
+                raise OSError(24, "Too many open files")
+            return real(path, data)
+
+        self.patch(__import__("fbstream.encoder.store", fromlist=["x"]), "_write_atomically", flaky)
+        return archive, reactor, pool, calls
+
+    def run_until_settled(self, reactor, pool):
+        for _ in range(10):
+            pool.run_all()
+            reactor.advance(5)
+        pool.run_all()
+
+    def test_a_transient_error_is_retried(self):
+        archive, reactor, pool, calls = self.archive(failures=2)
+        d = archive.write("cam", ("240p", "7.m4s"), b"segment")
+        self.run_until_settled(reactor, pool)
+        self.assertIs(self.successResultOf(d), True)
+        self.assertEqual(len(calls), 3)
+        with open(archive.path("cam", "240p", "7.m4s"), "rb") as f:
+            self.assertEqual(f.read(), b"segment")
+
+    def test_a_lasting_error_is_a_logged_loss(self):
+        archive, reactor, pool, calls = self.archive(failures=100)
+        d = archive.write("cam", ("240p", "7.m4s"), b"segment")
+        self.run_until_settled(reactor, pool)
+        self.assertIs(self.successResultOf(d), False)
+        self.assertEqual(len(calls), 1 + len(archive.RETRY_DELAYS))
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from fbstream.encoder import fmp4
+from fbstream.encoder import metrics as em
 from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo, SegmentClock
 
 
@@ -416,8 +417,34 @@ class Archive:
     def _run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
-    def write(self, stream: str, relative: tuple[str, ...], data: bytes) -> Deferred[None]:
-        return self._run(_write_atomically, self.path(stream, *relative), data)
+    #: Seconds before each retry of a write the system refused (out of file
+    #: descriptors, a full disk that is being cleared): a few seconds in all.
+    RETRY_DELAYS = (0.5, 1.0, 2.0)
+
+    def write(self, stream: str, relative: tuple[str, ...], data: bytes) -> Deferred[bool]:
+        """
+        Write a file of the archive; fires True once it is, or False once it
+        is given up as lost (retried on an OS error, then logged and counted).
+        Never fails: a lost file of the replay must not stop the live video.
+        """
+        path = self.path(stream, *relative)
+        done: Deferred[bool] = Deferred()
+
+        def attempt(n: int) -> None:
+            self._run(_write_atomically, path, data).addCallbacks(lambda _: done.callback(True), failed,
+                                                                 errbackArgs=(n,))
+
+        def failed(failure: Any, n: int) -> None:
+            if failure.check(OSError) and n < len(self.RETRY_DELAYS):
+                self.reactor.callLater(self.RETRY_DELAYS[n], attempt, n + 1)
+                return
+            em.ARCHIVE_LOST.inc()
+            self.log.error("archive: {path} is lost ({n} tries): {e}", path=path, n=n + 1,
+                           e=failure.getErrorMessage())
+            done.callback(False)
+
+        attempt(0)
+        return done
 
     def read(self, stream: str, relative: tuple[str, ...]) -> Deferred[bytes | None]:
         return self._run(_read_or_none, self.path(stream, *relative))
