@@ -4,7 +4,7 @@ import pytest
 
 from fbstream.rtmp import amf0, messages as m
 from fbstream.rtmp import connection as c
-from fbstream.rtmp.chunk import ChunkEncoder, Message
+from fbstream.rtmp.chunk import MAX_CHUNK_SIZE, ChunkEncoder, Message
 from fbstream.rtmp.errors import ProtocolError
 from fbstream.rtmp.handshake import ClientHandshake
 
@@ -263,3 +263,27 @@ def test_commands_held_for_a_refused_connect_are_dropped():
     pair.server.reject_connect(req, "unknown application")
     _, events = pair.pump()
     assert [type(e) for e in events] == [c.CommandFailed]
+
+
+def test_a_peer_not_yet_publishing_may_hold_little_memory():
+    """Half a 16 MiB chunk before connect was 23 MiB held per connection; now it is a protocol error."""
+    pair = Pair()
+    pair.server.receive(pair.client.bytes_to_send())
+    pair.client.receive(pair.server.bytes_to_send())
+    enc = ChunkEncoder()
+    data = enc.set_chunk_size(MAX_CHUNK_SIZE) + enc.encode(3, 0, m.COMMAND_AMF0, 0, b"\x02" * 1_000_000)
+    with pytest.raises(ProtocolError, match="unfinished chunks"):
+        for i in range(0, 200_000, 4096):  # the first 200 KB of it, as TCP delivers it
+            pair.server.receive(pair.client.bytes_to_send() + data[i:i + 4096])
+
+
+def test_an_accepted_publisher_may_send_large_messages():
+    pair = Pair()
+    preq = pair.publish()
+    pair.server.accept_publish(preq)
+    pair.pump()
+    keyframe = b"\x17\x01\x00\x00\x00" + bytes(3_000_000)
+    pair.client.send_media(preq.stream_id, m.VIDEO, 0, keyframe)
+    events, _ = pair.pump()
+    media = [e for e in events if isinstance(e, c.MediaReceived)]
+    assert len(media) == 1 and len(media[0].payload) == len(keyframe)

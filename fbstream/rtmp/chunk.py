@@ -102,7 +102,8 @@ class ChunkDecoder:
 
     :param max_message_size: longer messages are a :class:`ProtocolError`.
     :param max_chunk_streams: more distinct csids than this are a ``ProtocolError``.
-    :param max_pending: bytes of unfinished messages held at once, across csids.
+    :param max_pending: bytes of unfinished chunks and messages held at once,
+        across csids (settable: a server raises it once it trusts the peer).
     """
 
     def __init__(
@@ -136,6 +137,9 @@ class ChunkDecoder:
             pos = nxt
         if pos:
             del buf[:pos]
+        if len(buf) + self._pending > self.max_pending:
+            # A chunk not whole yet counts as much as a message not whole yet.
+            raise ProtocolError("more than %d bytes of unfinished chunks and messages" % (self.max_pending,))
         return out
 
     @property

@@ -124,6 +124,9 @@ Event = Any
 
 #: Commands a client may send after ``connect`` before it is answered.
 MAX_EARLY_COMMANDS = 8
+#: Bytes of unfinished chunks and messages a connection may hold before it
+#: is an accepted publisher (commands are a few hundred bytes).
+UNTRUSTED_BUDGET = 64 * 1024
 
 
 class _State(enum.Enum):
@@ -291,6 +294,10 @@ class ServerConnection(_Connection):
         out_chunk_size: int = OUT_CHUNK_SIZE,
     ) -> None:
         super().__init__(ServerHandshake(time_ms), max_message_size, max_chunk_streams)
+        # Until it is an accepted publisher, a peer gets a small memory budget:
+        # a connection that never gets that far cannot hold megabytes.
+        self._publisher_budget = self._decoder.max_pending
+        self._decoder.max_pending = UNTRUSTED_BUDGET
         self._out_chunk_size = out_chunk_size
         self._next_stream_id = 1
         #: Message stream id -> "created", "publish", "play".
@@ -431,6 +438,8 @@ class ServerConnection(_Connection):
         )
 
     def accept_publish(self, request: PublishRequest) -> None:
+        # An accepted publisher may send messages as large as it likes (up to max_message_size).
+        self._decoder.max_pending = self._publisher_budget
         self.streams[request.stream_id] = "publish"
         self._published_names[request.name] = request.stream_id
         self._control(m.USER_CONTROL, m.user_control(m.UC_STREAM_BEGIN, request.stream_id))
