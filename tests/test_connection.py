@@ -287,3 +287,25 @@ def test_an_accepted_publisher_may_send_large_messages():
     events, _ = pair.pump()
     media = [e for e in events if isinstance(e, c.MediaReceived)]
     assert len(media) == 1 and len(media[0].payload) == len(keyframe)
+
+
+def test_a_flood_of_pings_is_refused():
+    pair = Pair()
+    pair.server.receive(pair.client.bytes_to_send())
+    pair.client.receive(pair.server.bytes_to_send())
+    ping = ChunkEncoder().encode(2, 0, m.USER_CONTROL, 0, m.user_control(m.UC_PING_REQUEST, 1))
+    with pytest.raises(ProtocolError, match="control messages a second"):
+        pair.server.receive(pair.client.bytes_to_send() + ping * 5000)
+
+
+def test_pings_at_a_client_s_pace_are_answered():
+    pair = Pair()
+    now = [1000.0]
+    pair.server.clock = lambda: now[0]
+    preq = pair.publish()
+    enc = ChunkEncoder()
+    for i in range(3000):  # ten minutes of a ping every 0.2 s
+        now[0] += 0.2
+        pair.server.receive(enc.encode(2, 0, m.USER_CONTROL, 0, m.user_control(m.UC_PING_REQUEST, i)))
+    assert len(pair.server.bytes_to_send()) > 3000 * 10  # every pong
+    assert preq.name == "cam1"

@@ -15,6 +15,8 @@ that stream live?) come out as request events; the owner answers them with
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -122,6 +124,11 @@ class CommandFailed:
 Event = Any
 
 
+#: Protocol control and user control messages (types 1 to 6: pings, window
+#: sizes, acknowledgements) a peer may send, a second and at once. A client
+#: sends a handful a minute; a flood of pings only costs us pongs.
+CONTROL_RATE = 50
+CONTROL_BURST = 200
 #: Commands a client may send after ``connect`` before it is answered.
 MAX_EARLY_COMMANDS = 8
 #: Bytes of unfinished chunks and messages a connection may hold before it
@@ -151,6 +158,11 @@ class _Connection:
         max_chunk_streams: int,
     ) -> None:
         self._handshake = handshake
+        #: Control messages (pings, acknowledgements...) the peer may still
+        #: send now: a bucket of CONTROL_BURST, refilled at CONTROL_RATE a second.
+        self.clock: Callable[[], float] = time.monotonic
+        self._control_tokens = float(CONTROL_BURST)
+        self._control_at: float | None = None
         self._decoder = ChunkDecoder(max_message_size, max_chunk_streams)
         self._encoder = ChunkEncoder()
         self._out: list[bytes] = []
@@ -236,6 +248,8 @@ class _Connection:
         elif t == m.COMMAND_AMF0 or t == m.COMMAND_AMF3:
             name, tid, args = m.parse_command(msg.payload, t)
             self._on_command(msg.stream_id, name, tid, args, events)
+        elif t <= m.SET_PEER_BANDWIDTH and not self._take_control():
+            raise ProtocolError("more than %d control messages a second" % (CONTROL_RATE,))
         elif t == m.SET_CHUNK_SIZE or t == m.ABORT:
             pass  # applied by the decoder before the next chunk
         elif t == m.ACKNOWLEDGEMENT:
@@ -258,6 +272,17 @@ class _Connection:
             pass  # shared objects are not supported; they affect nothing here
         else:
             raise ProtocolError("unknown message type %d" % (t,))
+
+    def _take_control(self) -> bool:
+        now = self.clock()
+        if self._control_at is not None:
+            self._control_tokens = min(float(CONTROL_BURST),
+                                       self._control_tokens + (now - self._control_at) * CONTROL_RATE)
+        self._control_at = now
+        if self._control_tokens < 1.0:
+            return False
+        self._control_tokens -= 1.0
+        return True
 
     def _media(self, msg: Message, events: list[Event]) -> None:
         events.append(MediaReceived(msg.stream_id, msg.type_id, msg.timestamp, msg.payload))
@@ -389,6 +414,17 @@ class ServerConnection(_Connection):
             del self.streams[sid]
         else:
             self.streams[sid] = "created"
+
+    def _take_control(self) -> bool:
+        now = self.clock()
+        if self._control_at is not None:
+            self._control_tokens = min(float(CONTROL_BURST),
+                                       self._control_tokens + (now - self._control_at) * CONTROL_RATE)
+        self._control_at = now
+        if self._control_tokens < 1.0:
+            return False
+        self._control_tokens -= 1.0
+        return True
 
     def _media(self, msg: Message, events: list[Event]) -> None:
         # Media on a stream that is not publishing is dropped, as FMS does.
