@@ -155,3 +155,82 @@ class AgeAcrossTiers(SynchronousTestCase):
             self.upstream_age = garbage
             self.clock.advance(11)
             self.assertEqual(self.age(self.get()), [b"0"])
+
+
+class FarFutureNumbers(SynchronousTestCase):
+    """
+    A flood of distinct segment numbers past the live edge: the first
+    answer from upstream says where the edge is, and the tier answers the
+    rest itself, as the encoder would.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.fetched: list[bytes] = []
+
+        def upstream(path: bytes) -> Deferred:
+            self.fetched.append(path)
+            response = Response(b"not yet\n")
+            response.code = 404
+            response.headers = Headers({b"content-type": [b"text/plain"], b"cache-control": [b"no-store"],
+                                        b"x-fbstream-live-edge": [b"100"]})
+            d: Deferred = Deferred()
+            d.callback(response)
+            return d
+
+        self.cache = CachingResource("pop-proxy", upstream, self.clock, CacheSettings())
+
+    def get(self, path: bytes) -> Viewer:
+        viewer = Viewer()
+        viewer.path = path
+        self.cache.render(viewer)
+        return viewer
+
+    def test_numbers_past_the_edge_are_answered_here(self) -> None:
+        first = self.get(b"/live/cam/720p/5000.m4s")
+        self.assertEqual(first.responseCode, 404)
+        for n in range(5001, 10001):
+            viewer = self.get(b"/live/cam/720p/%d.m4s" % (n,))
+            self.assertEqual(viewer.responseCode, 404)
+            self.assertEqual(viewer.responseHeaders.getRawHeaders(b"cache-control"), [b"no-store"])
+        self.get(b"/live/cam/audio/7777.3.m4s")  # parts too
+        self.assertEqual(self.fetched, [b"/live/cam/720p/5000.m4s"])
+        # Near the edge (which moves on a segment a second) still goes upstream.
+        self.clock.advance(10)
+        self.get(b"/live/cam/720p/113.m4s")
+        self.assertEqual(len(self.fetched), 2)
+        # Another stream knows nothing yet.
+        self.get(b"/live/other/720p/5000.m4s")
+        self.assertEqual(len(self.fetched), 3)
+
+    def test_the_streams_remembered_are_bounded(self) -> None:
+        from fbstream.cache.engine import MAX_EDGES
+
+        for i in range(MAX_EDGES + 50):
+            self.cache.learn_edge(b"/live/s%d/720p/1.m4s" % (i,), [b"1"])
+        self.assertEqual(len(self.cache.edges), MAX_EDGES)
+
+
+class StoreAccounting(SynchronousTestCase):
+    def test_a_negative_entry_costs_what_it_holds(self) -> None:
+        from fbstream.cache.engine import CachedObject, Store
+
+        store = Store(1_000_000, "test")
+        obj = CachedObject(b"/live/cam/720p/notfound.m4s", 404,
+                           [(b"content-type", b"text/plain"), (b"cache-control", b"public, max-age=1")])
+        obj.chunks, obj.size, obj.expires = [b"no such segment\n"], 16, 1001.0
+        store.put(obj, 1000.0)
+        self.assertGreater(store.size, 350)
+
+    def test_expired_entries_are_purged_unasked(self) -> None:
+        from fbstream.cache.engine import CachedObject, Store
+
+        store = Store(100_000_000, "test")
+        for i in range(1000):
+            obj = CachedObject(b"/live/cam/720p/x%d.m4s" % (i,), 404, [])
+            obj.expires = 1001.0 + i / 1000
+            store.put(obj, 1000.0)
+        self.assertEqual(len(store), 1000)
+        store.purge(1003.0)
+        self.assertEqual((len(store), store.size), (0, 0))

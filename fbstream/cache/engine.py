@@ -28,6 +28,7 @@ consumer) and it resumes where it was; one paused for longer than
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import OrderedDict
 from typing import Any, Callable
@@ -45,10 +46,16 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from fbstream.cache import metrics as cm
-from fbstream.live.urls import PLAYBACK_PATH, playlist_key, playlist_query
+from fbstream.live.urls import LIVE_EDGE_HEADER, MEDIA_PATH, PLAYBACK_PATH, playlist_key, playlist_query
 
 #: Response headers passed from upstream to viewers (and kept in the cache).
-PASSED_HEADERS = (b"content-type", b"cache-control", b"x-fbstream-segment", b"access-control-allow-origin")
+PASSED_HEADERS = (b"content-type", b"cache-control", b"x-fbstream-segment", b"access-control-allow-origin",
+                  LIVE_EDGE_HEADER)
+#: Segments past the live edge a tier lets through upstream: the encoder's
+#: own margin (encoder.hold_segments, 2) and one for the clock.
+PAST_EDGE_MARGIN = 3
+#: Streams whose live edge a tier remembers (the least recently asked forgotten).
+MAX_EDGES = 10_000
 IMMUTABLE = b"public, max-age=31536000, immutable"
 _MAX_AGE = re.compile(rb"max-age=(\d+)")
 _AGE = re.compile(rb"^\s*(\d+)\s*$")
@@ -115,13 +122,30 @@ def _age_of(values: list[bytes]) -> float:
     return 0.0
 
 
+#: What an object costs the store beyond its body and headers: the entry,
+#: its key's object, the chunk list (measured: about 400 B for a 404).
+ENTRY_OVERHEAD = 320
+
+
+def cost(obj: CachedObject) -> int:
+    """The bytes an object holds in the store, a body-less 404 included."""
+    return obj.size + len(obj.key) + sum(len(n) + len(v) for n, v in obj.headers) + ENTRY_OVERHEAD
+
+
 class Store:
-    """The complete objects, LRU, bounded in bytes."""
+    """
+    The complete objects, LRU, bounded in bytes (each at its real cost).
+    Objects that expire within a day are also purged once expired, whether
+    or not anyone asks for them again.
+    """
 
     def __init__(self, max_bytes: int, tier: str) -> None:
         self.max_bytes = max_bytes
         self.size = 0
         self._objects: OrderedDict[bytes, CachedObject] = OrderedDict()
+        self._costs: dict[bytes, int] = {}
+        #: (expiry, key) of short-lived objects, soonest first.
+        self._expiring: list[tuple[float, bytes]] = []
         self._tier = tier
 
     def get(self, key: bytes, now: float) -> CachedObject | None:
@@ -134,22 +158,40 @@ class Store:
         self._objects.move_to_end(key)
         return obj
 
-    def put(self, obj: CachedObject) -> None:
-        if obj.size > self.max_bytes // 4:
+    def put(self, obj: CachedObject, now: float | None = None) -> None:
+        if now is not None:
+            self.purge(now)
+        size = cost(obj)
+        if size > self.max_bytes // 4:
             return  # one object may not push out most of the cache
         if obj.key in self._objects:
             self._remove(obj.key)
         self._objects[obj.key] = obj
-        self.size += obj.size
+        self._costs[obj.key] = size
+        self.size += size
+        if now is not None and obj.expires < now + 86400:
+            heapq.heappush(self._expiring, (obj.expires, obj.key))
         while self.size > self.max_bytes and self._objects:
             key = next(iter(self._objects))
             self._remove(key)
             cm.EVICTIONS.labels(tier=self._tier).inc()
         cm.STORED_BYTES.labels(tier=self._tier).set(self.size)
 
+    def purge(self, now: float) -> None:
+        """Remove what has expired of the short-lived objects."""
+        expiring = self._expiring
+        while expiring and expiring[0][0] <= now:
+            expires, key = heapq.heappop(expiring)
+            obj = self._objects.get(key)
+            if obj is not None and obj.expires == expires:
+                self._remove(key)
+        if len(expiring) > 2 * len(self._objects) + 1024:  # stale entries of replaced objects
+            self._expiring = [(e, k) for e, k in expiring if k in self._objects]
+            heapq.heapify(self._expiring)
+
     def _remove(self, key: bytes) -> None:
-        obj = self._objects.pop(key)
-        self.size -= obj.size
+        self._objects.pop(key)
+        self.size -= self._costs.pop(key)
         cm.STORED_BYTES.labels(tier=self._tier).set(self.size)
 
     def __len__(self) -> int:
@@ -346,6 +388,8 @@ class Fetch:
         else:
             stored = headers
         self.obj = CachedObject(self.key, response.code, headers)
+        if response.code == 404:
+            self.cache.learn_edge(self.key, response.headers.getRawHeaders(LIVE_EDGE_HEADER) or [])
         self.obj.born = self.cache.clock.seconds() - _age_of(response.headers.getRawHeaders(b"age") or [])
         self._stored_headers = stored
         # Only now that this answer is the object: a cancelled attempt's
@@ -417,7 +461,7 @@ class Fetch:
             stored.born = obj.born
             stored.expires = obj.born + lifetime
             if stored.expires > self.cache.clock.seconds():  # not already stale upstream
-                self.cache.store.put(stored)
+                self.cache.store.put(stored, self.cache.clock.seconds())
         self.cache._fetch_done(self)
         for viewer in list(self.viewers):
             viewer.more()
@@ -485,6 +529,9 @@ class CachingResource(Resource):
         self.passthrough = passthrough
         self.store = Store(settings.max_bytes, tier)
         self.fetches: dict[bytes, Fetch] = {}
+        #: Stream id -> (the live edge a "not yet" answer gave, when it came).
+        self.edges: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        self.m_past_edge = cm.PAST_THE_EDGE.labels(tier=tier)
         self.m_requests = cm.REQUESTS.labels(tier=tier)
         self.m_hits = cm.HITS.labels(tier=tier)
         self.m_misses = cm.MISSES.labels(tier=tier)
@@ -505,7 +552,11 @@ class CachingResource(Resource):
             # An LL-HLS blocking reload is its own object: every viewer
             # blocked on the same part shares one request upstream.
             path = playlist_key(path, playlist_query(request.args or {}))
-        obj = self.store.get(path, self.clock.seconds())
+        now = self.clock.seconds()
+        media = MEDIA_PATH.match(path)
+        if media is not None and self._past_the_edge(media.group(1), int(media.group(2)), now, request):
+            return b"segment %s is not available yet\n" % (media.group(2),)
+        obj = self.store.get(path, now)
         if obj is not None:
             self.m_hits.inc()
             Viewer(self, request, b"HIT").headers(obj)
@@ -529,6 +580,38 @@ class CachingResource(Resource):
             if fetch.obj is not None:
                 viewer.headers(fetch.obj)
         return NOT_DONE_YET
+
+    def _past_the_edge(self, stream: bytes, number: int, now: float, request: Request) -> bool:
+        """
+        Whether ``number`` is further past the stream's live edge than any
+        player may ask for, as far as a recent answer from upstream says: then
+        it is answered here, as the encoder would, without a fetch (a flood of
+        distinct far-future numbers would otherwise reach the encoder).
+        """
+        known = self.edges.get(stream)
+        if known is None:
+            return False
+        self.edges.move_to_end(stream)
+        edge = known[0] + int(now - known[1])  # one segment a second
+        if number <= edge + PAST_EDGE_MARGIN:
+            return False
+        self.m_past_edge.inc()
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(LIVE_EDGE_HEADER, b"%d" % (edge,))
+        return True
+
+    def learn_edge(self, path: bytes, values: list[bytes]) -> None:
+        """A "not yet" answer for ``path`` said where the live edge is."""
+        media = MEDIA_PATH.match(path)
+        if media is None or not values or not values[0].isdigit() or len(values[0]) > 18:
+            return
+        stream = media.group(1)
+        self.edges[stream] = (int(values[0]), self.clock.seconds())
+        self.edges.move_to_end(stream)
+        while len(self.edges) > MAX_EDGES:
+            self.edges.popitem(last=False)
 
     def _left(self, viewer: Viewer) -> None:
         """A viewer is gone; if it was the last one of an unfinished fetch, cancel it."""

@@ -15,3 +15,5 @@ BYTES_UPSTREAM = Counter("fbstream_cache_bytes_upstream", "Body bytes received f
 EVICTIONS = Counter("fbstream_cache_evictions", "Objects evicted to stay within the byte bound", ["tier"])
 STORED_BYTES = Gauge("fbstream_cache_stored_bytes", "Bytes held in the store", ["tier"])
 DROPPED_VIEWERS = Counter("fbstream_cache_dropped_viewers", "Viewers dropped for not reading", ["tier"])
+PAST_THE_EDGE = Counter("fbstream_cache_past_the_edge",
+                        "Requests for segments well past the live edge, answered 404 here", ["tier"])

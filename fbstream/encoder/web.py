@@ -27,7 +27,7 @@ from fbstream.encoder import manifest
 from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
 from fbstream.encoder.transcode import SEGMENT_MS
 from fbstream.encoder.fmp4 import chunks_of
-from fbstream.live.urls import INIT, PART, RENDITION, SEGMENT, STREAM_ID, playlist_query
+from fbstream.live.urls import INIT, LIVE_EDGE_HEADER, PART, RENDITION, SEGMENT, STREAM_ID, playlist_query
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 #: A live segment that does not exist yet may exist a moment later (an
@@ -186,6 +186,7 @@ class LiveResource(Resource):
             # encoder dropped while behind) and never will be.
             return _error(request, 404, "segment %d is not available" % (number,))
         if number > self._edge(video) + self.edge.hold_segments:
+            request.setHeader(LIVE_EDGE_HEADER, b"%d" % (self._edge(video),))
             return _error(request, 404, "segment %d is not available yet" % (number,), NOT_YET)
         name = rendition.info.name
         return self._hold_for(
@@ -303,6 +304,7 @@ class LiveResource(Resource):
         if video.ended or (seg is not None and seg.failed):
             return _error(request, 404, "part %d.%d is not available" % (number, index))
         if number > self._edge(video) + self.edge.hold_segments:
+            request.setHeader(LIVE_EDGE_HEADER, b"%d" % (self._edge(video),))
             return _error(request, 404, "part %d.%d is not available yet" % (number, index), NOT_YET)
         name = rendition.info.name
         return self._hold_for(

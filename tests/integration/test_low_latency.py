@@ -108,5 +108,13 @@ def test_herds_at_the_live_edge_are_held_and_coalesced(encoder, viewers_path):
     response, body = yield get("%s/360p/%d.m4s" % (live, msn + 40))
     assert response.code == 404
     assert response.headers.getRawHeaders(b"cache-control") == [b"no-store"]
+    # A flood of distinct far-future numbers: that answer taught every tier
+    # where the edge is, and none of these reaches the encoder.
+    before = misses(tiers)
+    for start in range(0, 2000, 200):
+        results = yield defer.gatherResults([get("%s/360p/%d.m4s" % (live, msn + 50 + n))
+                                             for n in range(start, start + 200)])
+        assert {r.code for r, _ in results} == {404}
+    assert [b - a for a, b in zip(before, misses(tiers))] == [0, 0, 0]
     yield publishing
     yield sleep(0)
