@@ -50,8 +50,13 @@ def _rtmp(listen: str, per_address: int = 0) -> dict[str, Setting]:
     }
 
 
-def _http(listen: str) -> dict[str, Setting]:
-    return {"http.listen": Setting(list, [listen], "endpoint strings for HTTP (/metrics and the role's URLs)")}
+def _http(listen: str, per_address: int = 0) -> dict[str, Setting]:
+    return {
+        "http.listen": Setting(list, [listen], "endpoint strings for HTTP (/metrics and the role's URLs)"),
+        "http.max_connections": Setting(int, 8192, "HTTP connections open at once per listener (keep below ulimit -n)"),
+        "http.max_connections_per_address": Setting(int, per_address, "of those, from one client address (0: no limit)"),
+        "http.head_timeout": Setting(float, 10.0, "seconds a request's head may take to arrive, however it trickles"),
+    }
 
 
 ENCODER: dict[str, Setting] = {
@@ -135,7 +140,7 @@ API: dict[str, Setting] = {
 SCHEMA: dict[str, dict[str, Setting]] = {
     "pop": {
         # Broadcasters reach the PoP; behind it, each client carries many of them.
-        **_rtmp("tcp:1935", per_address=50), **_http("tcp:8080"), **POP, **CACHE, **_relay(60.0), **API, **TOKENS, **REGISTRY,
+        **_rtmp("tcp:1935", per_address=50), **_http("tcp:8080", per_address=256), **POP, **CACHE, **_relay(60.0), **API, **TOKENS, **REGISTRY,
         "relay.dc_proxies": Setting(list, ["dc1=tcp:127.0.0.1:1936"],
                                     "<datacenter>=<endpoint> of each dc-proxy, tried in order "
                                     "([]: publish to this PoP's own hub, no relay)"),

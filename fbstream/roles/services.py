@@ -21,6 +21,7 @@ from twisted.web.server import Request, Site
 from fbstream.cache.ring import HashRing
 from fbstream.config import ConfigError, RoleConfig
 from fbstream.diskio import ThreadPoolService
+from fbstream.limits import ConnectionLimits
 from fbstream.live.hub import IConsumerFactory, StreamHub
 from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
 from fbstream.live.login import Sessions, SessionResource
@@ -375,5 +376,7 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
         service.caches = build_pop(service, config, reactor, root)
     service.site = Site(root, logFormatter=access_log_line)
     service.site.requestFactory = BoundedRequest
-    listen(service, reactor, config["http.listen"], service.site)
+    limited = ConnectionLimits(service.site, reactor, "%s-http" % (role,), config["http.max_connections"],
+                               config["http.max_connections_per_address"], config["http.head_timeout"])
+    listen(service, reactor, config["http.listen"], limited)
     return service

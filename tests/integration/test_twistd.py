@@ -178,3 +178,68 @@ def test_usage_errors_are_not_tracebacks(argv, message):
 def test_twistd_lists_the_plugin():
     result = subprocess.run([twistd(), "--help"], capture_output=True, timeout=60)
     assert b"fbstream" in result.stdout
+
+
+@pytest_twisted.inlineCallbacks
+def test_slowloris_from_one_address_leaves_the_other_viewers_be(tmp_path, request):
+    """
+    300 connections from 127.0.0.2 send a request head a byte at a time: the
+    PoP keeps at most 256 of them (http.max_connections_per_address), cuts
+    every one off once its head is 10 s late (http.head_timeout) whatever it
+    trickles, and a viewer from 127.0.0.1 watches the demo all the while.
+    """
+    if request.config.getoption("reactor", "default") == "asyncio":
+        pytest.skip("runs once, in the default-reactor pass of the suite")
+    from twisted.internet import protocol, reactor
+
+    class Trickle(protocol.Protocol):
+        def connectionMade(self):
+            self.open = True
+            self.sent = 0
+            self.factory.made.append(self)
+            self.send()
+
+        def send(self):
+            if self.open:
+                self.transport.write(b"GET / HTTP/1.1\r\nX-a: "[self.sent:self.sent + 1] or b"a")
+                self.sent += 1
+                self.call = reactor.callLater(1.0, self.send)
+
+        def connectionLost(self, reason):
+            self.open = False
+            self.factory.closed.append(self)
+
+    with all_role_process(tmp_path) as (ports, log):
+        pop = "http://127.0.0.1:%d" % (ports["pop"],)
+        code = yield wait_for_ok(pop + "/live/demo/manifest.mpd", 40)
+        assert code == 200, log.read_text()[-3000:]
+        factory = protocol.ClientFactory()
+        factory.protocol = Trickle
+        factory.made, factory.closed = [], []
+        for _ in range(300):
+            reactor.connectTCP("127.0.0.1", ports["pop"], factory, bindAddress=("127.0.0.2", 0))
+        yield sleep(3)
+        kept = len(factory.made) - len(factory.closed)
+        assert kept <= 256, kept
+        # The viewer from another address: the manifest and the newest segment, throughout.
+        failures = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 12:
+            response = yield treq.get(pop + "/live/demo/manifest.mpd")
+            yield response.content()
+            failures += response.code != 200
+            response = yield treq.get(pop + "/live/index.json")
+            yield response.content()
+            failures += response.code != 200
+            yield sleep(0.5)
+        assert failures == 0
+        # Every trickler is gone: cut off at its deadline (or refused at once).
+        assert len(factory.made) >= 256 and len(factory.closed) == len(factory.made), (
+            len(factory.made), len(factory.closed))
+        for trickler in factory.made:
+            if trickler.open:
+                trickler.call.cancel()
+                trickler.transport.abortConnection()
+        response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports["pop"],))
+        text = yield response.text()
+        assert 'fbstream_http_head_timeouts_total{listener="pop-http"}' in text
