@@ -61,7 +61,7 @@ class ArchiveTests(SynchronousTestCase):
         import time as _time
 
         from fbstream.encoder.service import load_archive
-        from fbstream.encoder.store import Archive, LiveVideo
+        from fbstream.encoder.store import HISTORY, Archive, LiveVideo, history_line
         from fbstream.encoder.transcode import RenditionInfo
         from fbstream.encoder.web import VideoRegistry
 
@@ -74,6 +74,7 @@ class ArchiveTests(SynchronousTestCase):
         video.segment_end("240p", 1, 0, 1000)
         video.end("done")
         archive.write("old", ("state.json",), video.state().to_json().encode())
+        archive.append("old", (HISTORY,), history_line("240p", 1, 0, 1000))
         archive.write("old", ("240p", "1.m4s"), b"moofmdat")
         pool.run_all()
         registry = VideoRegistry()
@@ -90,7 +91,7 @@ class ArchiveTests(SynchronousTestCase):
     def test_a_video_a_restart_interrupted_stays_live_until_its_grace_is_over(self):
         from fbstream.encoder import manifest
         from fbstream.encoder.service import end_unless_resumed, load_archive
-        from fbstream.encoder.store import Archive, ArchiveState, LiveVideo
+        from fbstream.encoder.store import HISTORY, Archive, ArchiveState, LiveVideo, history_line
         from fbstream.encoder.transcode import RenditionInfo
         from fbstream.encoder.web import VideoRegistry
 
@@ -104,6 +105,9 @@ class ArchiveTests(SynchronousTestCase):
             video.segment_end("240p", n, (n - 1) * 1000, 1000)
         # The encoder died here: its last state says live, its period open.
         archive.write("cut", ("state.json",), video.state().to_json().encode())
+        for n in (1, 2, 3):
+            archive.append("cut", (HISTORY,), history_line("240p", n, (n - 1) * 1000, 1000))
+        archive.append("cut", (HISTORY,), b'["240p", 4, 30')  # torn by the crash
         pool.run_all()
         registry = VideoRegistry()
         [reloaded] = load_archive(archive, registry, 120.0)
@@ -164,3 +168,52 @@ class ArchiveWriteFailures(SynchronousTestCase):
         self.assertIs(self.successResultOf(d), False)
         self.assertEqual(len(calls), 1 + len(archive.RETRY_DELAYS))
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class LongBroadcasts(SynchronousTestCase):
+    """A day of history costs each new segment, state write and playlist what an hour does."""
+
+    def video(self, hours):
+        from fbstream.encoder.store import LiveVideo
+        from fbstream.encoder.transcode import RenditionInfo
+
+        video = LiveVideo("long", 1000.0, 120.0, None)
+        for name in ("720p", "240p"):
+            rendition = video.add_rendition(
+                RenditionInfo(name, "video", "avc1.640015", 300000, 426, 240, "30"), b"init")
+            history = Watched((n, ((n - 1) * 1000, 1000)) for n in range(1, int(hours * 3600) + 1))
+            rendition.history = history
+            rendition.newest = max(history)
+        return video
+
+    def test_per_segment_work_does_not_read_the_history(self):
+        from fbstream.encoder import manifest
+
+        for hours in (1, 24):
+            video = self.video(hours)
+            Watched.reads = 0
+            newest = video.renditions["720p"].newest
+            for name in ("720p", "240p"):
+                video.chunk(name, newest + 1, b"moofmdat")
+                video.segment_end(name, newest + 1, newest * 1000, 1000)
+            state = video.state().to_json()
+            manifest.media_playlist(video, video.renditions["720p"])
+            self.assertLess(Watched.reads, 1000, hours)  # the playlist's window, not 86,400
+            self.assertLess(len(state), 2000, hours)
+            self.assertEqual(video.complete_through, newest + 1)
+
+
+class Watched(dict):
+    """A history that counts how many of its numbers are read in order."""
+
+    reads = 0
+
+    def __iter__(self):
+        for key in super().__iter__():
+            Watched.reads += 1
+            yield key
+
+    def __reversed__(self):
+        for key in super().__reversed__():
+            Watched.reads += 1
+            yield key

@@ -207,12 +207,12 @@ def media_playlist(video: LiveVideo, rendition: Rendition, part_hold_back: float
     being made), the next part is an ``EXT-X-PRELOAD-HINT``, and reloads may
     block (``EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD``) until a part exists.
     """
-    numbers: Iterable[int] = sorted(rendition.history)
     live = not video.ended
     if live:
-        keep = int(video.window_seconds * 1000 // SEGMENT_MS)
-        numbers = list(numbers)[-keep:]
-    numbers = list(numbers)
+        # The window only: the cost of a (blocking) reload never grows with the broadcast.
+        numbers = rendition.recent(int(video.window_seconds * 1000 // SEGMENT_MS))
+    else:
+        numbers = sorted(rendition.history)
     period = video.period_of(numbers[0]) if numbers else video.periods[0]
     lines = [
         "#EXTM3U",

@@ -221,7 +221,7 @@ class Broadcasts:
     def _state(self, broadcast: Broadcast) -> dict[str, Any]:
         video = broadcast.video
         assert video is not None
-        last = max((n for r in video.renditions.values() for n in r.history), default=0)
+        last = max((r.newest for r in video.renditions.values()), default=0)
         status = "ended" if broadcast.ended else ("interrupted" if video.interrupted else "live")
         return {
             "status": status,

@@ -145,7 +145,8 @@ def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: floa
         for info in state.renditions:
             rendition = Rendition(RenditionInfo(**info), None)  # init read from the archive
             history = state.segments.get(info["name"], {})
-            rendition.history = {int(n): (v[0], v[1]) for n, v in history.items()}
+            rendition.history = {int(n): (v[0], v[1]) for n, v in sorted(history.items(), key=lambda kv: int(kv[0]))}
+            rendition.newest = max(rendition.history, default=0)
             video.renditions[info["name"]] = rendition
         if state.periods:
             video.periods = [Period(**p) for p in state.periods]

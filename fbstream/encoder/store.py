@@ -86,8 +86,20 @@ class Rendition:
         #: The media timescale of its track (the init segment's ``mdhd``).
         self.timescale = info.timescale
         self.segments: dict[int, Segment] = {}
-        #: Number -> (start_ms, duration_ms) of every complete segment, archived too.
+        #: Number -> (start_ms, duration_ms) of every complete segment, archived
+        #: too, in the order they were made (which is the numbers' order).
         self.history: dict[int, tuple[int, int]] = {}
+        #: The highest number in ``history`` (0: none): kept, never searched for.
+        self.newest = 0
+
+    def recent(self, count: int) -> list[int]:
+        """The ``count`` highest numbers of ``history``, in order, in time independent of its length."""
+        tail: list[int] = []
+        for number in reversed(self.history):
+            tail.append(number)
+            if len(tail) >= count + 8:  # a little slack for any made out of order
+                break
+        return sorted(tail)[-count:] if count else []
 
     def segment(self, number: int) -> Segment:
         seg = self.segments.get(number)
@@ -326,11 +338,10 @@ class LiveVideo:
         seg = rendition.segment(number)
         seg.finish(start_ms, duration_ms)
         rendition.history[number] = (start_ms, duration_ms)
+        rendition.newest = max(rendition.newest, number)
         self._trim(rendition)
         self._parts_changed(rendition)
-        everywhere = min(
-            (max(r.history) if r.history else 0) for r in self.renditions.values()
-        )
+        everywhere = min(r.newest for r in self.renditions.values())
         if everywhere > self.complete_through:
             self.complete_through = everywhere
             self.publish_time = time.time()
@@ -384,15 +395,18 @@ class LiveVideo:
         return period.clock.number_at(media_ms)
 
     def state(self) -> ArchiveState:
+        """
+        What ``state.json`` holds: everything but the segments' history,
+        which grows with the broadcast and is appended a line per segment to
+        ``segments.jsonl`` instead (:func:`history_line`), so writing the
+        state costs the same at any length.
+        """
         return ArchiveState(
             self.stream,
             self.availability_start,
             self.ended,
             [attrs.asdict(r.info) for r in self.renditions.values()],
-            {
-                name: {str(n): list(v) for n, v in sorted(r.history.items())}
-                for name, r in self.renditions.items()
-            },
+            {},
             [attrs.asdict(p) for p in self.periods],
         )
 
@@ -427,12 +441,13 @@ class Archive:
         is given up as lost (retried on an OS error, then logged and counted).
         Never fails: a lost file of the replay must not stop the live video.
         """
-        path = self.path(stream, *relative)
+        return self._retrying(_write_atomically, self.path(stream, *relative), data)
+
+    def _retrying(self, f: Callable[[str, bytes], None], path: str, data: bytes) -> Deferred[bool]:
         done: Deferred[bool] = Deferred()
 
         def attempt(n: int) -> None:
-            self._run(_write_atomically, path, data).addCallbacks(lambda _: done.callback(True), failed,
-                                                                 errbackArgs=(n,))
+            self._run(f, path, data).addCallbacks(lambda _: done.callback(True), failed, errbackArgs=(n,))
 
         def failed(failure: Any, n: int) -> None:
             if failure.check(OSError) and n < len(self.RETRY_DELAYS):
@@ -445,6 +460,10 @@ class Archive:
 
         attempt(0)
         return done
+
+    def append(self, stream: str, relative: tuple[str, ...], data: bytes) -> Deferred[bool]:
+        """Append to a file of the archive, with :meth:`write`'s retries and loss accounting."""
+        return self._retrying(_append, self.path(stream, *relative), data)
 
     def read(self, stream: str, relative: tuple[str, ...]) -> Deferred[bytes | None]:
         return self._run(_read_or_none, self.path(stream, *relative))
@@ -462,9 +481,11 @@ class Archive:
             path = os.path.join(self.directory, name, "state.json")
             try:
                 with open(path) as f:
-                    states.append(ArchiveState.from_json(f.read()))
+                    state = ArchiveState.from_json(f.read())
             except (OSError, ValueError, TypeError):
                 continue
+            _read_history(os.path.join(self.directory, name, HISTORY), state.segments)
+            states.append(state)
         return states
 
     def expire(self, retention_seconds: float, now: float) -> Deferred[list[str]]:
@@ -477,6 +498,34 @@ def _write_atomically(path: str, data: bytes) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+#: The segments' history of an archived video, a JSON line per segment.
+HISTORY = "segments.jsonl"
+
+
+def history_line(rendition: str, number: int, start_ms: int, duration_ms: int) -> bytes:
+    return json.dumps([rendition, number, start_ms, duration_ms]).encode() + b"\n"
+
+
+def _read_history(path: str, segments: dict[str, dict[str, list[int]]]) -> None:
+    """Add the lines of ``path`` to ``segments`` (a torn last line, from a crash, is skipped)."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    rendition, number, start_ms, duration_ms = json.loads(line)
+                    segments.setdefault(str(rendition), {})[str(int(number))] = [int(start_ms), int(duration_ms)]
+                except (ValueError, TypeError):
+                    continue
+    except FileNotFoundError:
+        pass
+
+
+def _append(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(data)
 
 
 def _read_or_none(path: str) -> bytes | None:

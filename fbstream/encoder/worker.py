@@ -23,7 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from fbstream.encoder import metrics as em
-from fbstream.encoder.store import Archive, LiveVideo
+from fbstream.encoder.store import HISTORY, Archive, LiveVideo, history_line
 from fbstream.encoder.transcode import (
     Chunk,
     InitSegment,
@@ -263,6 +263,8 @@ class StreamEncoder:
             em.SEGMENTS.labels(stream=video.stream, rendition=output.rendition).inc()
             if seg is not None and self.archive is not None:
                 self.archive.write(video.stream, (output.rendition, "%d.m4s" % (output.number,)), seg.data())
+                self.archive.append(video.stream, (HISTORY,), history_line(
+                    output.rendition, output.number, output.start_ms, output.duration_ms))
             self._note_complete(before)
         elif isinstance(output, InitSegment):
             video.add_rendition(output.info, output.data)
