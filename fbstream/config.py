@@ -41,6 +41,8 @@ def _rtmp(listen: str, per_address: int = 0) -> dict[str, Setting]:
         "rtmp.max_connections": Setting(int, 1000, "RTMP connections one listener keeps open at once"),
         "rtmp.max_connections_per_address": Setting(
             int, per_address, "of those, how many one client address may hold (0: no limit)"),
+        "rtmp.connects_per_second_per_address": Setting(
+            float, 10.0 if per_address else 0.0, "new connections one address may open a second (0: no limit)"),
         "rtmp.player_queue_bytes": Setting(int, 8 * 1024 * 1024, "bytes a slow player may lag before it is dropped"),
         "rtmp.gop_cache_bytes": Setting(int, 32 * 1024 * 1024, "largest GOP kept for players that join late"),
         "rtmp.video_codecs": Setting(list, ["avc1", "hvc1", "av01", "vp09"], "video codecs publishers may send"),

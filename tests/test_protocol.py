@@ -318,3 +318,19 @@ class PlayTests(SynchronousTestCase):
         server.resumeProducing()
         pump.flush()
         self.assertEqual(len(got), before + 5)
+
+
+class ConnectRateTests(SynchronousTestCase):
+    def test_one_address_opening_connections_fast_is_refused_others_are_not(self):
+        from twisted.internet.address import IPv4Address
+
+        h = Harness(connects_per_second_per_address=5.0)
+
+        def connect(host):
+            return h.factory.buildProtocol(IPv4Address("TCP", host, 40000))
+
+        made = [connect("203.0.113.9") for _ in range(30)]
+        self.assertEqual(sum(p is not None for p in made), 10)  # a burst of twice the rate
+        self.assertIsNotNone(connect("198.51.100.7"))
+        h.clock.advance(1)
+        self.assertEqual(sum(connect("203.0.113.9") is not None for _ in range(10)), 5)

@@ -58,6 +58,7 @@ def rtmp_settings(config: RoleConfig) -> RTMPServerSettings:
         player_queue_bytes=config["rtmp.player_queue_bytes"],
         max_connections=config["rtmp.max_connections"],
         max_connections_per_address=config["rtmp.max_connections_per_address"],
+        connects_per_second_per_address=config["rtmp.connects_per_second_per_address"],
     )
 
 

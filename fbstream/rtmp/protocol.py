@@ -10,7 +10,7 @@ client side used to relay a stream onward and by tests.
 from __future__ import annotations
 
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 import attrs
@@ -75,6 +75,10 @@ class RTMPServerSettings:
     #: broadcasters' listener, at the PoP, sets it; behind it the clients are
     #: PoPs and dc-proxies, each of which carries many broadcasters.
     max_connections_per_address: int = 0
+    #: New connections one client address may open a second (bursts of
+    #: twice that); 0: no limit. A flood of connect-and-drop is refused
+    #: before it costs a handshake.
+    connects_per_second_per_address: float = 0.0
 
 
 class RTMPServerFactory(Factory):
@@ -97,9 +101,14 @@ class RTMPServerFactory(Factory):
         self.open_connections = 0
         #: Client address -> connections it has open (no entry at zero).
         self.by_address: dict[str, int] = {}
+        #: Client address -> (connections it may still open now, when that was).
+        self._connect_tokens: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def buildProtocol(self, addr: Any) -> "RTMPServerProtocol | None":
         host = getattr(addr, "host", None)
+        if host is not None and not self._may_connect(host):
+            RTMP_CONNECTIONS_REFUSED.labels(role=self.role).inc()
+            return None
         per_address = self.settings.max_connections_per_address
         if host is not None and per_address and self.by_address.get(host, 0) >= per_address:
             self.log.warn("refusing RTMP connection from {host}: it has {n} open",
@@ -117,6 +126,19 @@ class RTMPServerFactory(Factory):
         proto = RTMPServerProtocol(self)
         proto.factory = self
         return proto
+
+    def _may_connect(self, host: str) -> bool:
+        rate = self.settings.connects_per_second_per_address
+        if not rate:
+            return True
+        now = self.reactor.seconds()
+        tokens, then = self._connect_tokens.pop(host, (2 * rate, now))
+        tokens = min(2 * rate, tokens + (now - then) * rate)
+        allowed = tokens >= 1.0
+        self._connect_tokens[host] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._connect_tokens) > 10_000:  # addresses remembered: the least recent go
+            self._connect_tokens.popitem(last=False)
+        return allowed
 
 
 @implementer(IPublisher)
