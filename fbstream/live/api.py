@@ -28,6 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from fbstream.live.login import Sessions
+from fbstream.ratelimit import KeyedBuckets
 from fbstream.live.tokens import KeyRing
 
 VIDEO_ID = re.compile(r"^[a-f0-9]{16}$")
@@ -53,30 +54,6 @@ PAGE = 100
 MAX_PAGE = 1000
 
 
-class RateLimit:
-    """A token bucket per caller: ``rate`` per second, up to ``burst`` at once."""
-
-    def __init__(self, clock: Any, rate: float, burst: int, max_callers: int = 1024) -> None:
-        self.clock = clock
-        self.rate = rate
-        self.burst = burst
-        self.max_callers = max_callers
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, caller: str) -> float:
-        """0 if ``caller`` may go on now (and a token is spent), else the seconds until it may."""
-        now = self.clock.seconds()
-        tokens, then = self._buckets.pop(caller, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
-        if len(self._buckets) >= self.max_callers:
-            del self._buckets[next(iter(self._buckets))]  # the least recently seen
-        if tokens >= 1.0:
-            self._buckets[caller] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[caller] = (tokens, now)
-        return (1.0 - tokens) / self.rate
-
-
 def load_api_key(path: str, environ: dict[str, str] | None = None) -> str | None:
     if path:
         with open(path) as f:
@@ -94,7 +71,7 @@ class LiveVideosResource(Resource):
                  sessions: Sessions | None = None) -> None:
         super().__init__()
         self.sessions = sessions
-        self.creating = RateLimit(clock, settings.create_rate, settings.create_burst)
+        self.creating = KeyedBuckets(settings.create_rate, settings.create_burst, max_keys=64)
         self.registry = registry
         self.keys = keys
         self.settings = settings
@@ -116,7 +93,7 @@ class LiveVideosResource(Resource):
             return _json(request, 404, {"error": "no such live video"})
         method = request.method
         if method == b"POST" and video_id is None:
-            wait = self.creating.take("session" if signed_in else "key")
+            wait = self.creating.take("session" if signed_in else "key", self.clock.seconds())
             if wait:
                 request.setHeader(b"retry-after", b"%d" % (max(1, round(wait)),))
                 return _json(request, 429, {"error": "too many live videos created; try again in %d s"

@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from fbstream.ratelimit import TokenBucket
 from fbstream.rtmp import amf0, messages as m
 from fbstream.rtmp.chunk import (
     DEFAULT_MAX_CHUNK_STREAMS,
@@ -161,8 +162,7 @@ class _Connection:
         #: Control messages (pings, acknowledgements...) the peer may still
         #: send now: a bucket of CONTROL_BURST, refilled at CONTROL_RATE a second.
         self.clock: Callable[[], float] = time.monotonic
-        self._control_tokens = float(CONTROL_BURST)
-        self._control_at: float | None = None
+        self._controls = TokenBucket(CONTROL_RATE, CONTROL_BURST)
         self._decoder = ChunkDecoder(max_message_size, max_chunk_streams)
         self._encoder = ChunkEncoder()
         self._out: list[bytes] = []
@@ -248,7 +248,7 @@ class _Connection:
         elif t == m.COMMAND_AMF0 or t == m.COMMAND_AMF3:
             name, tid, args = m.parse_command(msg.payload, t)
             self._on_command(msg.stream_id, name, tid, args, events)
-        elif t <= m.SET_PEER_BANDWIDTH and not self._take_control():
+        elif t <= m.SET_PEER_BANDWIDTH and self._controls.take(self.clock()):
             raise ProtocolError("more than %d control messages a second" % (CONTROL_RATE,))
         elif t == m.SET_CHUNK_SIZE or t == m.ABORT:
             pass  # applied by the decoder before the next chunk
@@ -272,17 +272,6 @@ class _Connection:
             pass  # shared objects are not supported; they affect nothing here
         else:
             raise ProtocolError("unknown message type %d" % (t,))
-
-    def _take_control(self) -> bool:
-        now = self.clock()
-        if self._control_at is not None:
-            self._control_tokens = min(float(CONTROL_BURST),
-                                       self._control_tokens + (now - self._control_at) * CONTROL_RATE)
-        self._control_at = now
-        if self._control_tokens < 1.0:
-            return False
-        self._control_tokens -= 1.0
-        return True
 
     def _media(self, msg: Message, events: list[Event]) -> None:
         events.append(MediaReceived(msg.stream_id, msg.type_id, msg.timestamp, msg.payload))
@@ -414,17 +403,6 @@ class ServerConnection(_Connection):
             del self.streams[sid]
         else:
             self.streams[sid] = "created"
-
-    def _take_control(self) -> bool:
-        now = self.clock()
-        if self._control_at is not None:
-            self._control_tokens = min(float(CONTROL_BURST),
-                                       self._control_tokens + (now - self._control_at) * CONTROL_RATE)
-        self._control_at = now
-        if self._control_tokens < 1.0:
-            return False
-        self._control_tokens -= 1.0
-        return True
 
     def _media(self, msg: Message, events: list[Event]) -> None:
         # Media on a stream that is not publishing is dropped, as FMS does.

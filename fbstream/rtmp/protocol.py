@@ -10,7 +10,7 @@ client side used to relay a stream onward and by tests.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, Callable
 
 import attrs
@@ -40,6 +40,7 @@ from fbstream.metrics import (
     RTMP_PUBLISH_REJECTED,
 )
 from fbstream.live.urls import STREAM_ID_PATTERN
+from fbstream.ratelimit import KeyedBuckets
 from fbstream.rtmp import amf0, connection as c
 from fbstream.rtmp.errors import RTMPError, UnsupportedCodec
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
@@ -101,8 +102,9 @@ class RTMPServerFactory(Factory):
         self.open_connections = 0
         #: Client address -> connections it has open (no entry at zero).
         self.by_address: dict[str, int] = {}
-        #: Client address -> (connections it may still open now, when that was).
-        self._connect_tokens: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        #: New connections per client address, if limited.
+        rate = settings.connects_per_second_per_address
+        self._connects = KeyedBuckets(rate, 2 * rate) if rate else None
 
     def buildProtocol(self, addr: Any) -> "RTMPServerProtocol | None":
         host = getattr(addr, "host", None)
@@ -128,17 +130,7 @@ class RTMPServerFactory(Factory):
         return proto
 
     def _may_connect(self, host: str) -> bool:
-        rate = self.settings.connects_per_second_per_address
-        if not rate:
-            return True
-        now = self.reactor.seconds()
-        tokens, then = self._connect_tokens.pop(host, (2 * rate, now))
-        tokens = min(2 * rate, tokens + (now - then) * rate)
-        allowed = tokens >= 1.0
-        self._connect_tokens[host] = (tokens - 1.0 if allowed else tokens, now)
-        if len(self._connect_tokens) > 10_000:  # addresses remembered: the least recent go
-            self._connect_tokens.popitem(last=False)
-        return allowed
+        return self._connects is None or not self._connects.take(host, self.reactor.seconds())
 
 
 @implementer(IPublisher)
