@@ -25,6 +25,7 @@ class Options(usage.Options):
     optParameters = [
         ["role", "r", "all", "pop, dc-proxy, encoder, origin or all"],
         ["config", "c", None, "TOML configuration file (default: conf/<role>.toml)"],
+        ["keep-logs", None, 10, "rotated twistd --logfile files kept (each 1 MB)", int],
     ]
     optFlags = [
         ["demo", None, "publish a synthetic test pattern (to the encoder's ingest, else the PoP's)"],
@@ -51,7 +52,32 @@ class Options(usage.Options):
             raise usage.UsageError("--demo needs a role with an RTMP ingest (all, pop or encoder)")
 
 
+def keep_rotated_logs(count: int) -> None:
+    """
+    twistd's ``--logfile`` rotates at 1 MB but keeps every rotated file, so a
+    flood of log lines fills the disk; and it offers no option to keep fewer.
+    Its log file is made after this plugin's service (``makeService`` runs
+    first), through ``LogFile.fromFullPath``: from here on that keeps at most
+    ``count`` rotated files unless told otherwise.
+    """
+    from twisted.python import logfile
+
+    made = logfile.LogFile.fromFullPath.__func__  # type: ignore[attr-defined]
+    if getattr(made, "fbstream_keeps", None) is not None:
+        made = made.fbstream_made
+
+    def from_full_path(cls: Any, filename: str, *args: Any, **kwargs: Any) -> Any:
+        if len(args) < 3:
+            kwargs.setdefault("maxRotatedFiles", count)
+        return made(cls, filename, *args, **kwargs)
+
+    from_full_path.fbstream_keeps = count  # type: ignore[attr-defined]
+    from_full_path.fbstream_made = made  # type: ignore[attr-defined]
+    logfile.LogFile.fromFullPath = classmethod(from_full_path)  # type: ignore[method-assign,assignment]
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
+    keep_rotated_logs(options["keep-logs"])
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
