@@ -7,6 +7,10 @@ same dash.js playing nginx-rtmp's 1-second DASH of the same source:
 
 - ``dash.js/fbstream``: ``/?v=demo``, low-latency chunked CMAF;
 - ``hls.js/fbstream``: ``/?v=demo&engine=hls``, LL-HLS;
+- ``rtmpdump/fbstream``: RTMP playback of the source stream at the PoP
+  (pulled through the dc-proxy from the encoder), the seeds' low-latency
+  path; its latency is each frame's arrival less its timestamp's time on the
+  MPD's clock, and a stall a gap of more than 0.5 s between two frames;
 - ``dash.js/nginx-rtmp``: ``/?v=nginx&src=<nginx's MPD>&delay=<2 + early>``:
   Debian's nginx + libnginx-mod-rtmp (``dash_fragment 1s``), fed in real
   time by the demo publisher with a 1 s GOP (nginx-rtmp cuts fragments at
@@ -41,6 +45,7 @@ come up, a player never started or gave no samples), never on a figure.
 from __future__ import annotations
 
 import argparse
+import calendar
 import contextlib
 import itertools
 import json
@@ -73,6 +78,10 @@ FBSTREAM_PLAYERS = (
     ("hls.js/fbstream", "/?v=demo&engine=hls"),
 )
 REFERENCE = "dash.js/nginx-rtmp"
+#: RTMP playback at the PoP: rtmpdump (librtmp) reading the source stream.
+RTMP_PLAYER = "rtmpdump/fbstream"
+#: A gap this long between two video frames arriving is a stall of the RTMP player.
+RTMP_STALL_GAP = 0.5
 #: dash.js's target latency for nginx-rtmp's 1 s fragments (whole segments).
 REFERENCE_DELAY = 2
 NGINX_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
@@ -216,12 +225,12 @@ def descendants(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def fbstream(directory: Path, demo: bool) -> Iterator[int]:
+def fbstream(directory: Path, demo: bool) -> Iterator[dict[str, int]]:
     """
     ``twistd fbstream --role=all`` (the tests' ``all_role_process``: free
     ports, ``--set`` overrides), with the demo stream playable if ``demo``;
-    yields the PoP's HTTP port. Whatever twistd started (the demo publisher)
-    and outlives it is killed by its pid.
+    yields its ports (``pop``: the PoP's HTTP, ``rtmp``: its RTMP). Whatever
+    twistd started (the demo publisher) and outlives it is killed by its pid.
     """
     directory.mkdir()
     mine = set(descendants(os.getpid()))
@@ -241,7 +250,7 @@ def fbstream(directory: Path, demo: bool) -> Iterator[int]:
                     # A few segments of history, as a viewer arriving at a
                     # running stream finds.
                     time.sleep(5)
-                yield ports["pop"]
+                yield ports
             finally:
                 left = [pid for pid in descendants(os.getpid()) if pid not in mine]
     except subprocess.TimeoutExpired:
@@ -357,6 +366,76 @@ def watch(url: str, seconds: float, console: Path) -> dict[str, Any]:
     # The machine's load while it ran: a bench shares the cores.
     seen["load"] = os.getloadavg()[0]
     return seen
+
+
+def rtmp_watch(ports: dict[str, int], seconds: float) -> dict[str, Any]:
+    """
+    rtmpdump plays the demo over RTMP at the PoP for ``seconds``; the FLV it
+    writes is read as it arrives. A frame's live latency is its arrival less
+    the wall-clock time of its timestamp on the MPD's clock
+    (availabilityStartTime plus the timestamp: the encoder starts both at the
+    stream's first message), the measure dash.js uses for its own latency.
+    """
+    mpd = urllib.request.urlopen("http://127.0.0.1:%d/live/demo/manifest.mpd" % (ports["pop"],), timeout=10).read()
+    found = re.search(rb'availabilityStartTime="([^"]+)"', mpd)
+    if found is None:
+        return {"url": "rtmp", "error": "the MPD has no availabilityStartTime"}
+    stamp = found.group(1).decode().rstrip("Z")
+    start = calendar.timegm(time.strptime(stamp.split(".")[0], "%Y-%m-%dT%H:%M:%S")) + float(
+        "0." + stamp.split(".")[1] if "." in stamp else 0)
+    url = "rtmp://127.0.0.1:%d/live/demo" % (ports["rtmp"],)
+    proc = subprocess.Popen([shutil.which("rtmpdump") or "rtmpdump", "-r", url, "-v", "-q", "-o", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    began = time.time()
+    frames: list[tuple[float, int]] = []  # (arrival, timestamp ms) of each video tag
+    buf = b""
+    header_done = False
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+        while time.time() - began < seconds + (frames[0][0] - began if frames else 30):
+            if frames and time.time() - frames[0][0] >= seconds:
+                break
+            try:
+                data = os.read(proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+            except BlockingIOError:
+                time.sleep(0.005)
+                continue
+            if not data:
+                break
+            now = time.time()
+            buf += data
+            if not header_done:
+                if len(buf) < 13:
+                    continue
+                buf, header_done = buf[13:], True
+            while len(buf) >= 15:
+                size = int.from_bytes(buf[1:4], "big")
+                if len(buf) < 15 + size:
+                    break
+                if buf[0] == 9:
+                    frames.append((now, int.from_bytes(buf[4:7], "big") | (buf[7] << 24)))
+                buf = buf[15 + size:]
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    if not frames:
+        return {"url": url, "error": "rtmpdump received no video"}
+    gaps = [b[0] - a[0] for a, b in zip(frames, frames[1:]) if b[0] - a[0] > RTMP_STALL_GAP]
+    samples = []
+    for second in range(int(seconds)):  # the newest frame by each second after the first
+        edge = frames[0][0] + second
+        last = max((f for f in frames if f[0] <= edge), key=lambda f: f[0])
+        samples.append({"currentTime": last[1] / 1000, "latency": last[0] - (start + last[1] / 1000)})
+    values = [v["latency"] for v in samples]
+    summary = {
+        "seconds": len(samples), "stalls": len(gaps), "stalled_seconds": round(sum(gaps), 2),
+        "latency_p50": pct(values, 0.5), "latency_p95": pct(values, 0.95),
+        "first_frame_seconds": round(frames[0][0] - began, 2),
+        "renditions": [["source", frames[0][1] / 1000]], "top_reached_at": frames[0][1] / 1000,
+        "failed": [], "aborted": [], "errors": [],
+    }
+    return {"url": url, "samples": samples, "summary": summary, "load": os.getloadavg()[0]}
 
 
 def played(seen: dict[str, Any]) -> float:
@@ -558,15 +637,24 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     try:
         try:
-            with fbstream(work / "fbstream", demo=True) as pop:
+            with fbstream(work / "fbstream", demo=True) as ports:
                 for name, query in FBSTREAM_PLAYERS:
-                    measure(name, "http://127.0.0.1:%d%s" % (pop, query), args.runs, args.seconds, work, results)
+                    measure(name, "http://127.0.0.1:%d%s" % (ports["pop"], query), args.runs, args.seconds,
+                            work, results)
+                entry = results.setdefault(RTMP_PLAYER, {"url": "rtmp://127.0.0.1:%d/live/demo" % (ports["rtmp"],),
+                                                         "runs": []})
+                for run in range(1, args.runs + 1):
+                    seen = rtmp_watch(ports, args.seconds)
+                    entry["runs"].append(seen)
+                    print(row(RTMP_PLAYER, run, seen))
+                    sys.stdout.flush()
         except RuntimeError as e:
             failures.append("fbstream: %s" % (e,))
             print("BROKEN fbstream: %s" % (e,))
         if not args.no_reference:
             try:
-                with nginx_rtmp(work / "nginx") as reference, fbstream(work / "page", demo=False) as pop:
+                with nginx_rtmp(work / "nginx") as reference, fbstream(work / "page", demo=False) as ports:
+                    pop = ports["pop"]
                     # nginx-rtmp's availabilityStartTime is the publish
                     # command's second, rounded down: dash.js takes every
                     # frame for that much older than it is. Ask it for 2 s of

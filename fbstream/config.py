@@ -142,7 +142,7 @@ API: dict[str, Setting] = {
 SCHEMA: dict[str, dict[str, Setting]] = {
     "pop": {
         # Broadcasters reach the PoP; behind it, each client carries many of them.
-        **_rtmp("tcp:1935", per_address=50), **_http("tcp:8080", per_address=256), **POP, **CACHE, **_relay(60.0), **API, **TOKENS, **REGISTRY,
+        **_rtmp("tcp:1935", per_address=50), **_http("tcp:8080", per_address=1024), **POP, **CACHE, **_relay(60.0), **API, **TOKENS, **REGISTRY,
         "relay.dc_proxies": Setting(list, ["dc1=tcp:127.0.0.1:1936"],
                                     "<datacenter>=<endpoint> of each dc-proxy, tried in order "
                                     "([]: publish to this PoP's own hub, no relay)"),

@@ -150,7 +150,7 @@ def go_live(link: str, title: str) -> dict:
         page.fill("#golive-title", title)
         page.click("#golive-form button[type=submit]")
         page.wait_for_selector("#golive-result:not([hidden])", timeout=20000)
-        shown = {key: page.text_content("#golive-" + key) for key in ("server", "key", "ffmpeg")}
+        shown: dict[str, object] = {key: page.text_content("#golive-" + key) for key in ("server", "key", "ffmpeg")}
         shown["watch"] = page.get_attribute("#golive-watch", "href")
         shown["address"] = page.url
         other = browser.new_context().new_page()  # another browser, with no cookie

@@ -114,6 +114,8 @@ def path_of_viewers():
     pop = build_role(load("pop", os.path.join(ROOT, "conf", "pop.toml"), [
         "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
         "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop_http,),
+        # The herds come from one address (loopback): no per-address limit here.
+        "http.max_connections_per_address=0",
         "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (pop_cache,),
         "pop.cache_hosts=tcp:127.0.0.1:%d" % (pop_cache,),
         "pop.origins=tcp:127.0.0.1:%d" % (origin_http,),

@@ -34,6 +34,8 @@ def viewers_path(encoder):
     pop = build_role(load("pop", os.path.join(ROOT, "conf", "pop.toml"), [
         "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
         "http.listen=tcp:%d:interface=127.0.0.1:backlog=1024" % (pop_http,),
+        # The herds come from one address (loopback): no per-address limit here.
+        "http.max_connections_per_address=0",
         "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (pop_cache,),
         "pop.cache_hosts=tcp:127.0.0.1:%d" % (pop_cache,),
         "pop.origins=tcp:127.0.0.1:%d" % (origin_http,),

@@ -184,7 +184,8 @@ def test_twistd_lists_the_plugin():
 def test_slowloris_from_one_address_leaves_the_other_viewers_be(tmp_path, request):
     """
     300 connections from 127.0.0.2 send a request head a byte at a time: the
-    PoP keeps at most 256 of them (http.max_connections_per_address), cuts
+    PoP keeps at most 256 of them (http.max_connections_per_address, set to
+    256 here), cuts
     every one off once its head is 10 s late (http.head_timeout) whatever it
     trickles, and a viewer from 127.0.0.1 watches the demo all the while.
     """
@@ -209,7 +210,9 @@ def test_slowloris_from_one_address_leaves_the_other_viewers_be(tmp_path, reques
             self.open = False
             self.factory.closed.append(self)
 
-    with all_role_process(tmp_path) as (ports, log):
+    # 256 per address here (1024 by default) keeps the test's sockets few.
+    extra = ("--demo", "--set", "pop.http.max_connections_per_address=256")
+    with all_role_process(tmp_path, extra=extra) as (ports, log):
         pop = "http://127.0.0.1:%d" % (ports["pop"],)
         code = yield wait_for_ok(pop + "/live/demo/manifest.mpd", 40)
         assert code == 200, log.read_text()[-3000:]
