@@ -412,7 +412,9 @@ def rtmp_watch(ports: dict[str, int], seconds: float) -> dict[str, Any]:
                 size = int.from_bytes(buf[1:4], "big")
                 if len(buf) < 15 + size:
                     break
-                if buf[0] == 9:
+                # Video frames only: not the AVC sequence header (a player's
+                # start messages carry it with the stream's first timestamp).
+                if buf[0] == 9 and size >= 2 and not (buf[11] & 0x0F == 7 and buf[12] == 0):
                     frames.append((now, int.from_bytes(buf[4:7], "big") | (buf[7] << 24)))
                 buf = buf[15 + size:]
     finally:
