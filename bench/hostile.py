@@ -200,19 +200,23 @@ def _rtmp_handshaken(port: int, source: str = "127.0.0.1") -> socket.socket | No
         return None
 
 
-def slowloris(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def _open_many(count: int, source: str, port: int) -> list[socket.socket]:
+    """``count`` connections to ``port`` from ``source`` (a loopback address of the attacker's), not waited on."""
     socks = []
-    for _ in range(int(2000 * scale)):
-        if stop.is_set():
-            break
+    for _ in range(count):
         sock = socket.socket()
         try:
-            sock.bind(("127.0.0.2", 0))
+            sock.bind((source, 0))
             sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", port["pop"]))
+            sock.connect_ex(("127.0.0.1", port))
             socks.append(sock)
         except OSError:
             sock.close()
+    return socks
+
+
+def slowloris(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+    socks = _open_many(int(2000 * scale), "127.0.0.2", port["pop"])
     head = b"GET / HTTP/1.1\r\nHost: x\r\nX-a: " + b"a" * 10_000
     sent = 0
     while not stop.is_set():
@@ -300,16 +304,7 @@ def far_future(port: dict[str, int], stop: threading.Event, scale: float) -> Non
 
 
 def rtmp_hog(port: dict[str, int], stop: threading.Event, scale: float) -> None:
-    socks = []
-    for _ in range(int(999 * scale)):
-        sock = socket.socket()
-        try:
-            sock.bind(("127.0.0.3", 0))
-            sock.setblocking(False)
-            sock.connect_ex(("127.0.0.1", port["rtmp"]))
-            socks.append(sock)
-        except OSError:
-            sock.close()
+    socks = _open_many(int(999 * scale), "127.0.0.3", port["rtmp"])
     stop.wait()
     for sock in socks:
         sock.close()
