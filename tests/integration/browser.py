@@ -10,9 +10,12 @@ separate process by the browser tests and by ``bench/playback.py``.
 
 A request counts as failed if the server answered 400 or more, or if it
 ended without a whole response for any reason but the player's own abort
-(``net::ERR_ABORTED``: dash.js cancels a request when it switches rendition
-or seeks; that is the player's choice, not the server's failure). Both kinds
-are listed in ``failed`` and ``aborted``.
+(``net::ERR_ABORTED``: dash.js cancels a request when it abandons a segment
+for another rendition or seeks; that is the player's choice, not the
+server's failure). Both kinds are listed in ``failed`` and ``aborted``.
+Chromium reports a fetch whose body a stream reader read to its end (how
+dash.js reads a growing segment) as ``net::ERR_ABORTED`` too: the page lists
+the segments dash.js read whole, and those are not counted as aborted.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ SAMPLE = """Object.assign({}, window.fbstreamStats, {
     buffered: Array.from({length: document.getElementById('video').buffered.length}, (_, i) =>
         [document.getElementById('video').buffered.start(i), document.getElementById('video').buffered.end(i)]),
     wall: Date.now() / 1000,
+    loaded: window.fbstreamStats.loaded.splice(0),
 })"""
 
 #: Requests of media (segments, parts, init segments) and manifests.
@@ -86,6 +90,7 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
     console: list[str] = []
     failed: list[str] = []
     aborted: list[str] = []
+    loaded: set[str] = set()  # what dash.js read to the end (see the docstring)
 
     def request_failed(r) -> None:
         why = r.failure or ""
@@ -114,13 +119,16 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
         for i in range(int(seconds)):
             # One sample a second on the clock, however long sampling takes.
             time.sleep(max(0.0, began + i - time.monotonic()))
-            samples.append(page.evaluate(SAMPLE))
+            sample = page.evaluate(SAMPLE)
+            loaded.update(sample.pop("loaded", None) or ())
+            samples.append(sample)
         listing = page.evaluate("Array.from(document.querySelectorAll('#videos a')).map(a => a.textContent)")
         stats_line = page.evaluate("document.getElementById('stats').textContent")
         top = page.evaluate("window.fbstreamStats.top")
         if screenshot:
             page.screenshot(path=screenshot)
         browser.close()
+    aborted = [entry for entry in aborted if entry.split()[-1] not in loaded]
     if console_path:
         with open(console_path, "w") as f:
             f.write("\n".join(console) + "\n")
