@@ -519,14 +519,12 @@ class CachingResource(Resource):
         upstream: Callable[[bytes], Deferred[Any]],
         clock: Any,
         settings: CacheSettings,
-        passthrough: Callable[[Request], Any] | None = None,
     ) -> None:
         super().__init__()
         self.tier = tier
         self.upstream = upstream
         self.clock = clock
         self.settings = settings
-        self.passthrough = passthrough
         self.store = Store(settings.max_bytes, tier)
         self.fetches: dict[bytes, Fetch] = {}
         #: Stream id -> (the live edge a "not yet" answer gave, when it came).
@@ -543,8 +541,6 @@ class CachingResource(Resource):
         self.m_requests.inc()
         path = request.path
         if not PLAYBACK_PATH.match(path):
-            if self.passthrough is not None:
-                return self.passthrough(request)
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"not a playback URL\n"

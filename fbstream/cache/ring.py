@@ -42,6 +42,3 @@ class HashRing(Generic[T]):
                 yield self.nodes[owner]
                 if len(seen) == len(self.nodes):
                     return
-
-    def node(self, key: bytes) -> T:
-        return next(self.walk(key))

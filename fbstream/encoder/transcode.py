@@ -469,7 +469,6 @@ class Transcoder:
         self.shedding = False
         self._shed = False
         self.frames_shed = 0
-        self._source_size: tuple[int, int] | None = None
         self._last_video_ms = 0
         #: Audio that arrived before the first video frame fixed the origin.
         self._held_audio: list[MediaMessage] = []
@@ -625,7 +624,6 @@ class Transcoder:
         self.frames_out += 1
 
     def _start_video(self, width: int, height: int, out: list[Output]) -> None:
-        self._source_size = (width, height)
         rate = Fraction(self.frame_rate or 30).limit_denominator(1001)
         specs = self.fixed_renditions or plan(width, height, self.settings.rungs)
         for spec in specs:

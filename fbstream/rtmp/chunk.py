@@ -142,11 +142,6 @@ class ChunkDecoder:
             raise ProtocolError("more than %d bytes of unfinished chunks and messages" % (self.max_pending,))
         return out
 
-    @property
-    def buffered(self) -> int:
-        """Bytes received but not yet part of a whole chunk."""
-        return len(self._buf)
-
     def _chunk(self, buf: bytearray, pos: int, out: list[Message]) -> int:
         """Parse one chunk at ``pos``; return the position after it, or -1 to wait."""
         n = len(buf)

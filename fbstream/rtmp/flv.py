@@ -62,10 +62,6 @@ EX_MPEG2TS_SEQUENCE_START = 5
 EX_MULTITRACK = 6
 EX_MODEX = 7
 
-#: Enhanced RTMP FourCCs we parse.
-ENHANCED_VIDEO_FOURCCS = frozenset({"avc1", "hvc1", "av01", "vp09"})
-
-
 @attrs.frozen
 class VideoTag:
     """The header of a video message."""

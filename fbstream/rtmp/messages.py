@@ -28,26 +28,6 @@ SHARED_OBJECT_AMF0 = 19
 COMMAND_AMF0 = 20
 AGGREGATE = 22
 
-KNOWN_TYPES = frozenset(
-    {
-        SET_CHUNK_SIZE,
-        ABORT,
-        ACKNOWLEDGEMENT,
-        USER_CONTROL,
-        WINDOW_ACK_SIZE,
-        SET_PEER_BANDWIDTH,
-        AUDIO,
-        VIDEO,
-        DATA_AMF3,
-        SHARED_OBJECT_AMF3,
-        COMMAND_AMF3,
-        DATA_AMF0,
-        SHARED_OBJECT_AMF0,
-        COMMAND_AMF0,
-        AGGREGATE,
-    }
-)
-
 # User control event types.
 UC_STREAM_BEGIN = 0
 UC_STREAM_EOF = 1
