@@ -54,6 +54,18 @@ class BacklogTests(SynchronousTestCase):
         self.assertTrue(self.worker.video.ended)
         self.assertEqual(self.worker.video.end_reason, "FCUnpublish")
 
+    def test_an_ended_stream_leaves_no_series_behind(self):
+        from prometheus_client import REGISTRY
+        from prometheus_client.exposition import generate_latest
+
+        for i in range(3):
+            self.worker.media(frame(i * 33, key=i == 0))
+        self.worker.m_lag.observe(0.1)
+        self.assertIn(b'stream="cam"', generate_latest(REGISTRY))
+        self.worker.ended("FCUnpublish")
+        self.pool.run_all()
+        self.assertNotIn(b'stream="cam"', generate_latest(REGISTRY))
+
 
 class ArchiveTests(SynchronousTestCase):
     def test_retention_and_reload(self):

@@ -1,4 +1,10 @@
-"""The encoder's Prometheus metrics (per stream and rendition)."""
+"""
+The encoder's Prometheus metrics (per stream and rendition). A stream's
+series go when the stream ends (:func:`forget`): stream names are the
+broadcasters', and the exposition must not grow with every one ever seen.
+"""
+
+from typing import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -31,3 +37,16 @@ ARCHIVE_LOST = Counter(
     "Archive files (segments, init segments, state) given up after retries: missing from the replay",
     [],
 )
+
+#: The series labelled by stream alone, and by stream and rendition.
+_BY_STREAM = (FRAMES_IN, DROPPED_FRAMES, ENCODE_SECONDS, AVAILABILITY_LAG)
+_BY_RENDITION = (FRAMES_OUT, SEGMENTS)
+
+
+def forget(stream: str, renditions: Iterable[str]) -> None:
+    """Remove every series of ``stream`` (an ended stream's)."""
+    for metric in _BY_STREAM:
+        metric.remove(stream)
+    for name in renditions:
+        for metric in _BY_RENDITION:
+            metric.remove(stream, name)

@@ -363,6 +363,7 @@ class LiveVideo:
         self.ended = True
         self.end_reason = reason
         self.publish_time = time.time()
+        em.forget(self.stream, self.renditions)
         for rendition in self.renditions.values():
             for seg in rendition.segments.values():
                 if not seg.complete:

@@ -238,6 +238,8 @@ class StreamEncoder:
             self.video.end(self._ending or "ended")
         self._write_state()
         em.LIVE_VIDEOS.dec()
+        if self.video.ended:  # what the last batch counted after the end
+            em.forget(self.video.stream, self.video.renditions)
         if not self.done.called:
             self.done.callback(None)
 
