@@ -161,6 +161,20 @@ class LiveAPIHostileTests(SynchronousTestCase):
         status, body = self.call(b"POST", b'{"title": ' + b"[" * 5000 + b"]" * 5000 + b"}")
         self.assertEqual(status, 400, body)
 
+    def test_an_unreachable_registry_is_a_503_and_a_bug_a_500(self) -> None:
+        from twisted.internet.defer import fail
+
+        from fbstream.registry.base import RegistryUnavailable
+
+        registry = self.api.registry
+        self.patch(registry, "list_videos", lambda *a, **k: fail(RegistryUnavailable("no etcd member answered")))
+        status, body = self.call(b"GET")
+        self.assertEqual((status, body), (503, {"error": "the registry is unavailable"}))
+        self.patch(registry, "list_videos", lambda *a, **k: fail(KeyError("a bug")))
+        status, body = self.call(b"GET")
+        self.assertEqual((status, body), (500, {"error": "internal error"}))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
     def test_creation_is_rate_limited_per_caller(self) -> None:
         codes = [self.call(b"POST", b"{}")[0] for _ in range(8)]
         self.assertEqual(codes, [201] * 5 + [429] * 3)

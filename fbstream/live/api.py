@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from fbstream.live.login import Sessions
 from fbstream.ratelimit import KeyedBuckets
 from fbstream.live.tokens import KeyRing
+from fbstream.registry.base import RegistryUnavailable
 
 VIDEO_ID = re.compile(r"^[a-f0-9]{16}$")
 MAX_BODY = 16 * 1024
@@ -92,6 +93,8 @@ class LiveVideosResource(Resource):
         if video_id is not None and not VIDEO_ID.match(video_id):
             return _json(request, 404, {"error": "no such live video"})
         method = request.method
+        gone: list[bool] = []  # the caller hung up: nothing may be written
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
         if method == b"POST" and video_id is None:
             wait = self.creating.take("session" if signed_in else "key", self.clock.seconds())
             if wait:
@@ -108,9 +111,16 @@ class LiveVideosResource(Resource):
             return _json(request, 405, {"error": "method not allowed"})
 
         def failed(failure: Any) -> None:
-            self.log.failure("live API call failed", failure)
-            if not request.finished and not request._disconnected:
-                request.write(_json(request, 503, {"error": "the registry is unavailable"}))
+            # 503 (try again) only when the registry could not be reached;
+            # anything else is a bug here, a 500, logged with its traceback.
+            if failure.check(RegistryUnavailable):
+                self.log.warn("live API call: {error}", error=failure.getErrorMessage())
+                status, error = 503, "the registry is unavailable"
+            else:
+                self.log.failure("live API call failed", failure)
+                status, error = 500, "internal error"
+            if not request.finished and not gone:
+                request.write(_json(request, status, {"error": error}))
                 request.finish()
 
         d.addErrback(failed)
