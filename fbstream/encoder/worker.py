@@ -13,7 +13,8 @@ keyframe (counted and logged), and ingest is never slowed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -41,8 +42,11 @@ from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
 #: How many frame receipt times are remembered for the availability lag.
 _RECEIPTS = 600
 #: Video waiting this long (ms of media) means the transcoder is behind real
-#: time: it sheds frames until the wait is back under SHED_UNTIL_MS.
-SHED_AFTER_MS = 1000
+#: time: it sheds frames until the wait is back under SHED_UNTIL_MS. A viewer
+#: at the 1.2 s target latency holds about a second of media, so shedding
+#: starts while half of that is left: a moment at half the frame rate instead
+#: of a stall.
+SHED_AFTER_MS = 500
 SHED_UNTIL_MS = 300
 
 
@@ -173,8 +177,8 @@ class StreamEncoder:
         finishing = self._ending is not None
         self._busy = True
         # What piled up while the last batch ran is how far behind real time
-        # the transcoder is: past a second it sheds frames until it is back
-        # within a third of one.
+        # the transcoder is: past half a second it sheds frames until it is
+        # back within SHED_UNTIL_MS.
         behind = _video_span(batch)
         if behind > SHED_AFTER_MS or (self.transcoder.shedding and behind > SHED_UNTIL_MS):
             if not self.transcoder.shedding:
