@@ -239,7 +239,7 @@ def main() -> int:
     if not lags:
         print("the bench broke: no segment availability lag was measured", file=sys.stderr)
         return 1
-    p95 = lags[min(len(lags) - 1, int(round(0.95 * (len(lags) - 1))))]
+    p95 = lags[min(len(lags) - 1, round(0.95 * (len(lags) - 1)))]
     print("segment availability lag over %d segments (real-time 720p30 publish): "
           "median %.0f ms, p95 %.0f ms, max %.0f ms (target: median <= 150 ms)"
           % (len(lags), statistics.median(lags) * 1000, p95 * 1000, lags[-1] * 1000))

@@ -54,8 +54,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -122,7 +123,7 @@ class Watch:
         self.threads = [threading.Thread(target=self._lag, daemon=True),
                         threading.Thread(target=self._canary, daemon=True)]
 
-    def __enter__(self) -> "Watch":
+    def __enter__(self) -> Watch:
         for thread in self.threads:
             thread.start()
         return self

@@ -56,7 +56,7 @@ def tail(path: str, lines: int = 20) -> str:
         return ""
 
 
-def wait_port(port: int, proc: "subprocess.Popen[bytes]", name: str, log: str = "", timeout: float = 30) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], name: str, log: str = "", timeout: float = 30) -> None:
     """Wait for ``proc`` to listen on ``port``; it dying or never listening breaks the bench."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -192,7 +192,7 @@ print(" ".join("%.6f" % t for t in ttfb))
 
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p * (len(values) - 1)))]
 
 
 def upstream_counts(port: int) -> dict[str, int]:

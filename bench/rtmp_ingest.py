@@ -29,10 +29,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fbstream.rtmp import amf0, messages as m  # noqa: E402
-from fbstream.rtmp.chunk import ChunkDecoder, ChunkEncoder  # noqa: E402
-from fbstream.rtmp.connection import ServerConnection  # noqa: E402
-from fbstream.rtmp.handshake import ClientHandshake  # noqa: E402
+from fbstream.rtmp import amf0
+from fbstream.rtmp import messages as m
+from fbstream.rtmp.chunk import ChunkDecoder, ChunkEncoder
+from fbstream.rtmp.connection import ServerConnection
+from fbstream.rtmp.handshake import ClientHandshake
 
 READ_SIZE = 65536
 
@@ -117,8 +118,8 @@ def bench_connection(pieces: list[bytes]) -> int:
 
 
 def bench_pyrtmp(data: bytes, chunk_size: int) -> int:
-    from pyrtmp.session_manager import SessionManager
     from pyrtmp import StreamClosedException
+    from pyrtmp.session_manager import SessionManager
 
     async def parse() -> int:
         reader = asyncio.StreamReader(limit=len(data) + 1)
@@ -165,20 +166,20 @@ def main() -> None:
         data = chunked(messages, chunk_size, announce=True)
         pieces = reads(data)
         mb = len(data) / 1e6
-        t, n = best_of(args.runs, lambda: bench_decoder(pieces))
+        t, n = best_of(args.runs, lambda pieces=pieces: bench_decoder(pieces))
         check("ChunkDecoder", n, len(messages) + 1)  # + the Set Chunk Size message
         ours = mb / t
         print("%-8d %-34s %12.1f %10.1f %10d" % (chunk_size, "fbstream ChunkDecoder", mb, ours, n))
         mss = [data[i : i + 1460] for i in range(0, len(data), 1460)]
-        t, n = best_of(args.runs, lambda: bench_decoder(mss))
+        t, n = best_of(args.runs, lambda mss=mss: bench_decoder(mss))
         check("ChunkDecoder, 1460 B reads", n, len(messages) + 1)
         print("%-8d %-34s %12.1f %10.1f %10d" % (chunk_size, "fbstream ChunkDecoder, 1460 B reads", mb, mb / t, n))
-        t, n = best_of(args.runs, lambda: bench_connection(pieces))
+        t, n = best_of(args.runs, lambda pieces=pieces: bench_connection(pieces))
         check("ServerConnection", n, len(messages))
         print("%-8d %-34s %12.1f %10.1f %10d" % (chunk_size, "fbstream ServerConnection (events)", mb, mb / t, n))
         pdata = chunked(small, chunk_size, announce=False)
         expected = len(small)
-        t, n = best_of(1, lambda: bench_pyrtmp(pdata, chunk_size))
+        t, n = best_of(1, lambda pdata=pdata, chunk_size=chunk_size: bench_pyrtmp(pdata, chunk_size))
         if n == 0:
             raise SystemExit("the bench broke: pyrtmp parsed no message (is it still 0.3.1?)")
         theirs = len(pdata) / 1e6 / t

@@ -204,7 +204,7 @@ def _coerce(role: str, key: str, value: Any, where: str, raw: str | None = None)
         return list(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         raise ConfigError(
             "%s: %s must be %s, not %r" % (where, key, kind.__name__, value)
         )

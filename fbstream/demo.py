@@ -19,8 +19,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.protocol import ProcessProtocol
@@ -189,7 +190,7 @@ def demo_url(pop: RoleConfig, name: str = "demo") -> str:
 class _DemoProcess(ProcessProtocol):
     log = Logger()
 
-    def __init__(self, service: "DemoPublisherService") -> None:
+    def __init__(self, service: DemoPublisherService) -> None:
         self.service = service
 
     def errReceived(self, data: bytes) -> None:

@@ -25,9 +25,9 @@ _HEAD_END = b"\r\n\r\n"
 
 
 class _Limited(ProtocolWrapper):
-    factory: "ConnectionLimits"
+    factory: ConnectionLimits
 
-    def __init__(self, factory: "ConnectionLimits", wrapped: Any, address: str | None) -> None:
+    def __init__(self, factory: ConnectionLimits, wrapped: Any, address: str | None) -> None:
         super().__init__(factory, wrapped)  # type: ignore[arg-type]
         self.address = address
         self._deadline: Any = None

@@ -84,7 +84,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = _reactor
     top = MultiService()
     shared: dict[str, Any] = {"all": len(options.configs) > 1}
-    for role, cfg in options.configs.items():
+    for cfg in options.configs.values():
         build_role(cfg, reactor, shared).setServiceParent(top)
     if options["demo"]:
         from fbstream.demo import DemoPublisherService, demo_url

@@ -3,7 +3,8 @@
 import math
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fbstream.rtmp import amf0
 from fbstream.rtmp.errors import AMFError

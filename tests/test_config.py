@@ -71,7 +71,7 @@ def test_bad_files(tmp_path):
         config.load("pop", str(tmp_path / "missing.toml"), [])
     wrong = tmp_path / "wrong.toml"
     wrong.write_text("[http]\nlisten = 8080\n")
-    with pytest.raises(config.ConfigError, match="http.listen must be a string or a list"):
+    with pytest.raises(config.ConfigError, match=r"http\.listen must be a string or a list"):
         config.load("pop", str(wrong), [])
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from fbstream.rtmp import amf0, messages as m
+from fbstream.rtmp import amf0
 from fbstream.rtmp import connection as c
+from fbstream.rtmp import messages as m
 from fbstream.rtmp.chunk import MAX_CHUNK_SIZE, ChunkEncoder, Message
 from fbstream.rtmp.errors import ProtocolError
 from fbstream.rtmp.handshake import ClientHandshake

@@ -9,7 +9,6 @@ from fbstream.encoder.store import LiveVideo
 from fbstream.encoder.transcode import Transcoder, TranscoderSettings
 from fbstream.encoder.worker import StreamEncoder
 from fbstream.live.hub import MediaMessage
-
 from tests.test_record import InlineReactor, StepPool
 
 

@@ -183,7 +183,7 @@ class LiveAPIHostileTests(SynchronousTestCase):
 
     def test_the_list_comes_a_page_at_a_time(self) -> None:
         made = []
-        for i in range(7):
+        for _ in range(7):
             self.clock.advance(10)  # a new bucket token, and a distinct creation time
             made.append(self.call(b"POST", b"{}")[1]["id"])
         status, page = self.call(b"GET", args={b"limit": b"3"})

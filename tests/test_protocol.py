@@ -2,16 +2,15 @@
 
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from fbstream.live.hub import IStreamConsumer, IConsumerFactory, MediaMessage
+from fbstream.live.hub import IConsumerFactory, IStreamConsumer, MediaMessage
 from fbstream.rtmp import amf0
 from fbstream.rtmp.chunk import ChunkEncoder
 from fbstream.rtmp.handshake import ClientHandshake
 from fbstream.rtmp.messages import COMMAND_AMF0, SET_CHUNK_SIZE, VIDEO, command
 from fbstream.rtmp.protocol import RTMPStatusError
-from zope.interface import implementer
-
 from tests.rtmp_helpers import (
     AAC_HEADER,
     AVC_HEADER,

@@ -17,7 +17,13 @@ from fbstream.demo import publish
 from fbstream.encoder.fmp4 import boxes, decode_time, sample_count, timescale
 from fbstream.encoder.ladder import DEFAULT_RUNGS, parse_rungs, plan
 from fbstream.encoder.transcode import (
-    Chunk, InitSegment, Refused, SegmentClock, SegmentEnd, Transcoder, TranscoderSettings,
+    Chunk,
+    InitSegment,
+    Refused,
+    SegmentClock,
+    SegmentEnd,
+    Transcoder,
+    TranscoderSettings,
 )
 from fbstream.live.hub import MediaMessage
 from fbstream.rtmp import flv
@@ -166,10 +172,11 @@ def test_1080p60(tmp_path):
 
 
 def test_frame_rate_from_metadata_reaches_the_manifests(tmp_path):
+    from twisted.internet.testing import MemoryReactorClock
+
     from fbstream.encoder.store import LiveVideo
     from fbstream.encoder.worker import StreamEncoder
     from fbstream.rtmp import amf0
-    from twisted.internet.testing import MemoryReactorClock
 
     tx = Transcoder(TranscoderSettings(parse_rungs(list(DEFAULT_RUNGS))))
     worker = StreamEncoder(LiveVideo("s", 0, 120, None), tx, None, MemoryReactorClock(), None, 3000, print)

@@ -31,7 +31,8 @@ from __future__ import annotations
 import heapq
 import re
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -79,7 +80,7 @@ class CacheSettings:
 class CachedObject:
     """An object in the store, or being fetched into it."""
 
-    __slots__ = ("key", "code", "headers", "chunks", "size", "complete", "expires", "born")
+    __slots__ = ("born", "chunks", "code", "complete", "expires", "headers", "key", "size")
 
     def __init__(self, key: bytes, code: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.key = key
@@ -202,7 +203,7 @@ class Store:
 class Viewer:
     """One request being answered from a cached or growing object."""
 
-    def __init__(self, cache: "CachingResource", request: Request, status: bytes) -> None:
+    def __init__(self, cache: CachingResource, request: Request, status: bytes) -> None:
         self.cache = cache
         self.request = request
         self.status = status  # HIT, MISS or COALESCED, for X-Cache
@@ -308,13 +309,13 @@ class _Discard(Protocol):
 
 
 class _Body(Protocol):
-    def __init__(self, fetch: "Fetch") -> None:
+    def __init__(self, fetch: Fetch) -> None:
         self.fetch = fetch
 
     def dataReceived(self, data: bytes) -> None:
         self.fetch._data(self, data)
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008 (IProtocol's signature)
         self.fetch._body_ended(self, reason)
 
 
@@ -323,7 +324,7 @@ class Fetch:
 
     log = Logger()
 
-    def __init__(self, cache: "CachingResource", key: bytes) -> None:
+    def __init__(self, cache: CachingResource, key: bytes) -> None:
         self.cache = cache
         self.key = key
         self.viewers: list[Viewer] = []

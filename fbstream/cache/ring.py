@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from typing import Generic, Iterator, Sequence, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

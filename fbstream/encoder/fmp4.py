@@ -7,7 +7,7 @@ chunks, and read a chunk's decode time.
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 _HEADER = struct.Struct(">I4s")
 

@@ -44,7 +44,7 @@ def parse_rungs(specs: list[str] | tuple[str, ...]) -> list[Rung]:
 
 
 def _even(value: float) -> int:
-    return max(2, int(round(value / 2)) * 2)
+    return max(2, round(value / 2) * 2)
 
 
 def plan(source_width: int, source_height: int, rungs: list[Rung]) -> list[VideoRendition]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import math
-from typing import Iterable
 from xml.etree import ElementTree as ET
 
 from fbstream.encoder.store import LiveVideo, Period, Rendition, Segment
@@ -26,7 +25,7 @@ NS = "urn:mpeg:dash:schema:mpd:2011"
 
 def iso_time(seconds: float) -> str:
     """``2026-11-21T05:00:00.123Z``: what DASH and our ``/time`` use."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
 
 

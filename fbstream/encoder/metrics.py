@@ -4,7 +4,7 @@ series go when the stream ends (:func:`forget`): stream names are the
 broadcasters', and the exposition must not grow with every one ever seen.
 """
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 

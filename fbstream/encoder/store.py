@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -62,11 +63,11 @@ class Segment:
         self.failed = True
         self._notify()
 
-    def listen(self, callback: Callable[["Segment"], None]) -> None:
+    def listen(self, callback: Callable[[Segment], None]) -> None:
         """Call ``callback`` on every change (a chunk, completion, failure)."""
         self._listeners.append(callback)
 
-    def unlisten(self, callback: Callable[["Segment"], None]) -> None:
+    def unlisten(self, callback: Callable[[Segment], None]) -> None:
         if callback in self._listeners:
             self._listeners.remove(callback)
 
@@ -137,7 +138,7 @@ class Period:
         return (self.first_number - 1) * SEGMENT_MS
 
     @classmethod
-    def after(cls, last: "Period", first_number: int) -> "Period":
+    def after(cls, last: Period, first_number: int) -> Period:
         """The period following ``last``, from the end of its content."""
         assert last.end_ms is not None
         start = last.start_ms + (last.end_ms - last.base_ms)
@@ -166,7 +167,7 @@ class ArchiveState:
         return json.dumps(attrs.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ArchiveState":
+    def from_json(cls, text: str) -> ArchiveState:
         return cls(**json.loads(text))
 
 

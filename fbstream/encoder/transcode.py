@@ -641,7 +641,7 @@ class Transcoder:
             stills.append((rendition, still))
         self._still_video(self.clock.first_number, until_ms, stills, out)
 
-    def _still_video(self, first: int, until_ms: int, stills: list[tuple["_VideoRendition", Any]],
+    def _still_video(self, first: int, until_ms: int, stills: list[tuple[_VideoRendition, Any]],
                      out: list[Output]) -> None:
         """Each rendition's still as a keyframe at every segment start from ``first`` up to ``until_ms``."""
         for number in range(first, self.clock.number_at(until_ms) + 1):

@@ -15,7 +15,8 @@ cache keeps (:data:`NOT_YET`).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -24,9 +25,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from fbstream.encoder import manifest
-from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
-from fbstream.encoder.transcode import SEGMENT_MS
 from fbstream.encoder.fmp4 import chunks_of
+from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
 from fbstream.live.urls import INIT, LIVE_EDGE_HEADER, PART, RENDITION, SEGMENT, STREAM_ID, playlist_query
 
 IMMUTABLE = b"public, max-age=31536000, immutable"

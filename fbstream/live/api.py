@@ -28,8 +28,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from fbstream.live.login import Sessions
-from fbstream.ratelimit import KeyedBuckets
 from fbstream.live.tokens import KeyRing
+from fbstream.ratelimit import KeyedBuckets
 from fbstream.registry.base import RegistryUnavailable
 
 VIDEO_ID = re.compile(r"^[a-f0-9]{16}$")

@@ -9,15 +9,16 @@ the metadata, the codec sequence headers and the media since the last keyframe
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from fbstream.metrics import (
-    RTMP_STREAMS_LIVE,
     RTMP_MEDIA_BYTES,
     RTMP_MEDIA_MESSAGES,
+    RTMP_STREAMS_LIVE,
 )
 from fbstream.rtmp import flv
 from fbstream.rtmp.errors import UnsupportedCodec
@@ -51,7 +52,7 @@ class IStreamConsumer(Interface):
 class IConsumerFactory(Interface):
     """Makes the consumer of each stream that starts."""
 
-    def consumer_for(stream: "LiveStream") -> IStreamConsumer | None:
+    def consumer_for(stream: LiveStream) -> IStreamConsumer | None:
         """Return a consumer for ``stream``, or ``None`` to take no part."""
 
 

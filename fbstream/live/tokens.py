@@ -82,7 +82,7 @@ class KeyRing:
     current: str
 
     @classmethod
-    def parse(cls, text: str) -> "KeyRing":
+    def parse(cls, text: str) -> KeyRing:
         """
         ``kid:hexsecret`` entries separated by commas or newlines, the newest
         (the one that signs) first.
@@ -111,7 +111,7 @@ class KeyRing:
         return cls(keys, order[0])
 
     @classmethod
-    def load(cls, path: str, environ: dict[str, str] | None = None) -> "KeyRing | None":
+    def load(cls, path: str, environ: dict[str, str] | None = None) -> KeyRing | None:
         """The keys in the file ``path`` if given, else ``$FBSTREAM_TOKEN_KEYS``, else None."""
         if path:
             try:
@@ -123,7 +123,7 @@ class KeyRing:
         return cls.parse(text) if text.strip() else None
 
     @classmethod
-    def generate(cls, kid: str = "ephemeral") -> "KeyRing":
+    def generate(cls, kid: str = "ephemeral") -> KeyRing:
         return cls({kid: os.urandom(32)}, kid)
 
     def sign(self, stream: str, datacenter: str, now: float, ttl: float = DEFAULT_TTL) -> str:

@@ -155,7 +155,7 @@ class EtcdRegistry:
             fence_kv = yield self._get(self._key("fence", stream))
             fence = int(_value(fence_kv)) if fence_kv else 0
             fence_rev = fence_kv["mod_revision"] if fence_kv else "0"
-            grant = yield self._call("/v3/lease/grant", {"TTL": max(2, int(round(self.lease_seconds)))})
+            grant = yield self._call("/v3/lease/grant", {"TTL": max(2, round(self.lease_seconds))})
             lease = grant["ID"]
             owner = new_owner(encoder, http, fence + 1)
             reply = yield self._call("/v3/kv/txn", {

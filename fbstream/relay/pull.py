@@ -17,7 +17,8 @@ ended. The hops chain: PoP → dc-proxy → encoder, one pull per hop per stream
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
@@ -42,7 +43,7 @@ class _Pull:
 
     log = Logger()
 
-    def __init__(self, puller: "Puller", name: str) -> None:
+    def __init__(self, puller: Puller, name: str) -> None:
         self.puller = puller
         self.name = name
         self.description = "pull of %s" % (name,)

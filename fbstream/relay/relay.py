@@ -17,7 +17,8 @@ slows the broadcaster), and resumes when it drains.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.endpoints import clientFromString, connectProtocol

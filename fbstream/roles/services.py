@@ -22,15 +22,15 @@ from fbstream.cache.ring import HashRing
 from fbstream.config import ConfigError, RoleConfig
 from fbstream.diskio import ThreadPoolService
 from fbstream.limits import ConnectionLimits
-from fbstream.live.hub import IConsumerFactory, StreamHub
 from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
-from fbstream.live.login import Sessions, SessionResource
+from fbstream.live.hub import IConsumerFactory, StreamHub
 from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest, PublishRefused
+from fbstream.live.login import SessionResource, Sessions
 from fbstream.live.record import FLVRecorderFactory
 from fbstream.live.tokens import KeyConfigError, KeyRing, peek_datacenter, token_from_query
+from fbstream.metrics import ROLE_UP, metrics_resource
 from fbstream.relay.pull import Puller
 from fbstream.relay.relay import RelayIngest
-from fbstream.metrics import ROLE_UP, metrics_resource
 from fbstream.rtmp.protocol import RTMPServerFactory, RTMPServerSettings
 
 
@@ -116,16 +116,15 @@ class BoundedRequest(Request):
 class RoleService(MultiService):
     """One role: its listeners and helpers, with ``hub`` and ``site`` for tests."""
 
-    hub: StreamHub | None = None
-    site: Site | None = None
-    encoder: Any = None
-    broadcasts: Any = None
-    caches: dict[str, Any] = {}
-
     def __init__(self, role: str) -> None:
         super().__init__()
         self.role = role
         self.setName(role)
+        self.hub: StreamHub | None = None
+        self.site: Site | None = None
+        self.encoder: Any = None
+        self.broadcasts: Any = None
+        self.caches: dict[str, Any] = {}
 
     def startService(self) -> None:
         ROLE_UP.labels(role=self.role).set(1)

@@ -70,16 +70,16 @@ class _ChunkStream:
     """Decoder state of one chunk stream id."""
 
     __slots__ = (
-        "timestamp",
+        "continuation",
         "delta",
-        "length",
-        "type_id",
-        "stream_id",
-        "extended",
         "ext_bytes",
+        "extended",
+        "length",
         "parts",
         "received",
-        "continuation",
+        "stream_id",
+        "timestamp",
+        "type_id",
     )
 
     def __init__(self, csid: int) -> None:
@@ -352,7 +352,7 @@ def parse_chunk_size(payload: bytes) -> int:
 
 
 class _OutStream:
-    __slots__ = ("timestamp", "length", "type_id", "stream_id")
+    __slots__ = ("length", "stream_id", "timestamp", "type_id")
 
     def __init__(self, timestamp: int, length: int, type_id: int, stream_id: int) -> None:
         self.timestamp = timestamp

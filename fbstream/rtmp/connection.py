@@ -22,7 +22,8 @@ from typing import Any
 import attrs
 
 from fbstream.ratelimit import TokenBucket
-from fbstream.rtmp import amf0, messages as m
+from fbstream.rtmp import amf0
+from fbstream.rtmp import messages as m
 from fbstream.rtmp.chunk import (
     DEFAULT_MAX_CHUNK_STREAMS,
     DEFAULT_MAX_MESSAGE_SIZE,

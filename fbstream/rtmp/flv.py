@@ -6,7 +6,7 @@ Enhanced RTMP), aggregate messages, and FLV file framing for recorders.
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 

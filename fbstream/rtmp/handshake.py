@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from fbstream.rtmp.errors import ProtocolError
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -30,6 +31,7 @@ from fbstream.live.hub import (
     StreamHub,
 )
 from fbstream.live.ingest import HubIngest, PlayRefused, PublishRefused
+from fbstream.live.urls import STREAM_ID_PATTERN
 from fbstream.metrics import (
     RTMP_CONNECTIONS,
     RTMP_CONNECTIONS_REFUSED,
@@ -39,9 +41,9 @@ from fbstream.metrics import (
     RTMP_PROTOCOL_ERRORS,
     RTMP_PUBLISH_REJECTED,
 )
-from fbstream.live.urls import STREAM_ID_PATTERN
 from fbstream.ratelimit import KeyedBuckets
-from fbstream.rtmp import amf0, connection as c
+from fbstream.rtmp import amf0
+from fbstream.rtmp import connection as c
 from fbstream.rtmp.errors import RTMPError, UnsupportedCodec
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
 
@@ -106,7 +108,7 @@ class RTMPServerFactory(Factory):
         rate = settings.connects_per_second_per_address
         self._connects = KeyedBuckets(rate, 2 * rate) if rate else None
 
-    def buildProtocol(self, addr: Any) -> "RTMPServerProtocol | None":
+    def buildProtocol(self, addr: Any) -> RTMPServerProtocol | None:
         host = getattr(addr, "host", None)
         if host is not None and not self._may_connect(host):
             RTMP_CONNECTIONS_REFUSED.labels(role=self.role).inc()
@@ -135,7 +137,7 @@ class RTMPServerFactory(Factory):
 
 @implementer(IPublisher)
 class _Publisher:
-    def __init__(self, proto: "RTMPServerProtocol", stream_id: int) -> None:
+    def __init__(self, proto: RTMPServerProtocol, stream_id: int) -> None:
         self.proto = proto
         self.stream_id = stream_id
         self.description = proto.peer
@@ -162,7 +164,7 @@ class _Publisher:
 
 @implementer(IPlayer)
 class _Player:
-    def __init__(self, proto: "RTMPServerProtocol", stream_id: int, name: str) -> None:
+    def __init__(self, proto: RTMPServerProtocol, stream_id: int, name: str) -> None:
         self.proto = proto
         self.stream_id = stream_id
         self.name = name

@@ -14,10 +14,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
+from fbstream.rtmp import flv
 from fbstream.rtmp.chunk import ChunkEncoder
 from fbstream.rtmp.handshake import ClientHandshake
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
-from fbstream.rtmp import flv
 
 from .conftest import ffmpeg_play, probe_packets, pyav_counts, pyav_publish, run, sleep, tool
 

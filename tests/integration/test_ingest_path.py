@@ -138,7 +138,7 @@ def test_tokens_are_checked_at_the_encoder(dc):
     code, _ = http("DELETE", "http://127.0.0.1:%d/api/v1/live_videos/%s" % (pop.http, other["id"]))
     assert code == 200
     result = yield pyav_publish(ingest(pop, other), "--duration", "2", "--size", "320x240")
-    assert result[2] != 0 and b"ended" in result[1] or result[2] != 0
+    assert (result[2] != 0 and b"ended" in result[1]) or result[2] != 0
     # The API itself wants its key.
     assert http("GET", "http://127.0.0.1:%d/api/v1/live_videos" % (pop.http,), key="wrong")[0] == 401
     assert http("POST", "http://127.0.0.1:%d/api/v1/live_videos" % (pop.http,), b"[1]")[0] == 400
@@ -314,7 +314,7 @@ def test_rtmp_players_at_two_pops_share_one_pull_each(dc, tmp_path):
             str(tmp_path / "b-ffmpeg.flv"), timeout=60),
     ]
     results = yield defer.gatherResults(players)
-    for name, (out, err, code) in zip(("a-rtmpdump", "b-rtmpdump", "b-ffmpeg"), results):
+    for name, (_out, err, code) in zip(("a-rtmpdump", "b-rtmpdump", "b-ffmpeg"), results):
         path = tmp_path / (name + ".flv")
         assert path.exists() and path.stat().st_size > 50_000, (name, code, err[-1000:])
         first = first_video_packet(path)
