@@ -125,8 +125,8 @@ def measure_path(target_port: int, sink_port: int, name: str, query: str, second
     from twisted.internet.defer import inlineCallbacks
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-    from fbstream.live.hub import MediaMessage
-    from fbstream.rtmp.protocol import RTMPClientProtocol
+    from fbstream.live.rtmp import RTMPClientProtocol
+    from fbstream.media import MediaMessage
 
     latencies: list[float] = []
     result: dict[str, float] = {}

@@ -3,10 +3,11 @@
 from twisted.internet.task import Clock
 from twisted.test.iosim import connectedServerAndClient
 
-from fbstream.live.hub import MediaMessage, StreamHub
+from fbstream.live.hub import StreamHub
+from fbstream.live.rtmp import RTMPClientProtocol, RTMPServerFactory, RTMPServerSettings
+from fbstream.media import MediaMessage
 from fbstream.rtmp import amf0
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
-from fbstream.rtmp.protocol import RTMPClientProtocol, RTMPServerFactory, RTMPServerSettings
 
 METADATA = MediaMessage(
     DATA_AMF0, 0, amf0.encode("@setDataFrame", "onMetaData", amf0.ECMAArray({"width": 640.0, "height": 360.0}))

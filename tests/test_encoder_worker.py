@@ -8,7 +8,7 @@ from fbstream.encoder.ladder import parse_rungs
 from fbstream.encoder.store import LiveVideo
 from fbstream.encoder.transcode import Transcoder, TranscoderSettings
 from fbstream.encoder.worker import StreamEncoder
-from fbstream.live.hub import MediaMessage
+from fbstream.media import MediaMessage
 from tests.test_record import InlineReactor, StepPool
 
 

@@ -5,12 +5,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from fbstream.live.hub import IConsumerFactory, IStreamConsumer, MediaMessage
+from fbstream.live.rtmp import RTMPStatusError
+from fbstream.media import IConsumerFactory, IStreamConsumer, MediaMessage
 from fbstream.rtmp import amf0
 from fbstream.rtmp.chunk import ChunkEncoder
 from fbstream.rtmp.handshake import ClientHandshake
 from fbstream.rtmp.messages import COMMAND_AMF0, SET_CHUNK_SIZE, VIDEO, command
-from fbstream.rtmp.protocol import RTMPStatusError
 from tests.rtmp_helpers import (
     AAC_HEADER,
     AVC_HEADER,

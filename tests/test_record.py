@@ -6,8 +6,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fbstream.diskio import BacklogExceeded, SerialFileWriter
-from fbstream.live.hub import LiveStream, MediaMessage
+from fbstream.live.hub import LiveStream
 from fbstream.live.record import FLVRecorderFactory
+from fbstream.media import MediaMessage
 from fbstream.rtmp import flv
 
 

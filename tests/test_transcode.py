@@ -25,7 +25,7 @@ from fbstream.encoder.transcode import (
     Transcoder,
     TranscoderSettings,
 )
-from fbstream.live.hub import MediaMessage
+from fbstream.media import MediaMessage
 from fbstream.rtmp import flv
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
@@ -22,7 +23,7 @@ from twisted.web.server import Site
 from fbstream.cache.engine import CacheSettings, CachingResource
 from fbstream.cache.upstream import Upstreams
 from fbstream.config import RoleConfig
-from fbstream.encoder.web import TimeResource
+from fbstream.live.clock import TimeResource
 from fbstream.metrics import metrics_resource
 
 
@@ -124,7 +125,6 @@ def build_origin(parent: MultiService, config: RoleConfig, reactor: Any, root: R
 
 def build_pop(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource) -> dict[str, CachingResource]:
     """The proxy layer on ``root`` (the viewers' site); returns both layers' caches."""
-    from fbstream.roles.services import listen
 
     layers: dict[str, CachingResource] = {}
     proxy = caching_tier(
@@ -142,6 +142,7 @@ def build_pop(parent: MultiService, config: RoleConfig, reactor: Any, root: Reso
         cache_root.putChild(b"live", cache)
         cache_root.putChild(b"time", TimeResource(reactor))
         cache_root.putChild(b"metrics", metrics_resource())
-        listen(parent, reactor, config["pop.cache_listen"], Site(cache_root))
+        for description in config["pop.cache_listen"]:
+            strports.service(description, Site(cache_root), reactor=reactor).setServiceParent(parent)
         layers["pop-cache"] = cache
     return layers

@@ -13,20 +13,14 @@ between segments so caches serve it well.
 
 from __future__ import annotations
 
-import datetime
 import math
 from xml.etree import ElementTree as ET
 
 from fbstream.encoder.store import LiveVideo, Period, Rendition, Segment
 from fbstream.encoder.transcode import SEGMENT_MS
+from fbstream.live.clock import iso_time
 
 NS = "urn:mpeg:dash:schema:mpd:2011"
-
-
-def iso_time(seconds: float) -> str:
-    """``2026-11-21T05:00:00.123Z``: what DASH and our ``/time`` use."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
 
 
 def duration(seconds: float) -> str:

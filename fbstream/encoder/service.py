@@ -22,9 +22,11 @@ from fbstream.encoder.ladder import VideoRendition, parse_rungs
 from fbstream.encoder.ownership import Broadcasts
 from fbstream.encoder.store import Archive, LiveVideo, Period, Rendition
 from fbstream.encoder.transcode import RenditionInfo, Transcoder, TranscoderSettings
-from fbstream.encoder.web import LiveEdge, LiveResource, TimeResource, VideoRegistry
+from fbstream.encoder.web import LiveEdge, LiveResource, VideoRegistry
 from fbstream.encoder.worker import StreamEncoder
-from fbstream.live.hub import IConsumerFactory, LiveStream
+from fbstream.live.clock import TimeResource
+from fbstream.live.hub import LiveStream
+from fbstream.media import IConsumerFactory
 
 
 @implementer(IConsumerFactory)

@@ -2,7 +2,7 @@
 The transcoder of one live stream: RTMP media messages in, CMAF segments out.
 
 It runs in a worker thread, never on the reactor, and touches no reactor: feed
-it :class:`~fbstream.live.hub.MediaMessage` s and it returns what they produced
+it :class:`~fbstream.media.MediaMessage` s and it returns what they produced
 (init segments, chunks of the segment being made, segment ends).
 
 How segments are cut: media time starts at the stream's first coded message
@@ -29,7 +29,7 @@ import attrs
 
 from fbstream.encoder.fmp4 import FragmentSplitter
 from fbstream.encoder.ladder import Rung, VideoRendition, plan
-from fbstream.live.hub import MediaMessage
+from fbstream.media import MediaMessage
 from fbstream.rtmp import flv
 from fbstream.rtmp.messages import AUDIO, VIDEO
 

@@ -27,6 +27,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from fbstream.encoder import manifest
 from fbstream.encoder.fmp4 import chunks_of
 from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
+from fbstream.live.clock import iso_time
 from fbstream.live.urls import INIT, LIVE_EDGE_HEADER, PART, RENDITION, SEGMENT, STREAM_ID, playlist_query
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
@@ -87,18 +88,6 @@ def _error(request: Request, code: int, message: str, cache: bytes = b"public, m
 def _started_through(rendition: Rendition) -> int:
     """The newest segment number ``rendition`` has started (or made)."""
     return max(rendition.segments, default=0)
-
-
-class TimeResource(Resource):
-    isLeaf = True
-
-    def __init__(self, clock: Any) -> None:
-        super().__init__()
-        self.clock = clock
-
-    def render_GET(self, request: Request) -> bytes:
-        _headers(request, b"text/plain; charset=utf-8", b"no-store")
-        return manifest.iso_time(self.clock.seconds()).encode()
 
 
 class LiveResource(Resource):
@@ -205,7 +194,7 @@ class LiveResource(Resource):
             {
                 "id": v.stream,
                 "live": not v.ended,
-                "started": manifest.iso_time(v.availability_start),
+                "started": iso_time(v.availability_start),
                 "renditions": sorted(
                     (r.info.name for r in v.renditions.values()), key=lambda n: (n == "audio", n)
                 ),

@@ -34,7 +34,7 @@ from fbstream.encoder.transcode import (
     SegmentEnd,
     Transcoder,
 )
-from fbstream.live.hub import IStreamConsumer, MediaMessage
+from fbstream.media import IStreamConsumer, MediaMessage
 from fbstream.rtmp import amf0, flv
 from fbstream.rtmp.errors import RTMPError
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO

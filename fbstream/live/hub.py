@@ -10,11 +10,10 @@ the metadata, the codec sequence headers and the media since the last keyframe
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
 
+from fbstream.media import IConsumerFactory, IPlayer, IPublisher, IStreamConsumer, MediaMessage
 from fbstream.metrics import (
     RTMP_MEDIA_BYTES,
     RTMP_MEDIA_MESSAGES,
@@ -29,50 +28,6 @@ DEFAULT_MAX_GOP_BYTES = 32 * 1024 * 1024
 
 DEFAULT_VIDEO_CODECS = frozenset({"avc1", "hvc1", "av01", "vp09"})
 DEFAULT_AUDIO_CODECS = frozenset({"AAC", "MP3", "mp4a", "Opus", ".mp3"})
-
-
-class MediaMessage(NamedTuple):
-    """One audio (8), video (9) or AMF0 data (18) message of a live stream."""
-
-    type_id: int
-    timestamp: int
-    payload: bytes
-
-
-class IStreamConsumer(Interface):
-    """Something that takes a live stream's media: an encoder, a recorder, a relay."""
-
-    def media(message: MediaMessage) -> None:
-        """A message arrived, in the publisher's order."""
-
-    def ended(reason: str) -> None:
-        """The publisher is gone; no more messages will come."""
-
-
-class IConsumerFactory(Interface):
-    """Makes the consumer of each stream that starts."""
-
-    def consumer_for(stream: LiveStream) -> IStreamConsumer | None:
-        """Return a consumer for ``stream``, or ``None`` to take no part."""
-
-
-class IPlayer(Interface):
-    """A viewer attached directly to a live stream (an RTMP player)."""
-
-    description = Attribute("Who this is, for logs.")
-
-    def send(message: MediaMessage) -> None:
-        """Deliver one message; must not block, and must bound what it keeps."""
-
-    def stream_ended() -> None:
-        """The publisher left."""
-
-
-class IPublisher(Interface):
-    description = Attribute("Who this is, for logs.")
-
-    def stop(reason: str) -> None:
-        """Disconnect this publisher."""
 
 
 class AlreadyPublishing(Exception):

@@ -19,7 +19,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from zope.interface import Attribute, Interface, implementer
 
-from fbstream.live.hub import AlreadyPublishing, IPublisher, LiveStream, MediaMessage, StreamHub
+from fbstream.live.hub import AlreadyPublishing, LiveStream, StreamHub
+from fbstream.media import IPublisher, MediaMessage
 
 #: Refused because another encoder owns the stream: a dc-proxy tries the next one.
 OWNED_ELSEWHERE = "NetStream.Publish.OwnedElsewhere"

@@ -18,7 +18,8 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from fbstream.diskio import SerialFileWriter
-from fbstream.live.hub import IConsumerFactory, IStreamConsumer, LiveStream, MediaMessage
+from fbstream.live.hub import LiveStream
+from fbstream.media import IConsumerFactory, IStreamConsumer, MediaMessage
 from fbstream.metrics import RECORDER_BYTES, RECORDER_FAILURES
 from fbstream.rtmp import flv
 

@@ -25,13 +25,14 @@ from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from fbstream.live.hub import AlreadyPublishing, IPublisher, LiveStream, MediaMessage, StreamHub
+from fbstream.live.hub import AlreadyPublishing, LiveStream, StreamHub
 from fbstream.live.ingest import PlayRefused
+from fbstream.live.rtmp import RTMPClientProtocol, RTMPStatusError
+from fbstream.media import IPublisher, MediaMessage
 from fbstream.metrics import RELAY_HOP_FAILURES
 from fbstream.rtmp.connection import StatusReceived
 from fbstream.rtmp.errors import RTMPError
 from fbstream.rtmp.messages import DATA_AMF0
-from fbstream.rtmp.protocol import RTMPClientProtocol, RTMPStatusError
 
 #: route(name) -> the next hops' endpoint strings, in the order to try.
 PlayRoute = Callable[[str], list[str]]

@@ -26,11 +26,11 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from fbstream.live.hub import IPublisher, MediaMessage
 from fbstream.live.ingest import IIngest, ISink, PublishRefused
+from fbstream.live.rtmp import RTMPClientProtocol, RTMPStatusError
+from fbstream.media import IPublisher, MediaMessage
 from fbstream.metrics import RELAY_HOP_FAILURES, RELAY_PAUSES, RELAY_SESSIONS
 from fbstream.rtmp.connection import StatusReceived
-from fbstream.rtmp.protocol import RTMPClientProtocol, RTMPStatusError
 
 #: route(name, query) -> the next hops' endpoint strings, in the order to try.
 Route = Callable[[str, str], list[str]]

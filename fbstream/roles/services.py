@@ -10,10 +10,8 @@ import os
 import re
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import strports
 from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocolFactory
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -23,23 +21,16 @@ from fbstream.config import ConfigError, RoleConfig
 from fbstream.diskio import ThreadPoolService
 from fbstream.limits import ConnectionLimits
 from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
-from fbstream.live.hub import IConsumerFactory, StreamHub
+from fbstream.live.hub import StreamHub
 from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest, PublishRefused
 from fbstream.live.login import SessionResource, Sessions
 from fbstream.live.record import FLVRecorderFactory
+from fbstream.live.rtmp import RTMPServerFactory, RTMPServerSettings
 from fbstream.live.tokens import KeyConfigError, KeyRing, peek_datacenter, token_from_query
+from fbstream.media import IConsumerFactory
 from fbstream.metrics import ROLE_UP, metrics_resource
 from fbstream.relay.pull import Puller
 from fbstream.relay.relay import RelayIngest
-from fbstream.rtmp.protocol import RTMPServerFactory, RTMPServerSettings
-
-
-def listen(parent: MultiService, reactor: Any, descriptions: list[str], factory: IProtocolFactory) -> None:
-    """Add one listening service per endpoint string to ``parent``."""
-    for description in descriptions:
-        service = StreamServerEndpointService(serverFromString(reactor, description), factory)
-        service._raiseSynchronously = True  # a port in use fails startup loudly
-        service.setServiceParent(parent)
 
 
 def http_root() -> Resource:
@@ -365,7 +356,8 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
             _Stop(lambda: broadcasts.stop()).setServiceParent(service)
             ingest = HubIngest(service.hub, broadcasts)
         factory = RTMPServerFactory(service.hub, reactor, rtmp_settings(config), ingest, role, puller)
-        listen(service, reactor, config["rtmp.listen"], factory)
+        for description in config["rtmp.listen"]:
+            strports.service(description, factory, reactor=reactor).setServiceParent(service)
     if role == "origin":
         from fbstream.cache.service import build_origin
 
@@ -378,5 +370,7 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
     service.site.requestFactory = BoundedRequest
     limited = ConnectionLimits(service.site, reactor, "%s-http" % (role,), config["http.max_connections"],
                                config["http.max_connections_per_address"], config["http.head_timeout"])
-    listen(service, reactor, config["http.listen"], limited)
+    # strports' services fail startup loudly on a port in use.
+    for description in config["http.listen"]:
+        strports.service(description, limited, reactor=reactor).setServiceParent(service)
     return service

@@ -22,7 +22,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface import implementer
 
 from fbstream.config import load
-from fbstream.live.hub import IConsumerFactory, IStreamConsumer
+from fbstream.media import IConsumerFactory, IStreamConsumer
 from fbstream.roles.services import build_role
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

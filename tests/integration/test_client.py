@@ -10,9 +10,9 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from zope.interface import implementer
 
-from fbstream.live.hub import IConsumerFactory, IStreamConsumer
+from fbstream.live.rtmp import RTMPClientProtocol
+from fbstream.media import IConsumerFactory, IStreamConsumer
 from fbstream.rtmp.messages import VIDEO
-from fbstream.rtmp.protocol import RTMPClientProtocol
 
 from .conftest import ffmpeg_play, pyav_counts, pyav_publish, sleep
 

@@ -9,10 +9,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from fbstream.config import load
-from fbstream.live.hub import MediaMessage
+from fbstream.live.rtmp import RTMPClientProtocol
+from fbstream.media import MediaMessage
 from fbstream.metrics import RELAY_PAUSES
 from fbstream.roles.services import build_role
-from fbstream.rtmp.protocol import RTMPClientProtocol
 
 from .conftest import ROOT, free_port, sleep, start_role
 

@@ -23,15 +23,10 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from fbstream.live.hub import (
-    IPlayer,
-    IPublisher,
-    LiveStream,
-    MediaMessage,
-    StreamHub,
-)
+from fbstream.live.hub import LiveStream, StreamHub
 from fbstream.live.ingest import HubIngest, PlayRefused, PublishRefused
 from fbstream.live.urls import STREAM_ID_PATTERN
+from fbstream.media import IPlayer, IPublisher, MediaMessage
 from fbstream.metrics import (
     RTMP_CONNECTIONS,
     RTMP_CONNECTIONS_REFUSED,
