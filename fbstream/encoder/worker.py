@@ -92,6 +92,8 @@ class StreamEncoder:
         #: Called when a segment is complete everywhere.
         self.on_progress = on_progress
         self._pending: list[MediaMessage] = []
+        #: When the oldest pending message arrived.
+        self._waiting_since = 0.0
         self._busy = False
         self._ending: str | None = None
         self._finished = False
@@ -131,6 +133,8 @@ class StreamEncoder:
                 self._receipts[pts] = self.reactor.seconds()
                 if len(self._receipts) > _RECEIPTS:
                     self._receipts.popitem(last=False)
+        if not self._pending:
+            self._waiting_since = self.reactor.seconds()
         self._pending.append(message)
         self._check_backlog()
         self._kick()
@@ -182,8 +186,11 @@ class StreamEncoder:
         behind = _video_span(batch)
         if behind > SHED_AFTER_MS or (self.transcoder.shedding and behind > SHED_UNTIL_MS):
             if not self.transcoder.shedding:
-                self.log.warn("{stream}: transcoding is {behind} ms behind; encoding half the frames",
-                              stream=self.video.stream, behind=behind)
+                # Media that waited less than it spans came in a burst: the
+                # publisher was late (or the link to it), not only this worker.
+                waited = round((self.reactor.seconds() - self._waiting_since) * 1000)
+                self.log.warn("{stream}: transcoding is {behind} ms behind (the oldest frame waited {waited} ms); "
+                              "encoding half the frames", stream=self.video.stream, behind=behind, waited=waited)
             self.transcoder.shedding = True
         else:
             self.transcoder.shedding = False
