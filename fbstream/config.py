@@ -46,7 +46,8 @@ def _rtmp(listen: str, per_address: int = 0) -> dict[str, Setting]:
         "rtmp.player_queue_bytes": Setting(int, 8 * 1024 * 1024, "bytes a slow player may lag before it is dropped"),
         "rtmp.gop_cache_bytes": Setting(int, 32 * 1024 * 1024, "largest GOP kept for players that join late"),
         "rtmp.video_codecs": Setting(list, ["avc1", "hvc1", "av01", "vp09"], "video codecs publishers may send"),
-        "rtmp.audio_codecs": Setting(list, ["AAC", "MP3", "mp4a", "Opus"], "audio codecs publishers may send"),
+        "rtmp.audio_codecs": Setting(list, ["AAC", "MP3", "mp4a", "Opus", ".mp3"],
+                                     "audio codecs publishers may send (FLV's names, Enhanced RTMP's FourCCs)"),
         "record.dir": Setting(str, "", "record every publish to FLV in this directory (empty: off)"),
         "record.max_backlog": Setting(int, 64 * 1024 * 1024, "bytes a recording may wait for the disk before it is abandoned"),
     }
@@ -88,6 +89,7 @@ CACHE: dict[str, Setting] = {
     "cache.lock_timeout": Setting(float, 8.0, "seconds waiters wait for a first byte before one more upstream try"),
     "cache.upstream_timeout": Setting(float, 10.0, "an upstream answer (or body) silent this long is a 504"),
     "cache.stall_timeout": Setting(float, 30.0, "a viewer that does not read for this long is dropped"),
+    "cache.max_fetches": Setting(int, 10_000, "objects fetched upstream at once; more misses are answered 503"),
 }
 
 POP: dict[str, Setting] = {
@@ -176,6 +178,66 @@ class RoleConfig:
 
 def defaults(role: str) -> dict[str, Any]:
     return {key: setting.default for key, setting in SCHEMA[role].items()}
+
+
+def default(key: str) -> Any:
+    """
+    ``key``'s default where no role sets its own (the most roles' default:
+    the PoP's per-address limits are the PoP's): what the settings classes
+    (``RTMPServerSettings``, ``CacheSettings``, the hub's) default to, so the
+    schema is the one place a default is written.
+    """
+    found = [SCHEMA[role][key].default for role in ROLES if key in SCHEMA[role]]
+    if not found:
+        raise KeyError(key)
+    value = max(found, key=lambda v: sum(1 for other in found if other == v))
+    return list(value) if isinstance(value, list) else value
+
+
+def settings(cls: Any, config: RoleConfig, prefix: str, **overrides: Any) -> Any:
+    """
+    An attrs settings class from ``config``: each field ``name`` from
+    ``<prefix>.<name>``, or from ``overrides``; a field the schema does not
+    have keeps its class default.
+    """
+    values = {}
+    for field in attrs.fields(cls):
+        key = "%s.%s" % (prefix, field.name)
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+        elif key in config.values:
+            values[field.name] = config[key]
+    return cls(**values)
+
+
+def describe() -> str:
+    """Every setting, its type, help and default (each role's where they differ): for ``--help``."""
+    keys: dict[str, list[str]] = {}
+    for role in ROLES:
+        for key in SCHEMA[role]:
+            keys.setdefault(key, []).append(role)
+    lines = []
+    for key in sorted(keys):
+        roles = keys[key]
+        setting = SCHEMA[roles[0]][key]
+        by_role = {role: SCHEMA[role][key].default for role in roles}
+        if len({repr(v) for v in by_role.values()}) == 1:
+            shown = _toml(setting.default)
+        else:
+            shown = "; ".join("%s %s" % (role, _toml(value)) for role, value in by_role.items())
+        lines.append("  %s (%s; %s): %s. Default: %s" % (
+            key, setting.kind.__name__, ", ".join(roles), setting.help, shown))
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"%s"' % (value,)
+    if isinstance(value, list):
+        return "[%s]" % (", ".join(_toml(v) for v in value),)
+    return repr(value)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

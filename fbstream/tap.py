@@ -36,6 +36,10 @@ class Options(usage.Options):
         self["set"] = []
         self.configs: dict[str, _config.RoleConfig] = {}
 
+    def getUsage(self, width: int | None = None) -> str:
+        return "%s\nSettings (in conf/<role>.toml, or --set key=value; the roles that take each):\n%s\n" % (
+            super().getUsage(width), _config.describe())
+
     def opt_set(self, value: str) -> None:
         """Override one setting: dotted.key=value (repeatable)"""
         self["set"].append(value)

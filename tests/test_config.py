@@ -115,3 +115,27 @@ def test_plugin_is_found():
 
     names = [p.tapname for p in getPlugins(IServiceMaker)]
     assert "fbstream" in names
+
+
+def test_help_lists_every_setting_with_its_default():
+    shown = Options().getUsage()
+    for role in config.ROLES:
+        for key, setting in config.SCHEMA[role].items():
+            line = next((row for row in shown.splitlines() if row.startswith("  %s (" % (key,))), None)
+            assert line is not None, key
+            assert setting.help in line and "Default:" in line, line
+
+
+def test_the_settings_classes_take_their_defaults_from_the_schema():
+    from fbstream.cache.engine import CacheSettings
+    from fbstream.live import hub
+    from fbstream.live.rtmp import RTMPServerSettings
+
+    assert RTMPServerSettings().idle_timeout == config.default("rtmp.idle_timeout")
+    assert RTMPServerSettings().max_connections_per_address == 0  # the PoP's limit is the PoP's
+    assert CacheSettings().max_fetches == config.default("cache.max_fetches")
+    assert hub.DEFAULT_AUDIO_CODECS == frozenset(config.default("rtmp.audio_codecs"))
+    pop = config.load("pop", None, ["rtmp.idle_timeout=7", "cache.max_bytes=1000"])["pop"]
+    rtmp = config.settings(RTMPServerSettings, pop, "rtmp")
+    assert (rtmp.idle_timeout, rtmp.max_connections_per_address) == (7.0, 50)
+    assert config.settings(CacheSettings, pop, "cache").max_bytes == 1000

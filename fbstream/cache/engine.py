@@ -47,6 +47,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from fbstream.cache import metrics as cm
+from fbstream.config import default
 from fbstream.live.urls import LIVE_EDGE_HEADER, MEDIA_PATH, PLAYBACK_PATH, playlist_key, playlist_query
 
 #: Response headers passed from upstream to viewers (and kept in the cache).
@@ -66,15 +67,13 @@ MAX_AGE_HEADER = 365 * 86400
 
 @attrs.define
 class CacheSettings:
-    max_bytes: int = 512 * 1024 * 1024
-    #: How long waiters wait for an object's first byte before one more upstream try.
-    lock_timeout: float = 8.0
-    #: An upstream request with no response (or a body that stops) for this long fails.
-    upstream_timeout: float = 10.0
-    #: A viewer paused by its transport this long is dropped.
-    stall_timeout: float = 30.0
-    #: Objects fetched at once; more misses are answered 503.
-    max_fetches: int = 10_000
+    """The ``cache.*`` settings (help and defaults in :mod:`fbstream.config`)."""
+
+    max_bytes: int = default("cache.max_bytes")
+    lock_timeout: float = default("cache.lock_timeout")
+    upstream_timeout: float = default("cache.upstream_timeout")
+    stall_timeout: float = default("cache.stall_timeout")
+    max_fetches: int = default("cache.max_fetches")
 
 
 class CachedObject:

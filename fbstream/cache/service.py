@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from fbstream import config as _config
 from fbstream.cache.engine import CacheSettings, CachingResource
 from fbstream.cache.upstream import Upstreams
 from fbstream.config import RoleConfig
@@ -37,12 +38,8 @@ class _ClosePool(Service):
 
 
 def cache_settings(config: RoleConfig, max_bytes_key: str = "cache.max_bytes") -> CacheSettings:
-    return CacheSettings(
-        max_bytes=config[max_bytes_key],
-        lock_timeout=config["cache.lock_timeout"],
-        upstream_timeout=config["cache.upstream_timeout"],
-        stall_timeout=config["cache.stall_timeout"],
-    )
+    settings: CacheSettings = _config.settings(CacheSettings, config, "cache", max_bytes=config[max_bytes_key])
+    return settings
 
 
 def caching_tier(

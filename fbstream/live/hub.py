@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from twisted.logger import Logger
 
+from fbstream.config import default
 from fbstream.media import IConsumerFactory, IPlayer, IPublisher, IStreamConsumer, MediaMessage
 from fbstream.metrics import (
     RTMP_MEDIA_BYTES,
@@ -24,10 +25,10 @@ from fbstream.rtmp.errors import UnsupportedCodec
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
 
 #: The GOP cache is dropped (late joiners wait for the next keyframe) past this.
-DEFAULT_MAX_GOP_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_GOP_BYTES: int = default("rtmp.gop_cache_bytes")
 
-DEFAULT_VIDEO_CODECS = frozenset({"avc1", "hvc1", "av01", "vp09"})
-DEFAULT_AUDIO_CODECS = frozenset({"AAC", "MP3", "mp4a", "Opus", ".mp3"})
+DEFAULT_VIDEO_CODECS = frozenset(default("rtmp.video_codecs"))
+DEFAULT_AUDIO_CODECS = frozenset(default("rtmp.audio_codecs"))
 
 
 class AlreadyPublishing(Exception):

@@ -23,6 +23,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from fbstream.config import default
 from fbstream.live.hub import LiveStream, StreamHub
 from fbstream.live.ingest import HubIngest, PlayRefused, PublishRefused
 from fbstream.live.urls import STREAM_ID_PATTERN
@@ -57,26 +58,22 @@ def shown(name: str) -> str:
 
 @attrs.define
 class RTMPServerSettings:
-    """What an operator tunes about an RTMP listener."""
+    """
+    What an operator tunes about an RTMP listener: the ``rtmp.*`` settings,
+    whose help and defaults are in :mod:`fbstream.config` (``twistd fbstream
+    --help`` lists them). The per-address limits are the PoP's: behind it
+    the clients are PoPs and dc-proxies, each carrying many broadcasters.
+    """
 
-    app: str = "live"
-    handshake_timeout: float = 10.0
-    #: A publisher silent this long is dropped.
-    idle_timeout: float = 30.0
-    max_message_size: int = 8 * 1024 * 1024
-    max_chunk_streams: int = 64
-    #: Bytes a slow player may fall behind before it is dropped.
-    player_queue_bytes: int = 8 * 1024 * 1024
-    #: Connections one listener keeps open at once; more are closed at once.
-    max_connections: int = 1000
-    #: Of those, how many one client address may hold (0: no limit). The
-    #: broadcasters' listener, at the PoP, sets it; behind it the clients are
-    #: PoPs and dc-proxies, each of which carries many broadcasters.
-    max_connections_per_address: int = 0
-    #: New connections one client address may open a second (bursts of
-    #: twice that); 0: no limit. A flood of connect-and-drop is refused
-    #: before it costs a handshake.
-    connects_per_second_per_address: float = 0.0
+    app: str = default("rtmp.app")
+    handshake_timeout: float = default("rtmp.handshake_timeout")
+    idle_timeout: float = default("rtmp.idle_timeout")
+    max_message_size: int = default("rtmp.max_message_size")
+    max_chunk_streams: int = default("rtmp.max_chunk_streams")
+    player_queue_bytes: int = default("rtmp.player_queue_bytes")
+    max_connections: int = default("rtmp.max_connections")
+    max_connections_per_address: int = default("rtmp.max_connections_per_address")
+    connects_per_second_per_address: float = default("rtmp.connects_per_second_per_address")
 
 
 class RTMPServerFactory(Factory):

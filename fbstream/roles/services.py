@@ -16,6 +16,7 @@ from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from fbstream import config as _config
 from fbstream.cache.ring import HashRing
 from fbstream.config import ConfigError, RoleConfig
 from fbstream.diskio import ThreadPoolService
@@ -40,17 +41,8 @@ def http_root() -> Resource:
 
 
 def rtmp_settings(config: RoleConfig) -> RTMPServerSettings:
-    return RTMPServerSettings(
-        app=config["rtmp.app"],
-        handshake_timeout=config["rtmp.handshake_timeout"],
-        idle_timeout=config["rtmp.idle_timeout"],
-        max_message_size=config["rtmp.max_message_size"],
-        max_chunk_streams=config["rtmp.max_chunk_streams"],
-        player_queue_bytes=config["rtmp.player_queue_bytes"],
-        max_connections=config["rtmp.max_connections"],
-        max_connections_per_address=config["rtmp.max_connections_per_address"],
-        connects_per_second_per_address=config["rtmp.connects_per_second_per_address"],
-    )
+    settings: RTMPServerSettings = _config.settings(RTMPServerSettings, config, "rtmp")
+    return settings
 
 
 #: Query parameters that carry a secret (a stream token, a one-time login).
