@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import pytest_twisted
@@ -267,6 +268,30 @@ def sleep(seconds):
     d = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+@defer.inlineCallbacks
+def eventually(probe, timeout=30, what="condition", interval=0.25):
+    """
+    The one way the integration tests wait: call ``probe`` (which may return
+    a Deferred) every ``interval`` seconds until it returns something true,
+    and return that. An exception counts as not yet (a server that is not up
+    refuses connections). Past ``timeout`` seconds, fail naming ``what`` (a
+    string, or a callable for a message made then) and the last answer.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            last = yield defer.maybeDeferred(probe)
+        except Exception as e:
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            what = what() if callable(what) else what
+            raise AssertionError("timed out after %g s waiting for %s (last: %r)" % (timeout, what, last))
+        yield sleep(interval)
 
 
 class Etcd:

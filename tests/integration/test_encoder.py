@@ -15,7 +15,7 @@ from mpegdash.parser import MPEGDASHParser
 
 from fbstream.encoder.fmp4 import boxes, decode_time, timescale
 
-from .conftest import pyav_counts, pyav_publish, run, sleep, start_encoder, tool
+from .conftest import eventually, pyav_counts, pyav_publish, run, sleep, start_encoder, tool
 
 LADDER = {"720p": (1280, 720, 2_500_000), "480p": (854, 480, 1_000_000),
           "360p": (640, 360, 600_000), "240p": (426, 240, 300_000)}
@@ -33,14 +33,11 @@ def header(response, name):
     return values[0] if values else None
 
 
-@pytest_twisted.inlineCallbacks
 def wait_for_manifest(base, name, timeout=15):
-    for _ in range(int(timeout / 0.25)):
-        response, body = yield get("%s/live/%s/manifest.mpd" % (base, name))
-        if response.code == 200:
-            return body
-        yield sleep(0.25)
-    raise AssertionError("no manifest for %s" % (name,))
+    """The MPD of ``name`` once it is served (a Deferred)."""
+    url = "%s/live/%s/manifest.mpd" % (base, name)
+    return eventually(lambda: get(url).addCallback(lambda answer: answer[1] if answer[0].code == 200 else None),
+                      timeout, what="the manifest of %s" % (name,))
 
 
 def frames_of(path):
@@ -82,6 +79,16 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
     again = MPEGDASHParser.parse((yield wait_for_manifest(encoder.base, "show")).decode())
     assert again.availability_start_time == mpd.availability_start_time
 
+    # While it is live, /metrics has its series.
+    response, metrics = yield get(encoder.base + "/metrics")
+    for name in (b'fbstream_encoder_frames_in_total{stream="show"}',
+                 b'fbstream_encoder_frames_out_total{rendition="240p",stream="show"}',
+                 b'fbstream_encoder_segments_total{rendition="audio",stream="show"}',
+                 b'fbstream_encoder_segment_availability_lag_seconds_count{stream="show"}',
+                 b'fbstream_encoder_frame_encode_seconds_count{stream="show"}',
+                 b'fbstream_encoder_dropped_frames_total{stream="show"}'):
+        assert name in metrics, name
+
     # /time for UTCTiming, and cache headers.
     response, now = yield get(encoder.base + "/time")
     assert now.endswith(b"Z") and header(response, "cache-control") == b"no-store"
@@ -104,12 +111,8 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
     assert code == 0, err.decode()[-2000:]
 
     counts = pyav_counts((yield publishing))
-    for _ in range(40):
-        response, body = yield get(encoder.base + "/live/show/manifest.mpd")
-        if b'type="static"' in body:
-            break
-        yield sleep(0.25)
-    assert b'type="static"' in body, body
+    yield eventually(lambda: get(encoder.base + "/live/show/manifest.mpd").addCallback(
+        lambda answer: b'type="static"' in answer[1]), 10, what="the MPD to turn static")
 
     # Every rendition: the ladder's size and bitrate, aligned 1 s segments
     # starting with keyframes, the same media time for the same number.
@@ -175,16 +178,11 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
     assert b"#EXT-X-PROGRAM-DATE-TIME:" in playlist
     # And the archive is on disk.
     assert os.path.exists(os.path.join(encoder.record_dir, "show", "state.json"))
-    # The availability lag was measured for (nearly) every segment, and /metrics has it all.
+    # The availability lag was measured for (nearly) every segment; the
+    # ended stream's series are gone from /metrics.
     assert len(encoder.service.encoder.encoders["show"].lags) >= 8
     response, metrics = yield get(encoder.base + "/metrics")
-    for name in (b'fbstream_encoder_frames_in_total{stream="show"}',
-                 b'fbstream_encoder_frames_out_total{rendition="240p",stream="show"}',
-                 b'fbstream_encoder_segments_total{rendition="audio",stream="show"}',
-                 b'fbstream_encoder_segment_availability_lag_seconds_count{stream="show"}',
-                 b'fbstream_encoder_frame_encode_seconds_count{stream="show"}',
-                 b'fbstream_encoder_dropped_frames_total{stream="show"}'):
-        assert name in metrics, name
+    assert b'stream="show"' not in metrics, [line for line in metrics.splitlines() if b'stream="show"' in line]
 
 
 @pytest_twisted.inlineCallbacks

@@ -18,7 +18,7 @@ from twisted.internet import defer, task
 
 from fbstream.live.tokens import KeyRing
 
-from .conftest import pyav_counts, pyav_publish, run, sleep, tool
+from .conftest import eventually, pyav_counts, pyav_publish, run, sleep, tool
 from .topology import TOKEN_KEYS, Topology, http
 
 LEASE = 3.0
@@ -86,16 +86,6 @@ class Viewer:
         return seen
 
 
-@defer.inlineCallbacks
-def wait_for(predicate, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        yield sleep(0.25)
-    raise AssertionError("timed out waiting for " + what)
-
-
 def gap_seconds(playlist):
     """The wall-clock gap at the discontinuity of an HLS media playlist."""
     lines = playlist.splitlines()
@@ -152,11 +142,11 @@ def test_reconnect_failover_and_fencing(dc):
     # 1. PyAV publishes over RTMPS through PoP A; a viewer reads PoP B.
     first = pyav_publish(ingest(pop_a, video), "--duration", "8", "--size", "426x240")
     viewer = Viewer(pop_b, vid)
-    yield wait_for(lambda: state(pop_a, vid)["status"] == "live", what="live")
+    yield eventually(lambda: state(pop_a, vid)["status"] == "live", what="live")
     viewer.start()
     counts = pyav_counts((yield first))
     assert sum(counts.values()) > 0
-    yield wait_for(lambda: state(pop_a, vid)["status"] == "interrupted", what="interrupted")
+    yield eventually(lambda: state(pop_a, vid)["status"] == "interrupted", what="interrupted")
     owner = state(pop_a, vid)["encoder"]
     dropped = time.monotonic()
     yield sleep(2)
@@ -234,7 +224,7 @@ def test_the_api_ends_a_broadcast_at_once_at_every_tier(dc):
                      "-g", "30", "-f", "flv", ingest(pop_a, video, tls=False), timeout=90)
     mpd_url = "http://127.0.0.1:%d/live/%s/manifest.mpd" % (pop_b.http, vid)
     playlist_url = "http://127.0.0.1:%d/live/%s/240p/playlist.m3u8" % (pop_b.http, vid)
-    yield wait_for(lambda: http("GET", mpd_url, key=None)[0] == 200, what="the live MPD at PoP B")
+    yield eventually(lambda: http("GET", mpd_url, key=None)[0] == 200, what="the live MPD at PoP B")
     # Viewers at PoP B keep the manifests in its caches, as players do.
     for _ in range(4):
         assert b'type="dynamic"' in http("GET", mpd_url, key=None)[1]
@@ -243,7 +233,7 @@ def test_the_api_ends_a_broadcast_at_once_at_every_tier(dc):
     code, body = http("DELETE", "http://127.0.0.1:%d/api/v1/live_videos/%s" % (pop_a.http, vid))
     assert code == 200 and json.loads(body)["status"] == "ended", body
     ended = time.monotonic()
-    yield wait_for(lambda: b'type="static"' in http("GET", mpd_url, key=None)[1]
+    yield eventually(lambda: b'type="static"' in http("GET", mpd_url, key=None)[1]
                    and b"#EXT-X-ENDLIST" in http("GET", playlist_url, key=None)[1],
                    timeout=10, what="a static MPD and ENDLIST at PoP B")
     took = time.monotonic() - ended
@@ -259,13 +249,13 @@ def test_the_api_ends_a_broadcast_at_once_at_every_tier(dc):
     video = create_video(pop_a)
     vid = video["id"]
     yield pyav_publish(ingest(pop_a, video), "--duration", "5", "--size", "320x240")
-    yield wait_for(lambda: state(pop_a, vid)["status"] == "interrupted", what="interrupted")
+    yield eventually(lambda: state(pop_a, vid)["status"] == "interrupted", what="interrupted")
     mpd_url = "http://127.0.0.1:%d/live/%s/manifest.mpd" % (pop_b.http, vid)
     assert b'type="dynamic"' in http("GET", mpd_url, key=None)[1]
     code, body = http("DELETE", "http://127.0.0.1:%d/api/v1/live_videos/%s" % (pop_a.http, vid))
     assert code == 200, body
     ended = time.monotonic()
-    yield wait_for(lambda: b'type="static"' in http("GET", mpd_url, key=None)[1], timeout=40,
+    yield eventually(lambda: b'type="static"' in http("GET", mpd_url, key=None)[1], timeout=40,
                    what="a static MPD at PoP B")
     took = time.monotonic() - ended
     print("an interrupted broadcast ended at PoP B after %.2f s" % (took,))
@@ -296,7 +286,7 @@ def test_rtmp_players_at_two_pops_share_one_pull_each(dc, tmp_path):
                      "testsrc2=size=426x240:rate=30", "-f", "lavfi", "-i", "sine=frequency=440",
                      "-t", "40", "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-c:a", "aac",
                      "-f", "flv", ingest(pop_a, video, tls=False), timeout=90)
-    yield wait_for(lambda: state(pop_a, vid)["status"] == "live", what="live")
+    yield eventually(lambda: state(pop_a, vid)["status"] == "live", what="live")
     yield sleep(2)
     # A stream nobody publishes is refused with StreamNotFound, from upstream.
     out, err, code = yield run(tool("rtmpdump"), "-r", "rtmp://127.0.0.1:%d/live/%s" % (pop_b.rtmp, "0" * 16),
@@ -326,7 +316,7 @@ def test_rtmp_players_at_two_pops_share_one_pull_each(dc, tmp_path):
     for pop in (pop_a, pop_b):
         assert pop.log().count("pulling %s from" % (vid,)) == 1, "one pull per PoP"
     # The last player gone, each PoP's pull ends after its linger (5 s).
-    yield wait_for(lambda: all("pull of %s ended: no players left" % (vid,) in pop.log() for pop in (pop_a, pop_b)),
+    yield eventually(lambda: all("pull of %s ended: no players left" % (vid,) in pop.log() for pop in (pop_a, pop_b)),
                    timeout=20, what="the pulls to end")
     out, err, code = yield publishing
     assert code == 0, err[-2000:]

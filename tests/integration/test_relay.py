@@ -14,20 +14,11 @@ from fbstream.media import MediaMessage
 from fbstream.metrics import RELAY_PAUSES
 from fbstream.roles.services import build_role
 
-from .conftest import ROOT, free_port, sleep, start_role
+from .conftest import ROOT, eventually, free_port, sleep, start_role
 
 HEADER = b"\x17\x00\x00\x00\x00\x01\x42\xc0\x1e\xff\xe1\x00\x00\x01\x00\x00"
 MESSAGES = 150
 SIZE = 100_000
-
-
-@defer.inlineCallbacks
-def wait_until(predicate, seconds=20):
-    for _ in range(int(seconds * 10)):
-        if predicate():
-            return True
-        yield sleep(0.1)
-    return predicate()
 
 
 @pytest_twisted.inlineCallbacks
@@ -51,7 +42,7 @@ def test_a_slow_next_hop_pauses_the_broadcaster(tmp_path):
         sid = yield pub.create_stream()
         yield pub.publish(sid, "slow")
         pub.send_media(sid, MediaMessage(9, 0, HEADER))
-        assert (yield wait_until(lambda: "slow" in sink.hub.streams))
+        yield eventually(lambda: "slow" in sink.hub.streams, 20, what="the stream at the sink")
         stream = sink.hub.streams["slow"]
         # The sink stops reading what the dc-proxy relays to it.
         sink_side = stream.publisher.proto.transport
@@ -62,12 +53,13 @@ def test_a_slow_next_hop_pauses_the_broadcaster(tmp_path):
             if i % 10 == 0:
                 yield sleep(0)
         # The dc-proxy's buffer toward the sink filled: it paused reading us.
-        assert (yield wait_until(lambda: pauses._value.get() > before))
+        yield eventually(lambda: pauses._value.get() > before, 20, what="a relay pause")
         yield sleep(1)
         assert stream.counts[9] < MESSAGES, "the sink was not reading, yet got everything"
         # The sink reads again: every message arrives, in order, none dropped.
         sink_side.resumeProducing()
-        assert (yield wait_until(lambda: stream.counts[9] == MESSAGES + 1, 30)), stream.counts
+        yield eventually(lambda: stream.counts[9] == MESSAGES + 1, 30,
+                     what=lambda: "every message at the sink (%r)" % (stream.counts,))
     finally:
         pub.transport.loseConnection()
         yield defer.maybeDeferred(dc.stopService)

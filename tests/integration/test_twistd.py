@@ -15,8 +15,9 @@ import urllib.request
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet import defer
 
-from .conftest import ROOT, free_port, run, sleep, tool
+from .conftest import ROOT, eventually, free_port, run, sleep, tool
 
 
 def twistd() -> str:
@@ -31,18 +32,20 @@ def twistd() -> str:
 @pytest_twisted.inlineCallbacks
 def wait_for_ok(url, seconds):
     """Poll ``url`` until it answers 200 (or ``seconds`` pass); return the last code."""
-    code = None
-    for _ in range(int(seconds * 2)):
-        try:
-            response = yield treq.get(url)
-            yield response.content()
-            code = response.code
-            if code == 200:
-                break
-        except Exception:
-            pass
-        yield sleep(0.5)
-    return code
+    codes = []
+
+    @defer.inlineCallbacks
+    def ok():
+        response = yield treq.get(url)
+        yield response.content()
+        codes.append(response.code)
+        return response.code == 200
+
+    try:
+        yield eventually(ok, seconds, what=url, interval=0.5)
+    except AssertionError:
+        pass  # the caller says what failed, with the server's log
+    return codes[-1] if codes else None
 
 
 @contextlib.contextmanager
@@ -120,19 +123,10 @@ def all_role(request, tmp_path):
 @pytest_twisted.inlineCallbacks
 def test_all_role_runs_the_demo_and_serves_metrics(all_role):
     ports, log = all_role
-    body = None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports["pop"],))
-            body = yield response.text()
-            if 'fbstream_rtmp_streams_live{role="encoder"} 1.0' in body:
-                break
-        except Exception:
-            pass
-        yield sleep(0.5)
-    assert body is not None, "the pop never answered"
-    assert 'fbstream_rtmp_streams_live{role="encoder"} 1.0' in body, log.read_text()[-3000:]
+    live = 'fbstream_rtmp_streams_live{role="encoder"} 1.0'
+    yield eventually(lambda: treq.get("http://127.0.0.1:%d/metrics" % (ports["pop"],)).addCallback(
+        treq.text_content).addCallback(lambda body: live in body), 20, interval=0.5,
+        what=lambda: "the encoder's live stream in /metrics; server log:\n" + log.read_text()[-3000:])
     for role in ("pop", "dc-proxy", "encoder", "origin"):
         response = yield treq.get("http://127.0.0.1:%d/metrics" % (ports[role],))
         assert response.code == 200
