@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
+from twisted.runner.procmon import ProcessMonitor
 
 from fbstream.config import RoleConfig
+
+log = Logger()
 
 
 def publish(
@@ -63,7 +64,7 @@ def publish(
         aformat.link_to(asink)
         agraph.configure()
 
-    container = av.open(url, "w", format="flv", options={"rtmp_live": "live"})
+    container = av.open(url, "w", format="flv")
     video = container.add_stream("libx264", rate=rate)
     video.width = width
     video.height = height
@@ -187,72 +188,25 @@ def demo_url(pop: RoleConfig, name: str = "demo") -> str:
     raise ValueError("the PoP has no tcp: or ssl: RTMP listener for the demo to publish to")
 
 
-class _DemoProcess(ProcessProtocol):
-    log = Logger()
+def demo_publisher(reactor: Any, python: str, url: str) -> ProcessMonitor:
+    """
+    The demo publisher as a child process, under Twisted's process monitor:
+    restarted when it exits (after 1 s, doubling to 30 s while it keeps
+    dying), its standard error logged line by line, stopped with the role.
 
-    def __init__(self, service: DemoPublisherService) -> None:
-        self.service = service
-
-    def errReceived(self, data: bytes) -> None:
-        for line in data.decode("utf-8", "replace").splitlines():
-            if line.strip():
-                self.log.debug("demo publisher: {line}", line=line)
-
-    def processEnded(self, reason: Any) -> None:
-        self.service.ended(reason)
-
-
-class DemoPublisherService(Service):
-    """Keeps a demo publisher process running, restarting it with a back-off."""
-
-    log = Logger()
-
-    def __init__(self, reactor: Any, python: str, url: str) -> None:
-        self.reactor = reactor
-        self.python = python
-        self.url = url
-        self._process: Any = None
-        self._restart: Any = None
-        self._delay = 1.0
-
-    def startService(self) -> None:
-        super().startService()
-        # Give the listeners a moment to come up before the first publish.
-        self._restart = self.reactor.callLater(0.5, self._spawn)
-
-    def _spawn(self) -> None:
-        self._restart = None
-        # The URL carries the demo's stream token: it goes to the child in its
-        # environment (not its argv, which every user of the host can read
-        # with ps), and into the log without its query.
-        self.log.info("demo publisher -> {url}", url=self.url.partition("?")[0])
-        self._process = self.reactor.spawnProcess(
-            _DemoProcess(self),
-            self.python,
-            # The demo's own encoding is the cheapest x264 has: on a small
-            # machine it shares the cores with the encoder and the viewers.
-            [self.python, "-m", "fbstream.demo", "--preset", "ultrafast"],
-            env=dict(os.environ, FBSTREAM_DEMO_URL=self.url),
-        )
-
-    def ended(self, reason: Any) -> None:
-        self._process = None
-        if not self.running:
-            return
-        self.log.warn("demo publisher exited ({why}); restarting in {delay}s",
-                      why=reason.value, delay=self._delay)
-        self._restart = self.reactor.callLater(self._delay, self._spawn)
-        self._delay = min(self._delay * 2, 30.0)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        if self._restart is not None and self._restart.active():
-            self._restart.cancel()
-        if self._process is not None:
-            try:
-                self._process.signalProcess("TERM")
-            except Exception:
-                pass
+    The URL carries the demo's stream token: it goes to the child in its
+    environment (not its argv, which every user of the host can read with
+    ps), and to the log without its query.
+    """
+    monitor = ProcessMonitor(reactor=reactor)
+    monitor.minRestartDelay = 1
+    monitor.maxRestartDelay = 30
+    log.info("demo publisher -> {url}", url=url.partition("?")[0])
+    # The demo's own encoding is the cheapest x264 has: on a small machine it
+    # shares the cores with the encoder and the viewers.
+    monitor.addProcess("demo", [python, "-m", "fbstream.demo", "--preset", "ultrafast"],
+                       env=dict(os.environ, FBSTREAM_DEMO_URL=url))
+    return monitor
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     for cfg in options.configs.values():
         build_role(cfg, reactor, shared).setServiceParent(top)
     if options["demo"]:
-        from fbstream.demo import DemoPublisherService, demo_url
+        from fbstream.demo import demo_publisher, demo_url
 
         target = options.configs.get("pop") or options.configs["encoder"]
         url = demo_url(target)
@@ -102,5 +102,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             registry.create_video("demo", {"id": "demo", "dc": settings.datacenter,
                                            "created": reactor.seconds(), "title": "demo", "ended": False})
             url += "?token=" + keys.sign("demo", settings.datacenter, reactor.seconds(), 365 * 86400)
-        DemoPublisherService(reactor, sys.executable, url).setServiceParent(top)
+        demo_publisher(reactor, sys.executable, url).setServiceParent(top)
     return top

@@ -149,6 +149,24 @@ def test_all_role_runs_the_demo_and_serves_metrics(all_role):
     assert "token=" not in log.read_text()
     demo = subprocess.run(["pgrep", "-af", "fbstream.demo"], capture_output=True, text=True).stdout
     assert "fbstream.demo" in demo and "token" not in demo, demo
+    # The demo publisher runs under the process monitor: killed, it comes
+    # back, and the stream goes on.
+    server = subprocess.run(["pgrep", "-f", "pop.rtmp.listen=tcp:%d:" % (ports["rtmp"],)],
+                            capture_output=True, text=True).stdout.split()
+    assert len(server) == 1, server
+
+    def child():
+        pids = subprocess.run(["pgrep", "-P", server[0], "-f", "fbstream.demo"], capture_output=True, text=True)
+        return pids.stdout.split()
+
+    first = child()
+    assert len(first) == 1, first
+    publishes = log.read_text().count("relaying demo to")
+    os.kill(int(first[0]), signal.SIGKILL)
+    again = yield eventually(lambda: [pid for pid in child() if pid != first[0]], 15, what="the demo publisher back")
+    assert len(again) == 1, again
+    yield eventually(lambda: log.read_text().count("relaying demo to") > publishes, 20,
+                     what=lambda: "the restarted demo to publish; server log:\n" + log.read_text()[-3000:])
 
 
 @pytest.mark.parametrize(
