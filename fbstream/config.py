@@ -9,11 +9,15 @@ it, which ``twistd`` reports as a usage error rather than a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
+
+#: An attrs settings class (RTMPServerSettings, CacheSettings).
+T = TypeVar("T", bound=attrs.AttrsInstance)
 
 ROLES = ("pop", "dc-proxy", "encoder", "origin")
 ALL = "all"
@@ -194,7 +198,7 @@ def default(key: str) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
-def settings(cls: Any, config: RoleConfig, prefix: str, **overrides: Any) -> Any:
+def settings(cls: type[T], config: RoleConfig, prefix: str, **overrides: Any) -> T:
     """
     An attrs settings class from ``config``: each field ``name`` from
     ``<prefix>.<name>``, or from ``overrides``; a field the schema does not
@@ -222,22 +226,14 @@ def describe() -> str:
         setting = SCHEMA[roles[0]][key]
         by_role = {role: SCHEMA[role][key].default for role in roles}
         if len({repr(v) for v in by_role.values()}) == 1:
-            shown = _toml(setting.default)
+            shown = json.dumps(setting.default)  # TOML's syntax, for these values
         else:
-            shown = "; ".join("%s %s" % (role, _toml(value)) for role, value in by_role.items())
+            shown = "; ".join("%s %s" % (role, json.dumps(value)) for role, value in by_role.items())
         lines.append("  %s (%s; %s): %s. Default: %s" % (
             key, setting.kind.__name__, ", ".join(roles), setting.help, shown))
     return "\n".join(lines)
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"%s"' % (value,)
-    if isinstance(value, list):
-        return "[%s]" % (", ".join(_toml(v) for v in value),)
-    return repr(value)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

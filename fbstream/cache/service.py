@@ -38,8 +38,7 @@ class _ClosePool(Service):
 
 
 def cache_settings(config: RoleConfig, max_bytes_key: str = "cache.max_bytes") -> CacheSettings:
-    settings: CacheSettings = _config.settings(CacheSettings, config, "cache", max_bytes=config[max_bytes_key])
-    return settings
+    return _config.settings(CacheSettings, config, "cache", max_bytes=config[max_bytes_key])
 
 
 def caching_tier(

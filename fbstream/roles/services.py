@@ -41,8 +41,7 @@ def http_root() -> Resource:
 
 
 def rtmp_settings(config: RoleConfig) -> RTMPServerSettings:
-    settings: RTMPServerSettings = _config.settings(RTMPServerSettings, config, "rtmp")
-    return settings
+    return _config.settings(RTMPServerSettings, config, "rtmp")
 
 
 #: Query parameters that carry a secret (a stream token, a one-time login).
