@@ -14,6 +14,10 @@ demo throughout. For each attack it prints:
 - the server's CPU during the attack (the attacker shares the 2 cores: a
   high lag with a low server CPU is the machine, not the server).
 
+Each attack runs in a process of its own, as an attacker's would: in the
+bench's process its threads would take the interpreter from the threads
+that measure, and their own waits would read as the server's lag.
+
 The first row, ``(none)``, is no attack: how much the server's RSS grows and
 how the loop lags on its own.
 
@@ -45,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import re
 import socket
@@ -56,7 +61,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -173,6 +178,14 @@ class Watch:
             self.stopping.wait(0.5)
 
 
+class Stop(Protocol):
+    """The attack's stop flag (a multiprocessing Event, shared with the bench)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 # The attacks: each runs until ``stop`` is set. ---------------------------------
 
 
@@ -216,7 +229,7 @@ def _open_many(count: int, source: str, port: int) -> list[socket.socket]:
     return socks
 
 
-def slowloris(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def slowloris(port: dict[str, int], stop: Stop, scale: float) -> None:
     socks = _open_many(int(2000 * scale), "127.0.0.2", port["pop"])
     head = b"GET / HTTP/1.1\r\nHost: x\r\nX-a: " + b"a" * 10_000
     sent = 0
@@ -230,7 +243,7 @@ def slowloris(port: dict[str, int], stop: threading.Event, scale: float) -> None
         sock.close()
 
 
-def rtmp_memory(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def rtmp_memory(port: dict[str, int], stop: Stop, scale: float) -> None:
     socks = []
     enc = ChunkEncoder()
     attack = enc.set_chunk_size(MAX_CHUNK_SIZE) + enc.encode(3, 0, m.COMMAND_AMF0, 0, b"\x02" * 12_000_000)
@@ -246,7 +259,7 @@ def rtmp_memory(port: dict[str, int], stop: threading.Event, scale: float) -> No
         sock.close()
 
 
-def ping_flood(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def ping_flood(port: dict[str, int], stop: Stop, scale: float) -> None:
     ping = ChunkEncoder().encode(2, 0, m.USER_CONTROL, 0, m.user_control(m.UC_PING_REQUEST, 1)) * 1000
     while not stop.is_set():
         socks = [s for s in (_rtmp_handshaken(port["rtmp"]) for _ in range(int(20 * scale) or 1)) if s]
@@ -261,7 +274,7 @@ def ping_flood(port: dict[str, int], stop: threading.Event, scale: float) -> Non
             sock.close()
 
 
-def huge_name(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def huge_name(port: dict[str, int], stop: Stop, scale: float) -> None:
     name = "x" * 5_000_000
     while not stop.is_set():
         sock = socket.socket()
@@ -284,7 +297,7 @@ def huge_name(port: dict[str, int], stop: threading.Event, scale: float) -> None
             sock.close()
 
 
-def far_future(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def far_future(port: dict[str, int], stop: Stop, scale: float) -> None:
     counter = iter(range(10_000_000, 10_000_000 + int(20_000 * scale) + 1))
     lock = threading.Lock()
 
@@ -304,14 +317,14 @@ def far_future(port: dict[str, int], stop: threading.Event, scale: float) -> Non
     stop.wait()
 
 
-def rtmp_hog(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def rtmp_hog(port: dict[str, int], stop: Stop, scale: float) -> None:
     socks = _open_many(int(999 * scale), "127.0.0.3", port["rtmp"])
     stop.wait()
     for sock in socks:
         sock.close()
 
 
-def api_body(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def api_body(port: dict[str, int], stop: Stop, scale: float) -> None:
     while not stop.is_set():
         for _ in range(int(50 * scale) or 1):
             sock = socket.socket()
@@ -328,17 +341,17 @@ def api_body(port: dict[str, int], stop: threading.Event, scale: float) -> None:
                 sock.close()
 
 
-def api_create(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def api_create(port: dict[str, int], stop: Stop, scale: float) -> None:
     url = "http://127.0.0.1:%d/api/v1/live_videos" % (port["pop"],)
     while not stop.is_set():
         get(url, data=b"{}", headers={"Authorization": "Bearer " + API_KEY})
 
 
-def nothing(port: dict[str, int], stop: threading.Event, scale: float) -> None:
+def nothing(port: dict[str, int], stop: Stop, scale: float) -> None:
     stop.wait()
 
 
-ATTACKS: dict[str, Callable[[dict[str, int], threading.Event, float], None]] = {
+ATTACKS: dict[str, Callable[[dict[str, int], Stop, float], None]] = {
     "(none)": nothing,
     "slowloris": slowloris,
     "rtmp-memory": rtmp_memory,
@@ -372,6 +385,9 @@ def main() -> int:
         args.seconds, args.settle, args.warmup = 3.0, 2.0, 0.0
     scale = 0.1 if args.smoke else 1.0
     names = args.only or list(ATTACKS)
+    # A fresh interpreter per attack (not a fork of this one, whose threads
+    # measure), with the stop flag shared.
+    processes = multiprocessing.get_context("spawn")
     env = dict(os.environ, FBSTREAM_API_KEY=API_KEY, PYTHONPATH=ROOT)
     results = []
     with tempfile.TemporaryDirectory(prefix="fbstream-hostile-") as tmp, \
@@ -392,15 +408,17 @@ def main() -> int:
         for name in names:
             before = rss_mib(pid)
             cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
-            stop = threading.Event()
+            stop = processes.Event()
             with Watch(ports["pop"]) as watch:
-                attacker = threading.Thread(target=ATTACKS[name], args=(ports, stop, scale), daemon=True)
+                attacker = processes.Process(target=ATTACKS[name], args=(ports, stop, scale), daemon=True)
                 attacker.start()
                 stop.wait(args.seconds)
                 during = rss_mib(pid)
                 cpu = 100 * (cpu_seconds(pid) - cpu_before) / (time.monotonic() - wall_before)
                 stop.set()
                 attacker.join(30)
+                if attacker.is_alive():
+                    attacker.kill()
             time.sleep(args.settle)
             try:
                 after = rss_mib(pid)

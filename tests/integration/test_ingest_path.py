@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.request
 
 import pytest
 import pytest_twisted
@@ -260,6 +261,50 @@ def test_the_api_ends_a_broadcast_at_once_at_every_tier(dc):
     took = time.monotonic() - ended
     print("an interrupted broadcast ended at PoP B after %.2f s" % (took,))
     assert took <= 2.0, "PoP B still served a live MPD %.2f s after the DELETE" % (took,)
+
+
+def mpd_at(pop, vid):
+    """(Cache-Control, MPD) of a live video's manifest at a PoP, as a viewer gets them."""
+    url = "http://127.0.0.1:%d/live/%s/manifest.mpd" % (pop.http, vid)
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.headers.get("Cache-Control", ""), response.read()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_encoder_restart_keeps_an_interrupted_video_live(dc):
+    """
+    The owning encoder restarts (SIGTERM, then started again) while the
+    broadcaster is away. Its archive brings the video back interrupted, not
+    ended: PoP B goes on serving a live MPD, never a static one nor one a
+    cache keeps for a minute, and the broadcaster's next publish continues
+    the same video.
+    """
+    pop_a, pop_b = dc.pops
+    video = create_video(pop_a)
+    vid = video["id"]
+    yield pyav_publish(ingest(pop_a, video), "--duration", "5", "--size", "320x240")
+    yield eventually(lambda: state(pop_a, vid)["status"] == "interrupted", what="interrupted")
+    owner = state(pop_a, vid)["encoder"]
+    cache_control, mpd = mpd_at(pop_b, vid)
+    assert b'type="dynamic"' in mpd, mpd[:1000]
+    dc.encoders[int(owner[len("encoder"):])].restart()
+    # Every tier's copy of the manifest from before the restart has expired
+    # within 10 s; what the PoP serves after that came from the restarted
+    # encoder.
+    served = []
+    until = time.monotonic() + 10
+    while time.monotonic() < until:
+        cache_control, mpd = mpd_at(pop_b, vid)
+        served.append((cache_control, re.search(rb'type="(\w+)"', mpd).group(1).decode()))
+        yield sleep(0.5)
+    assert {kind for _, kind in served} == {"dynamic"}, served
+    assert all("max-age=60" not in cache_control for cache_control, _ in served), served
+    assert state(pop_a, vid)["status"] == "interrupted"
+    # The broadcaster comes back within its grace period, through PoP B.
+    pyav_counts((yield pyav_publish(ingest(pop_b, video), "--duration", "4", "--size", "320x240")))
+    cache_control, mpd = mpd_at(pop_b, vid)
+    assert b'type="dynamic"' in mpd and mpd.count(b"<Period ") >= 2, mpd[:2000]
+    assert state(pop_a, vid)["status"] in ("live", "interrupted")
 
 
 def first_video_packet(path):

@@ -66,6 +66,13 @@ class Node:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
 
+    def restart(self):
+        """Stop the process as an operator does (SIGTERM, waiting for it), and start it again."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+        return self.start()
+
     def log(self):
         with open(os.path.join(self.directory, self.name + ".log"), "rb") as f:
             return f.read().decode("utf-8", "replace")
