@@ -182,12 +182,12 @@ def settings_from(config: RoleConfig) -> TranscoderSettings:
 
 def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource) -> EncoderConsumers:
     """Add the encoder's pools, archive and resources; return its consumer factory."""
-    transcode = ThreadPoolService("fbstream-transcode", 1, config["encoder.max_streams"])
+    transcode = ThreadPoolService("fbstream-transcode", 1, config["encoder.max_streams"], reactor)
     transcode.setServiceParent(parent)
     archive = None
     if config["archive.dir"]:
         # One thread: archive writes of a stream happen in the order they were made.
-        disk = ThreadPoolService("fbstream-archive", 1, 1)
+        disk = ThreadPoolService("fbstream-archive", 1, 1, reactor)
         disk.setServiceParent(parent)
         archive = Archive(config["archive.dir"], disk.pool, reactor)
     registry = VideoRegistry()

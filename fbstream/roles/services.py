@@ -316,7 +316,7 @@ def build_role(config: RoleConfig, reactor: Any, shared: dict[str, Any] | None =
         if ingest is None:
             consumers: list[IConsumerFactory] = []
             if config["record.dir"]:
-                disk = ThreadPoolService("fbstream-%s-disk" % (role,), 1, 2)
+                disk = ThreadPoolService("fbstream-%s-disk" % (role,), 1, 2, reactor)
                 disk.setServiceParent(service)
                 consumers.append(
                     FLVRecorderFactory(

@@ -67,11 +67,5 @@ def test_a_minute_of_the_demo_without_a_stall(demo, engine, query):
     assert set(settled) == {top}, why
     # No stall: the page's own count (the picture stopping for longer than a
     # frame once playing), and the picture moving on every second.
-    startup = samples[min(10, len(samples) - 1)]["stalls"]
-    if engine == "hls.js" and summary["stalls"] and summary["stalls"] == startup and not stalls_in(samples[10:]):
-        # Not met yet, and said so: hls.js sometimes stalls once in its
-        # first seconds, after its own 0.8 s timeout on a blocking playlist
-        # reload; after that it plays on without one.
-        pytest.xfail("hls.js stalled in its first 10 s only: %s" % (json.dumps(summary),))
     assert summary["stalls"] == 0, why
     assert stalls_in(samples) == [], why
