@@ -170,27 +170,7 @@ def go_live(link: str, title: str) -> dict:
     return shown
 
 
-def yield_the_cores() -> None:
-    """
-    Run this viewer, and the Chromium it starts, below the server's priority.
-    A real viewer's browser is on another machine; here it shares the
-    server's two cores, and Chromium's start (a second or so of both of
-    them) would be counted as the encoder being late. In a session of its
-    own (bench/playback.py starts it so), the kernel's autogroup shares the
-    CPU between sessions whatever their processes' nice, so the session's
-    own nice is lowered too.
-    """
-    os.nice(10)
-    if os.getsid(0) == os.getpid():
-        try:
-            with open("/proc/self/autogroup", "w") as f:
-                f.write("10")
-        except OSError:
-            pass  # no autogroup (CONFIG_SCHED_AUTOGROUP off): nice alone decides
-
-
 def main(argv: list[str]) -> None:
-    yield_the_cores()
     if argv[1] == "--go-live":
         sys.stdout.write(json.dumps(go_live(argv[2], argv[3])) + "\n")
         return
