@@ -29,10 +29,24 @@ from fbstream.roles.services import build_role
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+#: Every port free_port() has handed out in this process.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    A free loopback port, never one handed out before in this process. The
+    probe socket is closed before the port is used, so the kernel may offer
+    the same port to the next probe: a topology of nine processes once got
+    one port for two listeners, and the second one's start failed.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def tool(name: str) -> str:
