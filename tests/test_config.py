@@ -4,11 +4,10 @@ import glob
 import os
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from fbstream import config
-from fbstream.tap import Options, makeService
+from fbstream.tap import Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,19 +93,6 @@ def test_bad_value_is_a_usage_error():
 def test_demo_needs_an_ingest():
     with pytest.raises(usage.UsageError, match="--demo"):
         parse("--role=origin", "--demo")
-
-
-def test_make_service_listens_on_every_endpoint():
-    reactor = MemoryReactorClock()
-    options = parse("--role=all", "--config", os.path.join(ROOT, "conf", "all.toml"))
-    service = makeService(options, reactor)
-    service.startService()
-    try:
-        ports = sorted(port for port, *_ in reactor.tcpServers)
-        assert ports == [1935, 1936, 1937, 8080, 8081, 8082, 8083, 8084]
-        assert sorted(s.name for s in service) == ["dc-proxy", "encoder", "origin", "pop"]
-    finally:
-        service.stopService()
 
 
 def test_plugin_is_found():

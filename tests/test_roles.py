@@ -94,7 +94,8 @@ def test_the_all_role_builds_every_role_in_one_process(monkeypatch, tmp_path):
     reactor.settle()
     try:
         opened = listening(reactor)
-        assert {1935, 1936, 1937, 8080, 8081, 8082, 8083, 8084} <= set(opened), sorted(opened)
+        assert sorted(opened) == [1935, 1936, 1937, 8080, 8081, 8082, 8083, 8084]
+        assert sorted(s.name for s in service) == ["dc-proxy", "encoder", "origin", "pop"]
         assert all(serves_metrics(opened[port]) for port in (8080, 8081, 8082, 8083))
     finally:
         stopped = service.stopService()
