@@ -117,7 +117,7 @@ def live_lag(seconds: float) -> list[float]:
 
     from fbstream.config import load
     from fbstream.live.tokens import KeyRing
-    from fbstream.roles.services import build_role
+    from fbstream.roles.build import build_role
 
     class Publisher(ProcessProtocol):
         def __init__(self) -> None:

@@ -9,6 +9,7 @@ The subpackages are layers, and each imports only the ones below it
 
     tap                     the twistd plugin's options: which roles to build
     roles, demo             each role's services, built from its configuration
+                            (roles.build: the builder of each role)
     relay | encoder | cache the roles' engines; none imports another
     live                    the live streams of a process: the hub, ingest,
                             RTMP's Twisted protocols, the live API, the clock

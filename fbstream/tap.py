@@ -11,7 +11,7 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from fbstream import config as _config
-from fbstream.roles.services import build_role
+from fbstream.roles.build import Process, build_role
 
 
 class Options(usage.Options):
@@ -45,7 +45,7 @@ class Options(usage.Options):
         self["set"].append(value)
 
     def postOptions(self) -> None:
-        from fbstream.roles.services import check_secrets
+        from fbstream.roles.build import check_secrets
 
         try:
             self.configs = _config.load(self["role"], self["config"], self["set"])
@@ -87,20 +87,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = _reactor
     top = MultiService()
-    shared: dict[str, Any] = {"all": len(options.configs) > 1}
+    process = Process(reactor, all_in_one=len(options.configs) > 1)
     for cfg in options.configs.values():
-        build_role(cfg, reactor, shared).setServiceParent(top)
+        build_role(cfg, process).setServiceParent(top)
     if options["demo"]:
         from fbstream.demo import demo_publisher, demo_url
 
         target = options.configs.get("pop") or options.configs["encoder"]
         url = demo_url(target)
-        if "api" in shared:
+        if process.api is not None:
             # The demo goes live the way a broadcaster does: a live video from
             # the API's registry and a token for it, through the PoP.
-            _, keys, registry, settings = shared["api"]
-            registry.create_video("demo", {"id": "demo", "dc": settings.datacenter,
-                                           "created": reactor.seconds(), "title": "demo", "ended": False})
-            url += "?token=" + keys.sign("demo", settings.datacenter, reactor.seconds(), 365 * 86400)
+            api = process.api
+            api.registry.create_video("demo", {"id": "demo", "dc": api.settings.datacenter,
+                                               "created": reactor.seconds(), "title": "demo", "ended": False})
+            url += "?token=" + api.keys.sign("demo", api.settings.datacenter, reactor.seconds(), 365 * 86400)
         demo_publisher(reactor, sys.executable, url).setServiceParent(top)
     return top

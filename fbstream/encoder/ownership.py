@@ -16,10 +16,11 @@ wrote to the registry. After the grace period the video ends and is a replay.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
@@ -54,7 +55,7 @@ class Broadcasts:
 
     def __init__(self, registry: Any, clock: Any, keys: KeyRing | None, encoder_name: str,
                  advertise_http: str, grace_seconds: float, takeover_silence: float,
-                 claim_wait: float) -> None:
+                 claim_wait: float, idle: Callable[[str], Deferred[None]] | None = None) -> None:
         self.registry = registry
         self.clock = clock
         self.keys = keys
@@ -65,8 +66,8 @@ class Broadcasts:
         self.claim_wait = claim_wait
         self.by_stream: dict[str, Broadcast] = {}
         #: idle(name) -> Deferred that fires once the stream's last publish is
-        #: fully transcoded (set by the encoder's consumers).
-        self.idle: Any = lambda name: succeed(None)
+        #: fully transcoded (the encoder's).
+        self.idle: Callable[[str], Deferred[None]] = idle or (lambda name: succeed(None))
         # The live API ends a video by writing its record: seen here at once.
         self._unwatch = registry.watch_videos(self._record_written)
 

@@ -6,6 +6,7 @@ and expired by retention), and the playback resources.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -44,6 +45,7 @@ class EncoderConsumers:
         archive: Archive | None,
         window_seconds: float,
         max_lag_ms: int,
+        broadcasts: Callable[[Callable[[str], Deferred[None]]], Broadcasts] | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
@@ -54,8 +56,9 @@ class EncoderConsumers:
         self.max_lag_ms = max_lag_ms
         #: The encoder of each stream, by id (the latest broadcast of each).
         self.encoders: dict[str, StreamEncoder] = {}
-        #: Ownership and reconnects (None: every publish is a new video).
-        self.broadcasts: Broadcasts | None = None
+        #: Ownership and reconnects (None: every publish is a new video),
+        #: made from what it waits on: a stream's last publish transcoded.
+        self.broadcasts: Broadcasts | None = broadcasts(self.idle) if broadcasts is not None else None
 
     def consumer_for(self, stream: LiveStream) -> StreamEncoder:
         name = stream.name
@@ -180,8 +183,13 @@ def settings_from(config: RoleConfig) -> TranscoderSettings:
     )
 
 
-def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource) -> EncoderConsumers:
-    """Add the encoder's pools, archive and resources; return its consumer factory."""
+def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource,
+                  broadcasts: Callable[[Callable[[str], Deferred[None]]], Broadcasts] | None = None,
+                  ) -> EncoderConsumers:
+    """
+    Add the encoder's pools, archive and resources; return its consumer
+    factory, with the ownership of its broadcasts made by ``broadcasts``.
+    """
     transcode = ThreadPoolService("fbstream-transcode", 1, config["encoder.max_streams"], reactor)
     transcode.setServiceParent(parent)
     archive = None
@@ -212,6 +220,7 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: 
         archive,
         window,
         config["encoder.max_lag_ms"],
+        broadcasts,
     )
     hold = config["encoder.hold_segments"]
     # Held long enough for the furthest segment allowed to start on time,

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from fbstream.config import load
 from fbstream.media import IConsumerFactory, IStreamConsumer
-from fbstream.roles.services import build_role
+from fbstream.roles.build import build_role
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from fbstream.cache.metrics import DROPPED_VIEWERS, UPSTREAM_CANCELLED
 from fbstream.config import load
-from fbstream.roles.services import build_role
+from fbstream.roles.build import build_role
 
 from .conftest import ROOT, free_port, sleep
 

@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from fbstream.config import load
-from fbstream.roles.services import build_role
+from fbstream.roles.build import build_role
 
 from .conftest import ROOT, free_port, pyav_publish, sleep
 from .test_cache import herd

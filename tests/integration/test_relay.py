@@ -12,7 +12,7 @@ from fbstream.config import load
 from fbstream.live.rtmp import RTMPClientProtocol
 from fbstream.media import MediaMessage
 from fbstream.metrics import RELAY_PAUSES
-from fbstream.roles.services import build_role
+from fbstream.roles.build import build_role
 
 from .conftest import ROOT, eventually, free_port, sleep, start_role
 

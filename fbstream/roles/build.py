@@ -1,0 +1,302 @@
+"""
+The composition root: one builder per role, chosen from :data:`BUILDERS`,
+each making its role's objects in the order they depend on one another and
+handing each what it needs when it is made. What the roles of one process
+share (the embedded registry, an ephemeral token key, the live API the demo
+uses) is a :class:`Process`, not a dict.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.application import strports
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from fbstream.config import ConfigError, RoleConfig
+from fbstream.diskio import ThreadPoolService
+from fbstream.limits import ConnectionLimits
+from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
+from fbstream.live.hub import StreamHub
+from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest
+from fbstream.live.login import SessionResource, Sessions
+from fbstream.live.record import FLVRecorderFactory
+from fbstream.live.rtmp import RTMPServerFactory
+from fbstream.live.tokens import KeyConfigError, KeyRing
+from fbstream.media import IConsumerFactory
+from fbstream.registry.base import IRegistry
+from fbstream.relay.pull import Puller
+from fbstream.relay.relay import RelayIngest, Route
+from fbstream.roles.services import (
+    BoundedRequest,
+    LoginLink,
+    RoleService,
+    Stop,
+    access_log_line,
+    http_root,
+    pop_play_route,
+    pop_route,
+    ring_play_route,
+    ring_route,
+    rtmp_settings,
+)
+
+
+@attrs.frozen
+class LiveAPI:
+    """The live API a PoP serves: what the demo needs to go live through it."""
+
+    keys: KeyRing
+    registry: IRegistry
+    settings: APISettings
+
+
+@attrs.define
+class Process:
+    """
+    What the roles of one process share. ``all_in_one`` is the ``all`` role:
+    its roles make up for secrets that are not configured (a generated API key,
+    an ephemeral token key) because they share them with one another.
+    """
+
+    reactor: Any
+    all_in_one: bool = False
+    #: The live API, once a PoP serves one.
+    api: LiveAPI | None = None
+    _registry: IRegistry | None = None
+    _token_keys: KeyRing | None = None
+    _api_key: str | None = None
+
+    def embedded_registry(self, lease_seconds: float) -> IRegistry:
+        """The in-memory registry, one per process."""
+        if self._registry is None:
+            from fbstream.registry.memory import MemoryRegistry
+
+            self._registry = MemoryRegistry(self.reactor, lease_seconds)
+        return self._registry
+
+    def token_keys(self, config: RoleConfig, required: bool = False) -> KeyRing | None:
+        """
+        The stream token keys (None if tokens are not required). With none
+        configured, the ``all`` role makes an ephemeral key that its own API
+        and encoder share; any other role refuses to start.
+        """
+        if not config["tokens.required"] and not required:
+            return None
+        try:
+            keys = KeyRing.load(config["tokens.keys_file"])
+        except KeyConfigError as e:
+            raise ConfigError(str(e)) from None
+        if keys is not None:
+            return keys
+        if not self.all_in_one:
+            raise ConfigError(
+                "%s: tokens.required is true but there are no token keys: set "
+                "$FBSTREAM_TOKEN_KEYS or tokens.keys_file (or tokens.required=false)" % (config.role,))
+        if self._token_keys is None:
+            self._token_keys = KeyRing.generate()
+        return self._token_keys
+
+    def api_key(self, config: RoleConfig) -> str | None:
+        """The live API's key (the ``all`` role makes one if none is configured)."""
+        try:
+            key = load_api_key(config["api.key_file"])
+        except OSError as e:
+            raise ConfigError("cannot read api.key_file: %s" % (e.strerror,)) from None
+        if key is None and self.all_in_one:
+            if self._api_key is None:
+                self._api_key = os.urandom(16).hex()
+            key = self._api_key
+        return key
+
+
+def check_secrets(configs: dict[str, RoleConfig]) -> None:
+    """Fail at startup, as a usage error, on missing or malformed secrets and routes."""
+    process = Process(reactor=None, all_in_one=len(configs) > 1)
+    for config in configs.values():
+        if config.role == "dc-proxy":
+            ring_route(config["relay.encoders"], config["relay.virtual_nodes"])
+        elif config.role == "pop":
+            pop_route(config["relay.dc_proxies"])
+        if config.role == "encoder":
+            process.token_keys(config)
+        elif config.role == "pop" and process.api_key(config) is not None:
+            process.token_keys(config, required=True)
+
+
+def registry_for(config: RoleConfig, process: Process, service: RoleService) -> IRegistry:
+    """The registry of ``registry.backend``; the embedded one is shared by the roles of one process."""
+    backend = config["registry.backend"]
+    if backend == "etcd":
+        from fbstream.registry.etcd import EtcdRegistry
+
+        registry = EtcdRegistry(process.reactor, config["registry.etcd"], config["registry.prefix"],
+                                config["registry.lease_seconds"])
+        Stop(registry.close).setServiceParent(service)
+        return registry
+    if backend != "embedded":
+        raise ConfigError("registry.backend must be embedded or etcd, not %r" % (backend,))
+    return process.embedded_registry(config["registry.lease_seconds"])
+
+
+def hub_for(config: RoleConfig, consumers: list[IConsumerFactory] | None = None) -> StreamHub:
+    return StreamHub(config.role, consumers or (), max_gop_bytes=config["rtmp.gop_cache_bytes"],
+                     video_codecs=config["rtmp.video_codecs"], audio_codecs=config["rtmp.audio_codecs"])
+
+
+def recorders(service: RoleService, config: RoleConfig, process: Process) -> list[IConsumerFactory]:
+    """An FLV recording of every publish taken here, if ``record.dir`` is set."""
+    if not config["record.dir"]:
+        return []
+    disk = ThreadPoolService("fbstream-%s-disk" % (config.role,), 1, 2, process.reactor)
+    disk.setServiceParent(service)
+    return [FLVRecorderFactory(config["record.dir"], disk.pool, process.reactor, config.role,
+                               config["record.max_backlog"])]
+
+
+def relay_ingest(config: RoleConfig, process: Process, route: Route,
+                 retry_codes: frozenset[str] = frozenset()) -> RelayIngest:
+    """Publishes relayed to the next hop towards the stream's encoder."""
+    return RelayIngest(process.reactor, route, config["rtmp.app"], config.role, config["relay.connect_timeout"],
+                       config["relay.publish_timeout"], retry_codes=retry_codes)
+
+
+def puller(config: RoleConfig, process: Process, hub: StreamHub, route: Callable[[str], list[str]]) -> Puller:
+    """RTMP players here: each stream pulled once from the next hop towards its encoder."""
+    return Puller(process.reactor, hub, route, config["rtmp.app"], config.role,
+                  config["relay.connect_timeout"], config["relay.connect_timeout"] * 2, config["relay.pull_linger"])
+
+
+def listen_rtmp(service: RoleService, config: RoleConfig, process: Process, hub: StreamHub, ingest: Any,
+                players: Puller | None = None) -> None:
+    factory = RTMPServerFactory(hub, process.reactor, rtmp_settings(config), ingest, config.role, players)
+    for description in config["rtmp.listen"]:
+        strports.service(description, factory, reactor=process.reactor).setServiceParent(service)
+
+
+def listen_http(service: RoleService, config: RoleConfig, process: Process, root: Resource) -> Site:
+    """The role's site, bounded in connections and request heads; strports fails startup on a port in use."""
+    site = Site(root, logFormatter=access_log_line)
+    site.requestFactory = BoundedRequest
+    limited = ConnectionLimits(site, process.reactor, "%s-http" % (config.role,), config["http.max_connections"],
+                               config["http.max_connections_per_address"], config["http.head_timeout"])
+    for description in config["http.listen"]:
+        strports.service(description, limited, reactor=process.reactor).setServiceParent(service)
+    return site
+
+
+def live_api(service: RoleService, config: RoleConfig, process: Process, root: Resource,
+             registry: IRegistry) -> None:
+    """``/api/v1``: live videos and browser sessions, if the PoP has an API key."""
+    api_key = process.api_key(config)
+    if api_key is None:
+        return
+    keys = process.token_keys(config, required=True)
+    assert keys is not None
+    settings = APISettings(api_key, config["api.datacenter"], config["api.token_ttl_hours"] * 3600,
+                           config["api.rtmp_url"].rstrip("/"), config["api.rtmps_url"].rstrip("/"),
+                           config["api.playback_url"].rstrip("/"))
+    sessions = Sessions(api_key, process.reactor)
+    v1 = Resource()
+    v1.putChild(b"live_videos", LiveVideosResource(registry, keys, settings, process.reactor, sessions))
+    v1.putChild(b"session", SessionResource(sessions))
+    api = Resource()
+    api.putChild(b"v1", v1)
+    root.putChild(b"api", api)
+    process.api = LiveAPI(keys, registry, settings)
+    if process.all_in_one:
+        LoginLink(sessions, settings.playback_url).setServiceParent(service)
+
+
+def build_pop(config: RoleConfig, process: Process) -> RoleService:
+    """Viewers' caches and page, the live API, and publishers and players relayed to the data center."""
+    from fbstream.cache.service import build_pop as pop_caches
+
+    service = RoleService(config.role)
+    root = http_root()
+    registry = registry_for(config, process, service)
+    live_api(service, config, process, root, registry)
+    if "rtmp.listen" in config.values:
+        if config["relay.dc_proxies"]:
+            hub = hub_for(config)
+            ingest = relay_ingest(config, process, pop_route(config["relay.dc_proxies"]))
+            players = puller(config, process, hub, pop_play_route(config["relay.dc_proxies"]))
+            listen_rtmp(service, config, process, hub, ingest, players)
+        else:  # no data center: publishers play back from here
+            hub = hub_for(config, recorders(service, config, process))
+            listen_rtmp(service, config, process, hub, None)
+        service.hub = hub
+    service.caches = pop_caches(service, config, process.reactor, root)
+    service.site = listen_http(service, config, process, root)
+    return service
+
+
+def build_dc_proxy(config: RoleConfig, process: Process) -> RoleService:
+    """Publishers relayed to their encoder on the hash ring, and players pulled from it."""
+    service = RoleService(config.role)
+    if "rtmp.listen" in config.values:
+        encoders, vnodes = config["relay.encoders"], config["relay.virtual_nodes"]
+        hub = hub_for(config)
+        ingest = relay_ingest(config, process, ring_route(encoders, vnodes), frozenset([OWNED_ELSEWHERE]))
+        listen_rtmp(service, config, process, hub, ingest, puller(config, process, hub, ring_play_route(encoders, vnodes)))
+        service.hub = hub
+    service.site = listen_http(service, config, process, http_root())
+    return service
+
+
+def build_encoder(config: RoleConfig, process: Process) -> RoleService:
+    """Each published stream transcoded, packaged and served, its ownership held in the registry."""
+    from fbstream.encoder.ownership import Broadcasts
+    from fbstream.encoder.service import build_encoder as encoder_parts
+
+    service = RoleService(config.role)
+    root = http_root()
+    registry = registry_for(config, process, service)
+    consumers = recorders(service, config, process)
+
+    def broadcasts(idle: Callable[[str], Any]) -> Broadcasts:
+        return Broadcasts(registry, process.reactor, process.token_keys(config), config["encoder.name"],
+                          config["encoder.advertise_http"], config["ingest.grace_seconds"],
+                          config["ingest.takeover_silence"], config["ingest.claim_wait"], idle=idle)
+
+    encoder = encoder_parts(service, config, process.reactor, root, broadcasts)
+    assert encoder.broadcasts is not None
+    Stop(encoder.broadcasts.stop).setServiceParent(service)
+    hub = hub_for(config, consumers + [encoder])
+    if "rtmp.listen" in config.values:
+        listen_rtmp(service, config, process, hub, HubIngest(hub, encoder.broadcasts))
+    service.hub, service.encoder, service.broadcasts = hub, encoder, encoder.broadcasts
+    service.site = listen_http(service, config, process, root)
+    return service
+
+
+def build_origin(config: RoleConfig, process: Process) -> RoleService:
+    """The data center's cache in front of the encoders, asking each stream's owner."""
+    from fbstream.cache.service import build_origin as origin_cache
+
+    service = RoleService(config.role)
+    root = http_root()
+    registry = registry_for(config, process, service)
+    service.caches = {"origin": origin_cache(service, config, process.reactor, root, registry)}
+    service.site = listen_http(service, config, process, root)
+    return service
+
+
+#: The builder of each role.
+BUILDERS: dict[str, Callable[[RoleConfig, Process], RoleService]] = {
+    "pop": build_pop,
+    "dc-proxy": build_dc_proxy,
+    "encoder": build_encoder,
+    "origin": build_origin,
+}
+
+
+def build_role(config: RoleConfig, process: Process | Any) -> RoleService:
+    """The service of one role; ``process`` is what it shares with the other roles (or a reactor, alone)."""
+    if not isinstance(process, Process):
+        process = Process(reactor=process)
+    return BUILDERS[config.role](config, process)
