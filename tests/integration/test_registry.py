@@ -15,6 +15,7 @@ from fbstream.registry import Fenced, Owned, Ownership
 from fbstream.registry.etcd import EtcdRegistry
 from fbstream.registry.memory import MemoryRegistry
 
+from ..registry_paging import page_through
 from .conftest import sleep
 
 LEASE = 2.0
@@ -98,11 +99,16 @@ def test_api_records(registry):
     yield registry.put_video("v1", dict(record, ended=True))
     record = yield registry.write_state(claim, {"status": "live"})
     assert record["ended"] is True
-    listing = yield registry.list_videos()
-    assert [v["id"] for v in listing] == ["v1", "v2"]
-    assert listing[0]["state"] == {"status": "live"} and listing[0]["owner"]
-    assert listing[1]["state"] is None and listing[1]["owner"] is None
+    listing = (yield registry.list_videos(10)).videos
+    assert [v["id"] for v in listing] == ["v2", "v1"]
+    assert listing[1]["state"] == {"status": "live"} and listing[1]["owner"]
+    assert listing[0]["state"] is None and listing[0]["owner"] is None
     assert (yield registry.get_video("nope")) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_videos_page_newest_first(registry):
+    yield page_through(registry)
 
 
 @pytest_twisted.inlineCallbacks
