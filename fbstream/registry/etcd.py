@@ -37,8 +37,11 @@ from twisted.internet.error import (
     DNSLookupError,
     TimeoutError,
 )
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -67,6 +70,10 @@ def _value(kv: dict[str, Any]) -> bytes:
 def _prefix_end(prefix: str) -> str:
     raw = prefix.encode()
     return _b64(raw[:-1] + bytes([raw[-1] + 1]))
+
+
+class _NotFound(RegistryUnavailable):
+    """etcd answered 404: what the request named (a lease) does not exist."""
 
 
 @implementer(IRegistry)
@@ -118,7 +125,8 @@ class EtcdRegistry:
                 continue
             self._next = (self._next + attempt) % len(self.urls)
             if response.code != 200:
-                raise RegistryUnavailable("etcd answered %d to %s: %s" % (response.code, path, raw[:200]))
+                error = _NotFound if response.code == 404 else RegistryUnavailable
+                raise error("etcd answered %d to %s: %s" % (response.code, path, raw[:200]))
             return json.loads(raw)
         raise RegistryUnavailable("no etcd member answered: %s" % (last,))
 
@@ -231,7 +239,10 @@ class EtcdRegistry:
             "compare": [self._holds(claim)],
             "success": [{"request_delete_range": {"key": _b64(self._key("owner", claim.stream))}}],
         })
-        yield self._call("/v3/lease/revoke", {"ID": claim.lease})
+        try:
+            yield self._call("/v3/lease/revoke", {"ID": claim.lease})
+        except _NotFound:
+            pass  # it lapsed (or was released before): nothing is held under it
 
     @inlineCallbacks
     def owner(self, stream: str) -> Any:
@@ -309,16 +320,20 @@ class _VideoWatch:
         if self.revision is not None:
             create["start_revision"] = str(self.revision + 1)
         url = registry.urls[registry._next % len(registry.urls)]
+        # Unbuffered: treq would otherwise keep every byte of this endless
+        # response for as long as it lasts.
         d = registry.http.post(url + "/v3/watch", data=json.dumps({"create_request": create}).encode(),
-                               headers=_JSON, reactor=registry.reactor)
+                               headers=_JSON, reactor=registry.reactor, unbuffered=True)
         d.addCallback(self._streaming)
         d.addBoth(self._closed)
         self._request = d
 
-    def _streaming(self, response: Any) -> Any:
+    def _streaming(self, response: Any) -> Deferred[None]:
         if response.code != 200:
             raise RegistryUnavailable("etcd answered %d to a watch" % (response.code,))
-        return treq.collect(response, self._data)
+        body = _Body(self._data)
+        response.deliverBody(body)
+        return body.done
 
     def _data(self, data: bytes) -> None:
         self._buffer += data
@@ -370,3 +385,36 @@ class _VideoWatch:
             self._retry.cancel()
         if self._request is not None:
             self._request.cancel()
+
+
+class _Body(Protocol):
+    """
+    A streaming response's body, handed to ``received`` as it arrives. Unlike
+    treq.collect's, its ``done`` can be cancelled, and that closes the
+    connection: a stopped watch hears nothing more and holds no socket.
+    """
+
+    def __init__(self, received: Callable[[bytes], None]) -> None:
+        self.received = received
+        self.done: Deferred[None] = Deferred(lambda _: self._close())
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        try:
+            self.received(data)
+        except Exception:
+            self.done.errback()
+            self._close()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
