@@ -183,7 +183,10 @@ class LiveVideosResource(Resource):
 
     @inlineCallbacks
     def _list(self, request: Request) -> Any:
-        """Newest first, a page at a time: ``?limit=<n>`` (100, at most 1000) and ``?after=<id>``."""
+        """
+        Newest first, a page at a time: ``?limit=<n>`` (100, at most 1000) and
+        ``?after=<id>``; the registry reads only the page.
+        """
         args: dict[bytes, list[bytes]] = request.args or {}
         try:
             limit = int((args.get(b"limit") or [b"%d" % (PAGE,)])[0])
@@ -194,13 +197,10 @@ class LiveVideosResource(Resource):
             request.write(_json(request, 400, {"error": "limit is 1 to %d; after is a video id" % (MAX_PAGE,)}))
             request.finish()
             return
-        videos = yield self.registry.list_videos()
-        order = sorted(videos, key=lambda v: (-v.get("created", 0), v["id"]))
-        start = next((i + 1 for i, v in enumerate(order) if v["id"] == after), 0) if after else 0
-        page = order[start:start + limit]
-        out: dict[str, Any] = {"live_videos": [self._describe(v) for v in page]}
-        if start + limit < len(order):
-            out["next"] = "/api/v1/live_videos?limit=%d&after=%s" % (limit, page[-1]["id"])
+        page = yield self.registry.list_videos(limit, after or None)
+        out: dict[str, Any] = {"live_videos": [self._describe(v) for v in page.videos]}
+        if page.more:
+            out["next"] = "/api/v1/live_videos?limit=%d&after=%s" % (limit, page.videos[-1]["id"])
         request.write(_json(request, 200, out))
         request.finish()
 

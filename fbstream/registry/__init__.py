@@ -7,4 +7,5 @@ from fbstream.registry.base import (  # noqa: F401
     Owned,
     Owner,
     Ownership,
+    VideoPage,
 )

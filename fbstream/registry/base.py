@@ -77,6 +77,16 @@ class Claim:
     lease: Any
 
 
+@attrs.frozen
+class VideoPage:
+    """One page of the API's records, newest first."""
+
+    #: The API's records, each with ``state`` and ``owner`` added.
+    videos: list[dict[str, Any]]
+    #: Whether older videos follow the last one on this page.
+    more: bool
+
+
 def new_owner(encoder: str, http: str, fence: int) -> Owner:
     return Owner(encoder, http, fence, os.urandom(8).hex())
 
@@ -93,8 +103,13 @@ class IRegistry(Interface):
     def put_video(stream: str, record: dict[str, Any]) -> Deferred[None]:
         """Replace the API's record (to end a video)."""
 
-    def list_videos() -> Deferred[list[dict[str, Any]]]:
-        """Every video: the API's record with ``state`` and ``owner`` added."""
+    def list_videos(limit: int, after: str | None = None) -> Deferred[VideoPage]:
+        """
+        At most ``limit`` videos, newest created first, beginning with the one
+        created just before ``after`` (from the newest if ``after`` is None or
+        no video). A record rewritten by :meth:`put_video` keeps its place.
+        Costs about the page, however many videos there are.
+        """
 
     def claim(stream: str, encoder: str, http: str) -> Deferred[Claim]:
         """Become the owner under a higher fence, or fail with :class:`Owned`."""

@@ -13,6 +13,12 @@ owner key exists and the fence has not moved since it was read, raises the
 fence and writes the owner key under a fresh lease. A state write succeeds
 only if the owner key still holds exactly this claim (its value carries a
 per-claim nonce), and reads the API's record in the same revision.
+
+The list of videos is one range over the records sorted by create revision,
+newest first, cut at the page's cursor by ``max_create_revision``; then only
+that page's states and owners are read. etcd still sorts the whole prefix on
+its side (it fetches every key when asked to sort), but only the page crosses
+the network and is parsed here, on the reactor.
 """
 
 from __future__ import annotations
@@ -24,15 +30,18 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.error import (
     ConnectError,
     ConnectionRefusedError,
     DNSLookupError,
     TimeoutError,
 )
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -43,6 +52,7 @@ from fbstream.registry.base import (
     Owned,
     Owner,
     RegistryUnavailable,
+    VideoPage,
     new_owner,
 )
 
@@ -62,10 +72,23 @@ def _prefix_end(prefix: str) -> str:
     return _b64(raw[:-1] + bytes([raw[-1] + 1]))
 
 
+class _NotFound(RegistryUnavailable):
+    """etcd answered 404: what the request named (a lease) does not exist."""
+
+
 @implementer(IRegistry)
 class EtcdRegistry:
+    #: etcd refuses a transaction of more operations than this (its
+    #: ``--max-txn-ops``, 128 unless raised).
+    MAX_TXN_OPS = 128
+
     def __init__(self, reactor: Any, urls: list[str], prefix: str = "/fbstream",
-                 lease_seconds: float = 10.0, timeout: float = 3.0) -> None:
+                 lease_seconds: float = 10.0, timeout: float = 3.0, http: Any = None) -> None:
+        """
+        ``http`` is what speaks to the gateway: a :class:`treq.client.HTTPClient`
+        (by default one over a persistent pool on ``reactor``) or anything
+        with its ``post``, such as :class:`treq.testing.StubTreq`.
+        """
         if not urls:
             raise ValueError("no etcd URLs configured")
         self.reactor = reactor
@@ -73,9 +96,12 @@ class EtcdRegistry:
         self.prefix = prefix.rstrip("/")
         self.lease_seconds = lease_seconds
         self.timeout = timeout
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.retryAutomatically = False
-        self.http = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=timeout))
+        self.pool: HTTPConnectionPool | None = None
+        if http is None:
+            self.pool = HTTPConnectionPool(reactor, persistent=True)
+            self.pool.retryAutomatically = False
+            http = HTTPClient(Agent(reactor, pool=self.pool, connectTimeout=timeout))
+        self.http = http
         self._next = 0
         self._watches: set[_VideoWatch] = set()
 
@@ -99,7 +125,8 @@ class EtcdRegistry:
                 continue
             self._next = (self._next + attempt) % len(self.urls)
             if response.code != 200:
-                raise RegistryUnavailable("etcd answered %d to %s: %s" % (response.code, path, raw[:200]))
+                error = _NotFound if response.code == 404 else RegistryUnavailable
+                raise error("etcd answered %d to %s: %s" % (response.code, path, raw[:200]))
             return json.loads(raw)
         raise RegistryUnavailable("no etcd member answered: %s" % (last,))
 
@@ -110,10 +137,17 @@ class EtcdRegistry:
         return kvs[0] if kvs else None
 
     @inlineCallbacks
-    def _range(self, kind: str) -> Any:
-        prefix = self._key(kind)
-        reply = yield self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)})
-        return {base64.b64decode(kv["key"]).decode()[len(prefix):]: _value(kv) for kv in reply.get("kvs") or []}
+    def _get_each(self, keys: list[str]) -> Any:
+        """The values of those of ``keys`` that exist, by key."""
+        values = {}
+        for first in range(0, len(keys), self.MAX_TXN_OPS):
+            chunk = keys[first:first + self.MAX_TXN_OPS]
+            reply = yield self._call("/v3/kv/txn", {"success": [{"request_range": {"key": _b64(k)}} for k in chunk]})
+            for key, response in zip(chunk, reply.get("responses") or []):
+                kvs = (response.get("response_range") or {}).get("kvs") or []
+                if kvs:
+                    values[key] = _value(kvs[0])
+        return values
 
     def _put(self, key: str, value: str) -> Deferred[Any]:
         return self._call("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
@@ -131,19 +165,29 @@ class EtcdRegistry:
         return json.loads(_value(kv)) if kv else None
 
     @inlineCallbacks
-    def list_videos(self) -> Any:
-        videos = yield self._range("videos")
-        states = yield self._range("state")
-        owners = yield self._range("owner")
-        out = []
-        for stream in sorted(videos):
-            record = json.loads(videos[stream])
-            state = states.get(stream)
-            owner = owners.get(stream)
+    def list_videos(self, limit: int, after: str | None = None) -> Any:
+        prefix = self._key("videos")
+        query = {"key": _b64(prefix), "range_end": _prefix_end(prefix), "limit": limit,
+                 "sort_target": "CREATE", "sort_order": "DESCEND"}
+        if after is not None:
+            cursor = yield self._get(self._key("videos", after))
+            if cursor is not None:
+                # Every key's create revision is at least 2 (etcd starts empty
+                # at 1), so this bound is never 0, which would mean none.
+                query["max_create_revision"] = str(int(cursor["create_revision"]) - 1)
+        reply = yield self._call("/v3/kv/range", query)
+        kvs = reply.get("kvs") or []
+        streams = [base64.b64decode(kv["key"]).decode()[len(prefix):] for kv in kvs]
+        found = yield self._get_each([self._key(kind, s) for s in streams for kind in ("state", "owner")])
+        videos = []
+        for stream, kv in zip(streams, kvs):
+            record = json.loads(_value(kv))
+            state = found.get(self._key("state", stream))
+            owner = found.get(self._key("owner", stream))
             record["state"] = json.loads(state) if state else None
             record["owner"] = owner.decode() if owner else None
-            out.append(record)
-        return out
+            videos.append(record)
+        return VideoPage(videos, more=bool(reply.get("more")))
 
     # Ownership ---------------------------------------------------------------
 
@@ -195,7 +239,10 @@ class EtcdRegistry:
             "compare": [self._holds(claim)],
             "success": [{"request_delete_range": {"key": _b64(self._key("owner", claim.stream))}}],
         })
-        yield self._call("/v3/lease/revoke", {"ID": claim.lease})
+        try:
+            yield self._call("/v3/lease/revoke", {"ID": claim.lease})
+        except _NotFound:
+            pass  # it lapsed (or was released before): nothing is held under it
 
     @inlineCallbacks
     def owner(self, stream: str) -> Any:
@@ -237,7 +284,7 @@ class EtcdRegistry:
         for watch in list(self._watches):
             watch.stop()
         self._watches.clear()
-        return self.pool.closeCachedConnections()
+        return self.pool.closeCachedConnections() if self.pool is not None else succeed(None)
 
 
 class _VideoWatch:
@@ -273,16 +320,20 @@ class _VideoWatch:
         if self.revision is not None:
             create["start_revision"] = str(self.revision + 1)
         url = registry.urls[registry._next % len(registry.urls)]
+        # Unbuffered: treq would otherwise keep every byte of this endless
+        # response for as long as it lasts.
         d = registry.http.post(url + "/v3/watch", data=json.dumps({"create_request": create}).encode(),
-                               headers=_JSON, reactor=registry.reactor)
+                               headers=_JSON, reactor=registry.reactor, unbuffered=True)
         d.addCallback(self._streaming)
         d.addBoth(self._closed)
         self._request = d
 
-    def _streaming(self, response: Any) -> Any:
+    def _streaming(self, response: Any) -> Deferred[None]:
         if response.code != 200:
             raise RegistryUnavailable("etcd answered %d to a watch" % (response.code,))
-        return treq.collect(response, self._data)
+        body = _Body(self._data)
+        response.deliverBody(body)
+        return body.done
 
     def _data(self, data: bytes) -> None:
         self._buffer += data
@@ -334,3 +385,36 @@ class _VideoWatch:
             self._retry.cancel()
         if self._request is not None:
             self._request.cancel()
+
+
+class _Body(Protocol):
+    """
+    A streaming response's body, handed to ``received`` as it arrives. Unlike
+    treq.collect's, its ``done`` can be cancelled, and that closes the
+    connection: a stopped watch hears nothing more and holds no socket.
+    """
+
+    def __init__(self, received: Callable[[bytes], None]) -> None:
+        self.received = received
+        self.done: Deferred[None] = Deferred(lambda _: self._close())
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        try:
+            self.received(data)
+        except Exception:
+            self.done.errback()
+            self._close()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from fbstream.registry.base import Claim, Fenced, IRegistry, Owned, Owner, new_owner
+from fbstream.registry.base import Claim, Fenced, IRegistry, Owned, Owner, VideoPage, new_owner
 
 
 @implementer(IRegistry)
@@ -22,6 +22,10 @@ class MemoryRegistry:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self._videos: dict[str, dict[str, Any]] = {}
+        #: Stream ids in the order their videos were created (etcd's
+        #: create revision), and each one's place in it: a page is a slice.
+        self._created: list[str] = []
+        self._place: dict[str, int] = {}
         self._states: dict[str, dict[str, Any]] = {}
         self._fences: dict[str, int] = {}
         #: stream -> (owner, lease expiry)
@@ -38,6 +42,9 @@ class MemoryRegistry:
         return entry[0]
 
     def create_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
+        if stream not in self._place:
+            self._place[stream] = len(self._created)
+            self._created.append(stream)
         self._videos[stream] = copy.deepcopy(record)
         for changed in list(self._watchers):
             changed(stream, copy.deepcopy(record))
@@ -53,13 +60,15 @@ class MemoryRegistry:
     def put_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
         return self.create_video(stream, record)
 
-    def list_videos(self) -> Deferred[list[dict[str, Any]]]:
+    def list_videos(self, limit: int, after: str | None = None) -> Deferred[VideoPage]:
+        end = self._place.get(after, len(self._created)) if after is not None else len(self._created)
+        start = max(0, end - limit)
         out = []
-        for stream, record in sorted(self._videos.items()):
+        for stream in reversed(self._created[start:end]):
             owner = self._live_owner(stream)
-            out.append(dict(copy.deepcopy(record), state=copy.deepcopy(self._states.get(stream)),
+            out.append(dict(copy.deepcopy(self._videos[stream]), state=copy.deepcopy(self._states.get(stream)),
                             owner=owner.to_json() if owner else None))
-        return succeed(out)
+        return succeed(VideoPage(out, more=start > 0))
 
     def claim(self, stream: str, encoder: str, http: str) -> Deferred[Claim]:
         current = self._live_owner(stream)

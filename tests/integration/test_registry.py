@@ -15,7 +15,8 @@ from fbstream.registry import Fenced, Owned, Ownership
 from fbstream.registry.etcd import EtcdRegistry
 from fbstream.registry.memory import MemoryRegistry
 
-from .conftest import sleep
+from ..registry_paging import page_through
+from .conftest import eventually, sleep
 
 LEASE = 2.0
 
@@ -66,6 +67,9 @@ def test_lease_lapses_without_renewal(registry):
         yield registry.write_state(claim, {})
     taken = yield registry.claim("s1", "enc-b", "y")
     assert taken.owner.fence == 2
+    # Releasing the lapsed claim is no error, and leaves the new owner be.
+    yield registry.release(claim)
+    assert (yield registry.owner("s1")) == taken.owner
 
 
 @pytest_twisted.inlineCallbacks
@@ -98,11 +102,31 @@ def test_api_records(registry):
     yield registry.put_video("v1", dict(record, ended=True))
     record = yield registry.write_state(claim, {"status": "live"})
     assert record["ended"] is True
-    listing = yield registry.list_videos()
-    assert [v["id"] for v in listing] == ["v1", "v2"]
-    assert listing[0]["state"] == {"status": "live"} and listing[0]["owner"]
-    assert listing[1]["state"] is None and listing[1]["owner"] is None
+    listing = (yield registry.list_videos(10)).videos
+    assert [v["id"] for v in listing] == ["v2", "v1"]
+    assert listing[1]["state"] == {"status": "live"} and listing[1]["owner"]
+    assert listing[0]["state"] is None and listing[0]["owner"] is None
     assert (yield registry.get_video("nope")) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_videos_page_newest_first(registry):
+    yield page_through(registry)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_watch_hears_records_until_stopped(registry):
+    seen = []
+    stop = registry.watch_videos(lambda stream, record: seen.append((stream, record["ended"])))
+    yield sleep(0.2)  # etcd's watch is open before the first write
+    yield registry.create_video("v1", {"id": "v1", "ended": False})
+    yield registry.put_video("v1", {"id": "v1", "ended": True})
+    yield eventually(lambda: len(seen) == 2, timeout=5, what="two records")
+    assert seen == [("v1", False), ("v1", True)]
+    stop()
+    yield registry.create_video("v2", {"id": "v2", "ended": False})
+    yield sleep(0.3)
+    assert seen == [("v1", False), ("v1", True)]
 
 
 @pytest_twisted.inlineCallbacks
