@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import treq
 from treq.client import HTTPClient
@@ -46,6 +46,12 @@ from fbstream.registry.base import (
     new_owner,
 )
 
+if TYPE_CHECKING:
+    # What treq and its Agent need of a reactor (a HostnameEndpoint's:
+    # IReactorTCP, IReactorTime, IReactorPluggableNameResolver); treq's name
+    # for it is private, so it is imported for the type checker only.
+    from treq._types import _ITreqReactor
+
 _JSON = Headers({b"content-type": [b"application/json"]})
 
 
@@ -64,7 +70,7 @@ def _prefix_end(prefix: str) -> str:
 
 @implementer(IRegistry)
 class EtcdRegistry:
-    def __init__(self, reactor: Any, urls: list[str], prefix: str = "/fbstream",
+    def __init__(self, reactor: _ITreqReactor, urls: list[str], prefix: str = "/fbstream",
                  lease_seconds: float = 10.0, timeout: float = 3.0) -> None:
         if not urls:
             raise ValueError("no etcd URLs configured")
