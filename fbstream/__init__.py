@@ -17,8 +17,9 @@ The subpackages are layers, and each imports only the ones below it
 
 Beside them, leaves that any layer may import and that import none:
 ``media`` (a stream's messages and the interfaces of what publishes, plays
-and consumes them), ``config``, ``metrics``, ``ratelimit``, ``limits``,
-``diskio`` and ``player``. The transcoder's thread side
+and consumes them), ``reactors`` (the reactor capabilities parts need
+together), ``config``, ``metrics``, ``ratelimit``, ``limits``, ``diskio``
+and ``player``. The transcoder's thread side
 (``encoder.transcode``, ``fmp4``, ``ladder``) imports neither Twisted nor
 Prometheus.
 """

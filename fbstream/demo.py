@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.runner.procmon import ProcessMonitor
 
 from fbstream.config import RoleConfig
+from fbstream.reactors import IReactorProcessTime
 
 log = Logger()
 
@@ -188,7 +189,7 @@ def demo_url(pop: RoleConfig, name: str = "demo") -> str:
     raise ValueError("the PoP has no tcp: or ssl: RTMP listener for the demo to publish to")
 
 
-def demo_publisher(reactor: Any, python: str, url: str) -> ProcessMonitor:
+def demo_publisher(reactor: IReactorProcessTime, python: str, url: str) -> ProcessMonitor:
     """
     The demo publisher as a child process, under Twisted's process monitor:
     restarted when it exits (after 1 s, doubling to 30 s while it keeps

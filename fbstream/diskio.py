@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+
+from fbstream.reactors import IReactorTimeFromThreads
 
 
 def _daemon_thread(*args: Any, **kwargs: Any) -> threading.Thread:
@@ -35,7 +38,8 @@ class ThreadPoolService(Service):
     log = Logger()
     stop_timeout = 10.0
 
-    def __init__(self, name: str, min_threads: int = 1, max_threads: int = 4, reactor: Any = None) -> None:
+    def __init__(self, name: str, min_threads: int = 1, max_threads: int = 4,
+                 reactor: IReactorTimeFromThreads | None = None) -> None:
         self.pool = ThreadPool(min_threads, max_threads, name=name)
         self.pool.threadFactory = _daemon_thread  # type: ignore[assignment]
         self._reactor = reactor
@@ -49,7 +53,7 @@ class ThreadPoolService(Service):
         if self._reactor is None:
             from twisted.internet import reactor as default
 
-            self._reactor = default
+            self._reactor = cast(IReactorTimeFromThreads, default)
         reactor = self._reactor
         stopped: Deferred[None] = Deferred()
 
@@ -87,7 +91,7 @@ class SerialFileWriter:
 
     log = Logger()
 
-    def __init__(self, path: str, pool: ThreadPool, reactor: Any, max_backlog: int) -> None:
+    def __init__(self, path: str, pool: ThreadPool, reactor: IReactorFromThreads, max_backlog: int) -> None:
         self.path = path
         self._part = path + ".part"
         self._pool = pool

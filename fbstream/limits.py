@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import Counter
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
@@ -83,7 +83,7 @@ class ConnectionLimits(WrappingFactory):  # type: ignore[type-arg]
     protocol = _Limited  # type: ignore[assignment]
     log = Logger()
 
-    def __init__(self, wrapped: IProtocolFactory, reactor: Any, name: str, max_connections: int,
+    def __init__(self, wrapped: IProtocolFactory, reactor: IReactorTime, name: str, max_connections: int,
                  max_per_address: int = 0, head_timeout: float = 0.0) -> None:
         super().__init__(wrapped)
         self.reactor = reactor

@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import TimeoutError as TwistedTimeout
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -517,7 +517,7 @@ class CachingResource(Resource):
         self,
         tier: str,
         upstream: Callable[[bytes], Deferred[Any]],
-        clock: Any,
+        clock: IReactorTime,
         settings: CacheSettings,
     ) -> None:
         super().__init__()

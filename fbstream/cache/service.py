@@ -26,6 +26,7 @@ from fbstream.cache.upstream import Upstreams
 from fbstream.config import RoleConfig
 from fbstream.live.clock import TimeResource
 from fbstream.metrics import metrics_resource
+from fbstream.reactors import IReactorClients, IReactorServers
 
 
 class _ClosePool(Service):
@@ -42,7 +43,7 @@ def cache_settings(config: RoleConfig, max_bytes_key: str = "cache.max_bytes") -
 
 
 def caching_tier(
-    parent: MultiService, tier: str, hosts: list[str], settings: CacheSettings, reactor: Any
+    parent: MultiService, tier: str, hosts: list[str], settings: CacheSettings, reactor: IReactorClients
 ) -> CachingResource:
     upstreams = Upstreams(reactor, hosts)
     _ClosePool(upstreams).setServiceParent(parent)
@@ -59,7 +60,7 @@ class OwnerUpstreams:
     log = Logger()
     STREAM = re.compile(rb"^/live/([A-Za-z0-9_.-]{1,128})/")
 
-    def __init__(self, parent: MultiService, reactor: Any, registry: Any, fallback: Upstreams) -> None:
+    def __init__(self, parent: MultiService, reactor: IReactorClients, registry: Any, fallback: Upstreams) -> None:
         self.parent = parent
         self.reactor = reactor
         self.registry = registry
@@ -105,7 +106,7 @@ class OwnerUpstreams:
         return endpoint
 
 
-def build_origin(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource,
+def build_origin(parent: MultiService, config: RoleConfig, reactor: IReactorClients, root: Resource,
                  registry: Any = None) -> CachingResource:
     if registry is not None:
         fallback = Upstreams(reactor, config["origin.upstreams"])
@@ -119,7 +120,9 @@ def build_origin(parent: MultiService, config: RoleConfig, reactor: Any, root: R
     return cache
 
 
-def build_pop(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource) -> dict[str, CachingResource]:
+def build_pop(
+    parent: MultiService, config: RoleConfig, reactor: IReactorServers, root: Resource
+) -> dict[str, CachingResource]:
     """The proxy layer on ``root`` (the viewers' site); returns both layers' caches."""
 
     layers: dict[str, CachingResource] = {}

@@ -18,13 +18,14 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from fbstream.cache.ring import HashRing
+from fbstream.reactors import IReactorClients
 
 _HEADERS = Headers({b"user-agent": [b"fbstream-cache"]})
 
 
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
-    def __init__(self, reactor: Any, descriptions: list[str]) -> None:
+    def __init__(self, reactor: IReactorClients, descriptions: list[str]) -> None:
         self.reactor = reactor
         self.descriptions = descriptions
 
@@ -34,7 +35,7 @@ class _Endpoints:
 
 
 class Upstreams:
-    def __init__(self, reactor: Any, descriptions: list[str], connections_per_host: int = 32) -> None:
+    def __init__(self, reactor: IReactorClients, descriptions: list[str], connections_per_host: int = 32) -> None:
         if not descriptions:
             raise ValueError("no upstream hosts configured")
         self.reactor = reactor

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from fbstream.encoder.store import LiveVideo, Period
 from fbstream.live.ingest import OWNED_ELSEWHERE, PublishRefused
 from fbstream.live.tokens import KeyRing, TokenError, token_from_query
+from fbstream.reactors import IReactorClients
 from fbstream.registry.base import Owned, Ownership, RegistryUnavailable
 
 
@@ -53,7 +54,7 @@ class Broadcast:
 class Broadcasts:
     log = Logger()
 
-    def __init__(self, registry: Any, clock: Any, keys: KeyRing | None, encoder_name: str,
+    def __init__(self, registry: Any, clock: IReactorClients, keys: KeyRing | None, encoder_name: str,
                  advertise_http: str, grace_seconds: float, takeover_silence: float,
                  claim_wait: float, idle: Callable[[str], Deferred[None]] | None = None) -> None:
         self.registry = registry

@@ -28,6 +28,7 @@ from fbstream.encoder.worker import StreamEncoder
 from fbstream.live.clock import TimeResource
 from fbstream.live.hub import LiveStream
 from fbstream.media import IConsumerFactory
+from fbstream.reactors import IReactorTimeFromThreads
 
 
 @implementer(IConsumerFactory)
@@ -41,7 +42,7 @@ class EncoderConsumers:
         registry: VideoRegistry,
         settings: TranscoderSettings,
         transcode_pool: Any,
-        reactor: Any,
+        reactor: IReactorTimeFromThreads,
         archive: Archive | None,
         window_seconds: float,
         max_lag_ms: int,
@@ -183,7 +184,7 @@ def settings_from(config: RoleConfig) -> TranscoderSettings:
     )
 
 
-def build_encoder(parent: MultiService, config: RoleConfig, reactor: Any, root: Resource,
+def build_encoder(parent: MultiService, config: RoleConfig, reactor: IReactorTimeFromThreads, root: Resource,
                   broadcasts: Callable[[Callable[[str], Deferred[None]]], Broadcasts] | None = None,
                   ) -> EncoderConsumers:
     """

@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from fbstream.encoder import fmp4
 from fbstream.encoder import metrics as em
 from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo, SegmentClock
+from fbstream.reactors import IReactorTimeFromThreads
 
 
 class Segment:
@@ -422,7 +423,7 @@ class Archive:
 
     log = Logger()
 
-    def __init__(self, directory: str, pool: ThreadPool, reactor: Any) -> None:
+    def __init__(self, directory: str, pool: ThreadPool, reactor: IReactorTimeFromThreads) -> None:
         self.directory = directory
         self.pool = pool
         self.reactor = reactor

@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -100,7 +101,7 @@ class LiveResource(Resource):
         self,
         registry: VideoRegistry,
         archive: Archive | None,
-        clock: Any,
+        clock: IReactorTime,
         chunk_ms: int,
         target_latency: float = 1.2,
         edge: LiveEdge = LiveEdge(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -35,6 +34,7 @@ from fbstream.encoder.transcode import (
     Transcoder,
 )
 from fbstream.media import IStreamConsumer, MediaMessage
+from fbstream.reactors import IReactorTimeFromThreads
 from fbstream.rtmp import amf0, flv
 from fbstream.rtmp.errors import RTMPError
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
@@ -72,7 +72,7 @@ class StreamEncoder:
         video: LiveVideo,
         transcoder: Transcoder,
         pool: ThreadPool,
-        reactor: Any,
+        reactor: IReactorTimeFromThreads,
         archive: Archive | None,
         max_lag_ms: int,
         on_refused: Callable[[str], None],

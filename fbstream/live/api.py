@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -68,7 +69,7 @@ class LiveVideosResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, registry: Any, keys: KeyRing, settings: APISettings, clock: Any,
+    def __init__(self, registry: Any, keys: KeyRing, settings: APISettings, clock: IReactorTime,
                  sessions: Sessions | None = None) -> None:
         super().__init__()
         self.sessions = sessions

@@ -7,8 +7,8 @@ every cache tier serve so a player syncs its clock wherever it lands.
 from __future__ import annotations
 
 import datetime
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -24,7 +24,7 @@ class TimeResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         super().__init__()
         self.clock = clock
 

@@ -20,6 +20,7 @@ import re
 import secrets
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -41,7 +42,7 @@ class Sessions:
     valid for ``code_ttl`` seconds or until used; a session lasts ``ttl``.
     """
 
-    def __init__(self, api_key: str, clock: Any, ttl: float = 12 * 3600, code_ttl: float = 24 * 3600,
+    def __init__(self, api_key: str, clock: IReactorTime, ttl: float = 12 * 3600, code_ttl: float = 24 * 3600,
                  max_codes: int = 4) -> None:
         self._secret = hmac.new(api_key.encode(), b"fbstream browser session", hashlib.sha256).digest()
         self.clock = clock

@@ -21,6 +21,7 @@ from fbstream.diskio import SerialFileWriter
 from fbstream.live.hub import LiveStream
 from fbstream.media import IConsumerFactory, IStreamConsumer, MediaMessage
 from fbstream.metrics import RECORDER_BYTES, RECORDER_FAILURES
+from fbstream.reactors import IReactorTimeFromThreads
 from fbstream.rtmp import flv
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -60,7 +61,7 @@ class FLVRecorderFactory:
         self,
         directory: str,
         pool: ThreadPool,
-        reactor: Any,
+        reactor: IReactorTimeFromThreads,
         role: str,
         max_backlog: int = 64 * 1024 * 1024,
     ) -> None:

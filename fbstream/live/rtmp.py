@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -79,7 +79,7 @@ class RTMPServerSettings:
 class RTMPServerFactory(Factory):
     log = Logger()
 
-    def __init__(self, hub: StreamHub | None, reactor: Any, settings: RTMPServerSettings,
+    def __init__(self, hub: StreamHub | None, reactor: IReactorTime, settings: RTMPServerSettings,
                  ingest: Any = None, role: str = "", puller: Any = None) -> None:
         #: Players play from the hub; a relay has none (playback is over HTTP).
         self.hub = hub
@@ -526,7 +526,7 @@ class RTMPClientProtocol(Protocol):
     log = Logger()
     transport: Any
 
-    def __init__(self, app: str, tc_url: str, reactor: Any,
+    def __init__(self, app: str, tc_url: str, reactor: IReactorTime,
                  on_media: Callable[[MediaMessage], None] | None = None) -> None:
         self.conn = c.ClientConnection(app, tc_url)
         self.reactor = reactor

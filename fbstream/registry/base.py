@@ -29,6 +29,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
@@ -148,7 +149,7 @@ class Ownership:
 
     log = Logger()
 
-    def __init__(self, registry: Any, claim: Claim, clock: Any, on_lost: Callable[[str], None]) -> None:
+    def __init__(self, registry: Any, claim: Claim, clock: IReactorTime, on_lost: Callable[[str], None]) -> None:
         self.registry = registry
         self.claim = claim
         self.clock = clock

@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import treq
 from treq.client import HTTPClient
@@ -56,6 +56,12 @@ from fbstream.registry.base import (
     new_owner,
 )
 
+if TYPE_CHECKING:
+    # What treq and its Agent need of a reactor (a HostnameEndpoint's:
+    # IReactorTCP, IReactorTime, IReactorPluggableNameResolver); treq's name
+    # for it is private, so it is imported for the type checker only.
+    from treq._types import _ITreqReactor
+
 _JSON = Headers({b"content-type": [b"application/json"]})
 
 
@@ -82,7 +88,7 @@ class EtcdRegistry:
     #: ``--max-txn-ops``, 128 unless raised).
     MAX_TXN_OPS = 128
 
-    def __init__(self, reactor: Any, urls: list[str], prefix: str = "/fbstream",
+    def __init__(self, reactor: _ITreqReactor, urls: list[str], prefix: str = "/fbstream",
                  lease_seconds: float = 10.0, timeout: float = 3.0, http: Any = None) -> None:
         """
         ``http`` is what speaks to the gateway: a :class:`treq.client.HTTPClient`

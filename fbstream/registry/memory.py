@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from fbstream.registry.base import Claim, Fenced, IRegistry, Owned, Owner, VideoPage, new_owner
@@ -18,7 +19,7 @@ from fbstream.registry.base import Claim, Fenced, IRegistry, Owned, Owner, Video
 
 @implementer(IRegistry)
 class MemoryRegistry:
-    def __init__(self, clock: Any, lease_seconds: float = 10.0) -> None:
+    def __init__(self, clock: IReactorTime, lease_seconds: float = 10.0) -> None:
         self.clock = clock
         self.lease_seconds = lease_seconds
         self._videos: dict[str, dict[str, Any]] = {}

@@ -30,6 +30,7 @@ from fbstream.live.ingest import PlayRefused
 from fbstream.live.rtmp import RTMPClientProtocol, RTMPStatusError
 from fbstream.media import IPublisher, MediaMessage
 from fbstream.metrics import RELAY_HOP_FAILURES
+from fbstream.reactors import IReactorClients
 from fbstream.rtmp.connection import StatusReceived
 from fbstream.rtmp.errors import RTMPError
 from fbstream.rtmp.messages import DATA_AMF0
@@ -113,7 +114,7 @@ class Puller:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, hub: StreamHub, route: PlayRoute, app: str, role: str,
+    def __init__(self, reactor: IReactorClients, hub: StreamHub, route: PlayRoute, app: str, role: str,
                  connect_timeout: float = 5.0, start_timeout: float = 10.0, linger: float = 5.0) -> None:
         self.reactor = reactor
         self.hub = hub

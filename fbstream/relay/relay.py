@@ -30,6 +30,7 @@ from fbstream.live.ingest import IIngest, ISink, PublishRefused
 from fbstream.live.rtmp import RTMPClientProtocol, RTMPStatusError
 from fbstream.media import IPublisher, MediaMessage
 from fbstream.metrics import RELAY_HOP_FAILURES, RELAY_PAUSES, RELAY_SESSIONS
+from fbstream.reactors import IReactorClients
 from fbstream.rtmp.connection import StatusReceived
 
 #: route(name, query) -> the next hops' endpoint strings, in the order to try.
@@ -116,7 +117,7 @@ class RelaySink:
 class RelayIngest:
     log = Logger()
 
-    def __init__(self, reactor: Any, route: Route, app: str, role: str,
+    def __init__(self, reactor: IReactorClients, route: Route, app: str, role: str,
                  connect_timeout: float = 5.0, publish_timeout: float = 30.0,
                  retry_codes: frozenset[str] = frozenset()) -> None:
         self.reactor = reactor
