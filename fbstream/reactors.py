@@ -48,3 +48,11 @@ class IReactorServers(IReactorClients, IReactorCore):
 
 class IReactorProcessTime(IReactorProcess, IReactorTime):
     """A ``ProcessMonitor``'s reactor: it spawns children and waits to restart them."""
+
+
+class IReactorRoles(IReactorServers, IReactorTimeFromThreads, IReactorProcessTime):
+    """
+    Everything the roles of one process use between them, which is what the
+    composition root hands out: a real reactor (cast to this where it enters,
+    as Twisted's own declared type of the global reactor lacks some parts).
+    """

@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from fbstream import config as _config
+from fbstream.reactors import IReactorRoles
 from fbstream.roles.build import Process, build_role
 
 
@@ -80,12 +81,12 @@ def keep_rotated_logs(count: int) -> None:
     logfile.LogFile.fromFullPath = classmethod(from_full_path)  # type: ignore[method-assign,assignment]
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+def makeService(options: Options, reactor: IReactorRoles | None = None) -> IService:
     keep_rotated_logs(options["keep-logs"])
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
-        reactor = _reactor
+        reactor = cast(IReactorRoles, _reactor)
     top = MultiService()
     process = Process(reactor, all_in_one=len(options.configs) > 1)
     for cfg in options.configs.values():

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.application import strports
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -22,12 +23,13 @@ from fbstream.diskio import ThreadPoolService
 from fbstream.limits import ConnectionLimits
 from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
 from fbstream.live.hub import StreamHub
-from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest
+from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest, IIngest
 from fbstream.live.login import SessionResource, Sessions
 from fbstream.live.record import FLVRecorderFactory
 from fbstream.live.rtmp import RTMPServerFactory
 from fbstream.live.tokens import KeyConfigError, KeyRing
 from fbstream.media import IConsumerFactory
+from fbstream.reactors import IReactorRoles
 from fbstream.registry.base import IRegistry
 from fbstream.relay.pull import Puller
 from fbstream.relay.relay import RelayIngest, Route
@@ -63,7 +65,7 @@ class Process:
     an ephemeral token key) because they share them with one another.
     """
 
-    reactor: Any
+    reactor: IReactorRoles
     all_in_one: bool = False
     #: The live API, once a PoP serves one.
     api: LiveAPI | None = None
@@ -116,7 +118,7 @@ class Process:
 
 def check_secrets(configs: dict[str, RoleConfig]) -> None:
     """Fail at startup, as a usage error, on missing or malformed secrets and routes."""
-    process = Process(reactor=None, all_in_one=len(configs) > 1)
+    process = Process(reactor=cast(IReactorRoles, None), all_in_one=len(configs) > 1)
     for config in configs.values():
         if config.role == "dc-proxy":
             ring_route(config["relay.encoders"], config["relay.virtual_nodes"])
@@ -134,7 +136,9 @@ def registry_for(config: RoleConfig, process: Process, service: RoleService) -> 
     if backend == "etcd":
         from fbstream.registry.etcd import EtcdRegistry
 
-        registry = EtcdRegistry(process.reactor, config["registry.etcd"], config["registry.prefix"],
+        # treq names what it needs (TCP, time, a name resolver) in a private
+        # interface; a real reactor provides it.
+        registry = EtcdRegistry(cast(Any, process.reactor), config["registry.etcd"], config["registry.prefix"],
                                 config["registry.lease_seconds"])
         Stop(registry.close).setServiceParent(service)
         return registry
@@ -171,7 +175,7 @@ def puller(config: RoleConfig, process: Process, hub: StreamHub, route: Callable
                   config["relay.connect_timeout"], config["relay.connect_timeout"] * 2, config["relay.pull_linger"])
 
 
-def listen_rtmp(service: RoleService, config: RoleConfig, process: Process, hub: StreamHub, ingest: Any,
+def listen_rtmp(service: RoleService, config: RoleConfig, process: Process, hub: StreamHub, ingest: IIngest | None,
                 players: Puller | None = None) -> None:
     factory = RTMPServerFactory(hub, process.reactor, rtmp_settings(config), ingest, config.role, players)
     for description in config["rtmp.listen"]:
@@ -258,7 +262,7 @@ def build_encoder(config: RoleConfig, process: Process) -> RoleService:
     registry = registry_for(config, process, service)
     consumers = recorders(service, config, process)
 
-    def broadcasts(idle: Callable[[str], Any]) -> Broadcasts:
+    def broadcasts(idle: Callable[[str], Deferred[None]]) -> Broadcasts:
         return Broadcasts(registry, process.reactor, process.token_keys(config), config["encoder.name"],
                           config["encoder.advertise_http"], config["ingest.grace_seconds"],
                           config["ingest.takeover_silence"], config["ingest.claim_wait"], idle=idle)
@@ -295,7 +299,7 @@ BUILDERS: dict[str, Callable[[RoleConfig, Process], RoleService]] = {
 }
 
 
-def build_role(config: RoleConfig, process: Process | Any) -> RoleService:
+def build_role(config: RoleConfig, process: Process | IReactorRoles) -> RoleService:
     """The service of one role; ``process`` is what it shares with the other roles (or a reactor, alone)."""
     if not isinstance(process, Process):
         process = Process(reactor=process)
