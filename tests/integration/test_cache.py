@@ -109,7 +109,11 @@ def path_of_viewers():
     origin = build_role(load("origin", os.path.join(ROOT, "conf", "origin.toml"), [
         "http.listen=tcp:%d:interface=127.0.0.1" % (origin_http,),
         "origin.upstreams=tcp:127.0.0.1:%d" % (enc_port.getHost().port,),
-        "cache.lock_timeout=1.0", "cache.upstream_timeout=4.0",
+        # The herds share this process with every tier: on a loaded machine the
+        # first byte of a herd's object has taken more than a second, so a
+        # lock timeout of 1 s let a second request through. 4 s keeps the
+        # blocking-timeout test short and the herds coalesced.
+        "cache.lock_timeout=4.0", "cache.upstream_timeout=5.0",
     ])["origin"], reactor)
     pop = build_role(load("pop", os.path.join(ROOT, "conf", "pop.toml"), [
         "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
@@ -119,7 +123,7 @@ def path_of_viewers():
         "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (pop_cache,),
         "pop.cache_hosts=tcp:127.0.0.1:%d" % (pop_cache,),
         "pop.origins=tcp:127.0.0.1:%d" % (origin_http,),
-        "cache.lock_timeout=1.0", "cache.upstream_timeout=4.0", "cache.stall_timeout=1.0",
+        "cache.lock_timeout=4.0", "cache.upstream_timeout=5.0", "cache.stall_timeout=1.0",
     ])["pop"], reactor)
     origin.startService()
     pop.startService()
