@@ -431,6 +431,40 @@ class RegistryAway(BroadcastCase):
         self.assertEqual(self.state()["status"], "live")  # its last word; the next owner goes on from it
 
 
+class MissedWrites(BroadcastCase):
+    """A state write the registry misses is made again once it is back, while this encoder owns the stream."""
+
+    def test_an_interruption_is_recorded_once_the_registry_is_back(self) -> None:
+        broadcaster = self.go_live(self.a, 1, 2)
+        self.advance(0.05)
+        self.a.registry.cut = True
+        broadcaster.leave()
+        self.a.transcode()
+        self.assertEqual(self.state()["status"], "live")
+        self.advance(LEASE / 3)
+        self.a.registry.cut = False
+        self.advance(LEASE / 3)
+        self.assertEqual(self.state()["status"], "interrupted")
+        self.assertEqual(self.owner().encoder, "encoder0")
+
+    def test_an_end_is_recorded_before_the_stream_is_released(self) -> None:
+        # The grace period ends while the registry is away: the video must
+        # read as ended there (or a broadcaster coming back later would
+        # revive it from an interrupted state) before it is let go.
+        self.go_live(self.a, 1, 2).leave()
+        self.a.transcode()
+        self.advance(GRACE - 0.5)
+        self.a.registry.cut = True
+        self.advance(1.0)
+        self.assertTrue(self.a.video.ended)
+        self.a.registry.cut = False
+        self.advance(LEASE / 3)
+        self.assertEqual(self.state()["status"], "ended")
+        self.assertIsNone(self.owner())
+        self.assertEqual(self.refused(self.a.publish(Broadcaster(), self.token)).reason, "ended")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
 class EndedByTheAPI(BroadcastCase):
     def end(self) -> None:
         record = self.successResultOf(self.registry.get_video(STREAM))

@@ -46,6 +46,8 @@ class Broadcast:
         self.video: LiveVideo | None = None
         self.publisher: Any = None
         self.grace: Any = None
+        #: The next try of a state write the registry missed.
+        self.retry: Any = None
         self.ended = False
         self._writing = False
         self._dirty = False
@@ -168,8 +170,7 @@ class Broadcasts:
         now = self.clock.seconds()
         if broadcast is None:
             return make(now), None, []
-        if broadcast.grace is not None and broadcast.grace.active():
-            broadcast.grace.cancel()
+        _cancel(broadcast.grace)
         broadcast.grace = None
         if broadcast.video is not None and not broadcast.video.ended:
             return broadcast.video, broadcast.video.open_period(now), []
@@ -237,6 +238,14 @@ class Broadcasts:
         }
 
     def write_state(self, broadcast: Broadcast) -> None:
+        """
+        Write the broadcast's state to the registry, one write at a time. One
+        the registry missed is tried again at the pace of the renewals, for
+        as long as this encoder owns the stream: the registry must not go on
+        saying live (or interrupted, for a broadcaster coming back to
+        continue) about a video that ended here. The stream is released once
+        its ended state is written.
+        """
         if broadcast.video is None or broadcast.ownership.lost:
             return
         if broadcast._writing:
@@ -248,17 +257,32 @@ class Broadcasts:
 
         def written(record: Any) -> None:
             broadcast._writing = False
+            _cancel(broadcast.retry)
             if record is not None and record.get("ended") and not broadcast.ended:
                 self._ended_by_api(broadcast)
             elif broadcast._dirty:
                 self.write_state(broadcast)
+            elif broadcast.ended:
+                self._release(broadcast)
 
         def failed(failure: Any) -> None:
             broadcast._writing = False
-            self.log.warn("{stream}: writing the state failed: {e}", stream=broadcast.stream,
+            if broadcast.ownership.lost:
+                return  # fenced: the state is another encoder's to write now
+            self.log.warn("{stream}: writing the state failed: {e}; trying again", stream=broadcast.stream,
                           e=failure.getErrorMessage())
+            if broadcast.retry is None or not broadcast.retry.active():
+                broadcast.retry = self.clock.callLater(self.registry.lease_seconds / 3, self.write_state,
+                                                       broadcast)
 
         d.addCallbacks(written, failed)
+
+    def _release(self, broadcast: Broadcast) -> None:
+        def failed(failure: Any) -> None:
+            self.log.warn("{stream}: releasing it failed ({e}); its lease will lapse", stream=broadcast.stream,
+                          e=failure.getErrorMessage())
+
+        broadcast.ownership.release().addErrback(failed)
 
     # Endings ----------------------------------------------------------------
 
@@ -276,18 +300,16 @@ class Broadcasts:
     def _end(self, broadcast: Broadcast, reason: str) -> None:
         if broadcast.ended:
             return
-        if broadcast.grace is not None and broadcast.grace.active():
-            broadcast.grace.cancel()
+        _cancel(broadcast.grace)
         video = broadcast.video
         if video is not None and not video.ended:
             video.end(reason)
         lost = broadcast.ownership.lost
         broadcast.ended = True
         if not lost and video is not None:
-            d = broadcast.ownership.write(self._state(broadcast))
-            d.addBoth(lambda _: broadcast.ownership.release())
+            self.write_state(broadcast)  # then released
         elif not lost:
-            broadcast.ownership.release()
+            self._release(broadcast)
         self.log.info("{stream}: ended ({reason})", stream=broadcast.stream, reason=reason)
 
     def _lost(self, broadcast: Broadcast, reason: str) -> None:
@@ -299,13 +321,18 @@ class Broadcasts:
 
     def _forget(self, broadcast: Broadcast) -> None:
         broadcast.ownership.stop()
-        if broadcast.grace is not None and broadcast.grace.active():
-            broadcast.grace.cancel()
+        _cancel(broadcast.grace)
+        _cancel(broadcast.retry)
 
     def stop(self) -> None:
         self._unwatch()
         for broadcast in self.by_stream.values():
             self._forget(broadcast)
+
+
+def _cancel(call: Any) -> None:
+    if call is not None and call.active():
+        call.cancel()
 
 
 def _resume_period(video: LiveVideo, last_number: int) -> Period:
