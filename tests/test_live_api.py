@@ -9,12 +9,17 @@ nested thousands deep, the creation rate and the list's pages are in
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.test.requesthelper import DummyChannel
 
 from fbstream.live.api import MAX_BODY, APISettings, LiveVideosResource
 from fbstream.live.tokens import KeyRing
@@ -192,3 +197,50 @@ class RegistryTrouble(APICase):
         self.patch(self.registry, "read_state", lambda *a: fail(TypeError("a bug")))
         self.assertEqual(self.call(b"GET", vid), (500, {"error": "internal error"}))
         self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
+
+class CallerGone(APICase):
+    """
+    The caller hangs up while the registry is slow to answer: when it does,
+    nothing is written to the closed connection and nothing is logged as a
+    failure. A real twisted.web ``Request``, whose ``finish`` refuses a lost
+    connection.
+    """
+
+    def slow(self, name: str) -> list[Deferred[Any]]:
+        held: list[Deferred[Any]] = []
+        real = getattr(self.registry, name)
+
+        def call(*args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            d.addCallback(lambda _: real(*args))
+            held.append(d)
+            return d
+
+        self.patch(self.registry, name, call)
+        return held
+
+    def hang_up(self, method: bytes, path: str, body: bytes = b"") -> DummyChannel:
+        """Call, and hang up before the answer; returns the connection."""
+        channel = DummyChannel()
+        request = Request(channel, False)
+        request.method = method
+        request.clientproto = b"HTTP/1.1"
+        request.postpath = [path.encode()] if path else []
+        request.content = io.BytesIO(body)
+        request.args = {}
+        request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + KEY])
+        self.assertEqual(self.api.render(request), NOT_DONE_YET)
+        request.connectionLost(Failure(ConnectionDone()))
+        return channel
+
+    def test_during_a_show_a_list_an_end_or_a_create(self) -> None:
+        vid = self.create()["id"]
+        for name, method, path in (("get_video", b"GET", vid), ("list_videos", b"GET", ""),
+                                   ("get_video", b"DELETE", vid), ("create_video", b"POST", "")):
+            held = self.slow(name)
+            channel = self.hang_up(method, path, b"{}")
+            [d] = held
+            d.callback(None)
+            self.assertEqual(channel.transport.written.getvalue(), b"", (method, path))
+            self.assertEqual(self.flushLoggedErrors(), [], (method, path))

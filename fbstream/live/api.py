@@ -111,19 +111,24 @@ class LiveVideosResource(Resource):
             request.setHeader(b"allow", b"GET, POST" if video_id is None else b"GET, DELETE")
             return _json(request, 405, {"error": "method not allowed"})
 
+        def send(answer: tuple[int, Any]) -> None:
+            # Each call answers (status, value) once the registry has; by
+            # then the caller may have hung up (twisted.web refuses to finish).
+            if not request.finished and not gone:
+                request.write(_json(request, *answer))
+                request.finish()
+
         def failed(failure: Any) -> None:
             # 503 (try again) only when the registry could not be reached;
             # anything else is a bug here, a 500, logged with its traceback.
             if failure.check(RegistryUnavailable):
                 self.log.warn("live API call: {error}", error=failure.getErrorMessage())
-                status, error = 503, "the registry is unavailable"
+                send((503, {"error": "the registry is unavailable"}))
             else:
                 self.log.failure("live API call failed", failure)
-                status, error = 500, "internal error"
-            if not request.finished and not gone:
-                request.write(_json(request, status, {"error": error}))
-                request.finish()
+                send((500, {"error": "internal error"}))
 
+        d.addCallback(send)
         d.addErrback(failed)
         return NOT_DONE_YET
 
@@ -167,9 +172,7 @@ class LiveVideosResource(Resource):
             except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
                 parsed = None
             if not isinstance(parsed, dict) or not isinstance(parsed.get("title", ""), str):
-                request.write(_json(request, 400, {"error": "the body must be a JSON object like {\"title\": \"...\"}"}))
-                request.finish()
-                return
+                return 400, {"error": "the body must be a JSON object like {\"title\": \"...\"}"}
             title = parsed.get("title", "")[:200]
         now = self.clock.seconds()
         vid = os.urandom(8).hex()
@@ -179,8 +182,7 @@ class LiveVideosResource(Resource):
         out = self._describe(record, token)
         out["token_expires"] = now + self.settings.token_ttl
         request.setHeader(b"location", b"/api/v1/live_videos/" + vid.encode())
-        request.write(_json(request, 201, out))
-        request.finish()
+        return 201, out
 
     @inlineCallbacks
     def _list(self, request: Request) -> Any:
@@ -195,37 +197,30 @@ class LiveVideosResource(Resource):
             limit = 0
         after = (args.get(b"after") or [b""])[0].decode("ascii", "replace")
         if not 1 <= limit <= MAX_PAGE or (after and not VIDEO_ID.match(after)):
-            request.write(_json(request, 400, {"error": "limit is 1 to %d; after is a video id" % (MAX_PAGE,)}))
-            request.finish()
-            return
+            return 400, {"error": "limit is 1 to %d; after is a video id" % (MAX_PAGE,)}
         page = yield self.registry.list_videos(limit, after or None)
         out: dict[str, Any] = {"live_videos": [self._describe(v) for v in page.videos]}
         if page.more:
             out["next"] = "/api/v1/live_videos?limit=%d&after=%s" % (limit, page.videos[-1]["id"])
-        request.write(_json(request, 200, out))
-        request.finish()
+        return 200, out
 
     @inlineCallbacks
     def _show(self, request: Request, vid: str) -> Any:
         record = yield self.registry.get_video(vid)
         if record is None:
-            request.write(_json(request, 404, {"error": "no such live video"}))
-        else:
-            record["state"] = yield self.registry.read_state(vid)
-            request.write(_json(request, 200, self._describe(record)))
-        request.finish()
+            return 404, {"error": "no such live video"}
+        record["state"] = yield self.registry.read_state(vid)
+        return 200, self._describe(record)
 
     @inlineCallbacks
     def _end(self, request: Request, vid: str) -> Any:
         record = yield self.registry.get_video(vid)
         if record is None:
-            request.write(_json(request, 404, {"error": "no such live video"}))
-        else:
-            record["ended"] = True
-            record["ended_at"] = self.clock.seconds()
-            yield self.registry.put_video(vid, record)
-            request.write(_json(request, 200, self._describe(record)))
-        request.finish()
+            return 404, {"error": "no such live video"}
+        record["ended"] = True
+        record["ended_at"] = self.clock.seconds()
+        yield self.registry.put_video(vid, record)
+        return 200, self._describe(record)
 
 
 def _json(request: Request, code: int, value: Any) -> bytes:
