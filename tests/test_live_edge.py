@@ -2,8 +2,9 @@
 The encoder's answers at the live edge, on a Clock: requests for segments and
 LL-HLS parts that a player may legitimately make before they exist are held
 until they do (bounded in time and count), never a 404; blocking playlist
-reloads are answered the moment their part exists; and the LL-HLS playlist
-says what Low-Latency HLS players need.
+reloads are answered the moment their part exists; the LL-HLS playlist
+says what Low-Latency HLS players need; and the other playback URLs say what
+the caches in front may keep, and for how long.
 """
 
 from __future__ import annotations
@@ -182,6 +183,99 @@ class Edge(LiveCase):
         self.assertEqual(held.code, 404)
         self.assertTrue(held.finished)
         self.assertEqual(self.resource.held, 0)
+
+
+    def test_a_far_ahead_answer_says_where_the_edge_is(self) -> None:
+        # The caches in front answer further requests for the stream from it.
+        self.cut("360p", 1)
+        self.cut("360p", 2, parts=1, complete=False)
+        self.clock.advance(0.5)
+        for path in ("360p/5.m4s", "360p/9.2.m4s", "audio/5.m4s"):
+            far = self.get(path)
+            self.assertEqual((far.code, far.header(b"x-fbstream-live-edge")), (404, b"2"), path)
+        self.clock.advance(3)  # the manifest's timing makes segment 4 due now
+        self.assertEqual(self.get("360p/7.m4s").header(b"x-fbstream-live-edge"), b"4")
+        self.assertFalse(self.get("360p/6.m4s").finished)
+
+    def test_a_viewer_who_leaves_while_held_frees_its_place_and_gets_nothing(self) -> None:
+        self.cut("360p", 1)
+        held = self.get("360p/2.m4s")
+        kept = self.get("360p/2.m4s")
+        held.processingFailed(Exception("gone"))
+        self.assertEqual(self.resource.held, 1)
+        self.video.chunk("360p", 2, chunk(8, 33, 1000))
+        self.assertEqual(held.written, [])
+        self.assertEqual(len(kept.written), 1)
+        self.assertEqual(self.resource.held, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # no timer left behind
+
+    def test_a_segment_the_broadcaster_drops_mid_way_is_cut_off_never_finished(self) -> None:
+        self.cut("360p", 1)
+        self.cut("audio", 1)
+        held = self.get("360p/2.m4s")
+        self.cut("360p", 2, parts=2, complete=False)
+        joined = self.get("360p/2.m4s")
+        self.assertEqual((len(held.written), len(joined.written)), (2, 2))
+        self.video.close_period()  # the broadcaster is gone; it may come back
+        for request in (held, joined):
+            self.assertTrue(request.aborted)
+            self.assertFalse(request.finished)
+        # Later asked for, a failed segment is not held: the next one will be made.
+        gone = self.get("360p/2.m4s")
+        self.assertEqual(gone.code, 404)
+        self.assertEqual(self.resource.held, 0)
+
+    def test_a_viewer_who_leaves_a_growing_segment_is_written_no_more(self) -> None:
+        self.cut("360p", 1)
+        self.cut("360p", 2, parts=1, complete=False)
+        left = self.get("360p/2.m4s")
+        left.processingFailed(Exception("gone"))
+        self.cut("360p", 2, parts=3)
+        self.assertEqual(len(left.written), 1)
+        self.assertEqual(self.get("360p/2.m4s").body(), self.video.renditions["360p"].segments[2].data())
+
+
+class Playback(LiveCase):
+    """The rest of the playback URLs: what caches may keep, and for how long."""
+
+    def test_the_manifests_wait_for_four_segments_then_live_one_second_and_a_minute_once_ended(self) -> None:
+        for n in (1, 2, 3):
+            self.cut("360p", n)
+            self.cut("audio", n)
+        starting = self.get("manifest.mpd")
+        self.assertEqual((starting.code, starting.header(b"cache-control")), (404, b"public, max-age=1"))
+        self.cut("360p", 4)
+        self.cut("audio", 4)
+        self.clock.advance(4.5)
+        for path, kind in (("manifest.mpd", b"application/dash+xml"),
+                           ("master.m3u8", b"application/vnd.apple.mpegurl")):
+            live = self.get(path)
+            self.assertEqual((live.code, live.header(b"content-type"), live.header(b"cache-control")),
+                             (200, kind, b"public, max-age=1"), path)
+        self.assertIn(b'type="dynamic"', self.get("manifest.mpd").body())
+        self.video.end("ended")
+        ended = self.get("manifest.mpd")
+        self.assertEqual(ended.header(b"cache-control"), b"public, max-age=60")
+        self.assertIn(b'type="static"', ended.body())
+
+    def test_complete_segments_and_inits_are_immutable(self) -> None:
+        self.cut("360p", 1)
+        for path, body in (("360p/1.m4s", self.video.renditions["360p"].segments[1].data()),
+                           ("360p/init.mp4", init(1000))):
+            request = self.get(path)
+            self.assertEqual((request.code, request.body()), (200, body), path)
+            self.assertEqual(request.header(b"cache-control"), b"public, max-age=31536000, immutable")
+
+    def test_urls_that_name_nothing(self) -> None:
+        for path, code in (("360p/x.m4s", 400), ("720p/1.m4s", 404), ("360p/1.m4s/x", 404), ("manifest.xml", 404)):
+            request = self.get(path)
+            self.assertEqual((request.code, request.header(b"cache-control")), (code, b"public, max-age=1"), path)
+        unknown = Req("other/manifest.mpd")
+        unknown.write(self.resource.render(unknown))
+        self.assertEqual((unknown.code, unknown.header(b"cache-control")), (404, b"public, max-age=2"))
+        # Not archived: an ended video's segments past the window are gone.
+        self.video.end("ended")
+        self.assertEqual(self.get("360p/9.m4s").code, 404)
 
 
 class LowLatencyHLS(LiveCase):
