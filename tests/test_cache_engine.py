@@ -620,3 +620,16 @@ class Leaving(EngineCase):
         self.assertEqual(slow.body(), b"chunk1chunk2")
         self.assertEqual(other.body(), b"".join(b"chunk%d" % (n,) for n in range(1, 9)))
         self.assertTrue(other.finished)
+
+    def test_the_last_viewer_dropped_for_not_reading_stops_the_fetch(self) -> None:
+        # Dropped is gone: the last viewer dropped leaves as one who hung up.
+        slow = self.get()
+        response = self.upstream.answer(Streamed(GROWING))
+        response.send(b"chunk1")
+        slow.producer.pauseProducing()
+        for n in range(2, 8):
+            self.clock.advance(self.settings.stall_timeout / 6)
+            response.send(b"chunk%d" % (n,))
+        self.assertTrue(slow.aborted)
+        self.assertTrue(response.stopped)
+        self.assertEqual(self.cache.fetches, {})

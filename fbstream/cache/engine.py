@@ -290,7 +290,7 @@ class Viewer:
         self._stall = None
         if not self.gone:
             cm.DROPPED_VIEWERS.labels(tier=self.cache.tier).inc()
-            self.gone = True
+            self._leave()  # the last viewer dropped cancels the fetch, as the last to hang up does
             transport: Any = self.request.channel.transport
             transport.abortConnection()
 
