@@ -17,9 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
 
 from fbstream.cache.engine import IMMUTABLE, CacheSettings, CachingResource
+from tests.web_helpers import Request
 
 PATH = b"/live/cam/720p/7.m4s"
 GROWING = {b"content-type": [b"video/mp4"], b"cache-control": [b"no-store"], b"x-fbstream-segment": [b"growing"]}
@@ -86,40 +86,17 @@ class Upstream:
         return response
 
 
-class Viewer(DummyRequest):
+class Viewer(Request):
     def __init__(self, path: bytes = PATH) -> None:
         super().__init__(path.split(b"/")[1:])
         self.path = path
-        self._disconnected = False
         self.producer = None
-        self.aborted = False
-        viewer = self
-
-        class Transport:
-            def abortConnection(self) -> None:
-                viewer.aborted = True
-
-        class Channel:
-            transport = Transport()
-
-        self.channel = Channel()
 
     def registerProducer(self, producer, streaming) -> None:
         self.producer = producer  # a push producer: nothing to pull
 
     def unregisterProducer(self) -> None:
         self.producer = None
-
-    def header(self, name: bytes) -> bytes | None:
-        values = self.responseHeaders.getRawHeaders(name)
-        return values[-1] if values else None
-
-    def body(self) -> bytes:
-        return b"".join(self.written)
-
-    def leave(self) -> None:
-        """The viewer's connection is gone."""
-        self.processingFailed(Failure(ConnectionLost()))
 
 
 class EngineCase(SynchronousTestCase):

@@ -15,12 +15,12 @@ import struct
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
 
 from fbstream.encoder import fmp4, manifest
 from fbstream.encoder.store import LiveVideo
 from fbstream.encoder.transcode import RenditionInfo
 from fbstream.encoder.web import LiveEdge, LiveResource, VideoRegistry
+from tests.web_helpers import Request
 
 VIDEO = RenditionInfo("360p", "video", "avc1.64001e", 600_000, 640, 360, "30", timescale=1000)
 AUDIO = RenditionInfo("audio", "audio", "mp4a.40.2", 64_000, sample_rate=48000, timescale=48000)
@@ -48,8 +48,8 @@ def chunk(samples: int, sample_ticks: int, decode_time: int) -> bytes:
     return moof + box(b"mdat", b"\0" * 10 * samples)
 
 
-class Req(DummyRequest):
-    """What twisted.web's Request has and the resource uses."""
+class Req(Request):
+    """A GET of ``path`` under ``/live/``, query string and all."""
 
     def __init__(self, path: str) -> None:
         parts, _, query = path.partition("?")
@@ -57,29 +57,10 @@ class Req(DummyRequest):
         for pair in filter(None, query.split("&")):
             key, _, value = pair.partition("=")
             self.addArg(key.encode(), value.encode())
-        self._disconnected = False
-        self.aborted = False
-        request = self
-
-        class Transport:
-            def abortConnection(self) -> None:
-                request.aborted = True
-
-        class Channel:
-            transport = Transport()
-
-        self.channel = Channel()
 
     @property
     def code(self) -> int:
         return self.responseCode or 200  # unset means 200, as in twisted.web
-
-    def header(self, name: bytes) -> bytes | None:
-        values = self.responseHeaders.getRawHeaders(name)
-        return values[0] if values else None
-
-    def body(self) -> bytes:
-        return b"".join(self.written)
 
 
 class LiveCase(SynchronousTestCase):
@@ -201,7 +182,7 @@ class Edge(LiveCase):
         self.cut("360p", 1)
         held = self.get("360p/2.m4s")
         kept = self.get("360p/2.m4s")
-        held.processingFailed(Exception("gone"))
+        held.leave()
         self.assertEqual(self.resource.held, 1)
         self.video.chunk("360p", 2, chunk(8, 33, 1000))
         self.assertEqual(held.written, [])
@@ -229,7 +210,7 @@ class Edge(LiveCase):
         self.cut("360p", 1)
         self.cut("360p", 2, parts=1, complete=False)
         left = self.get("360p/2.m4s")
-        left.processingFailed(Exception("gone"))
+        left.leave()
         self.cut("360p", 2, parts=3)
         self.assertEqual(len(left.written), 1)
         self.assertEqual(self.get("360p/2.m4s").body(), self.video.renditions["360p"].segments[2].data())

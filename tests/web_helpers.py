@@ -1,0 +1,46 @@
+"""A request for testing twisted.web resources without a connection."""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
+from twisted.web.test.requesthelper import DummyRequest
+
+
+class Request(DummyRequest):
+    """
+    DummyRequest with the rest of twisted.web's Request that the playback
+    resources use: a connection they can cut off (a body aborted is never
+    finished) and one the viewer can leave, and the response as a viewer
+    reads it.
+    """
+
+    def __init__(self, postpath: list[bytes]) -> None:
+        super().__init__(postpath)
+        self._disconnected = False
+        #: Whether the resource cut the connection off.
+        self.aborted = False
+        self.channel = _Connection(self)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The response header ``name``, as last set (DummyRequest keeps every value set)."""
+        values = self.responseHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def body(self) -> bytes:
+        return b"".join(self.written)
+
+    def leave(self) -> None:
+        """The viewer's connection is gone."""
+        self.processingFailed(Failure(ConnectionLost()))
+
+
+class _Connection:
+    """``request.channel`` and its transport: what a resource reaches for to cut a body off."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.transport = self
+
+    def abortConnection(self) -> None:
+        self.request.aborted = True
