@@ -226,6 +226,25 @@ class GoingLive(BroadcastCase):
         self.assertEqual(self.a.hub.streams, {})
 
 
+    def test_a_registry_lost_after_the_claim_refuses_the_publish_and_lets_the_claim_go(self) -> None:
+        self.patch(self.a.registry, "read_state", lambda stream: fail(RegistryUnavailable("no etcd member answered")))
+        refusal = self.refused(self.a.publish(Broadcaster(), self.token))
+        self.assertEqual((refusal.code, refusal.reason), ("NetStream.Publish.Failed", "registry"))
+        self.assertIsNone(self.owner())
+        self.assertEqual(self.a.hub.streams, {})
+
+    def test_an_ended_video_is_refused_even_if_letting_its_claim_go_fails(self) -> None:
+        claim = self.successResultOf(self.registry.claim(STREAM, "encoder9", "tcp:10.0.0.9:8081"))
+        self.successResultOf(self.registry.write_state(claim, {"status": "ended"}))
+        self.successResultOf(self.registry.release(claim))
+        self.patch(self.a.registry, "release", lambda claim: fail(RegistryUnavailable("no etcd member answered")))
+        refusal = self.refused(self.a.publish(Broadcaster(), self.token))
+        self.assertEqual((refusal.code, refusal.reason), ("NetStream.Publish.BadName", "ended"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.advance(LEASE)  # the claim it could not let go lapses
+        self.assertIsNone(self.owner())
+
+
 class Grace(BroadcastCase):
     def test_a_broadcaster_who_does_not_come_back_ends_the_video_after_the_grace(self) -> None:
         broadcaster = self.go_live(self.a, 1, 2, 3)
@@ -411,6 +430,20 @@ class RegistryAway(BroadcastCase):
         self.assertEqual((self.owner().encoder, self.owner().fence), ("encoder0", 1))
         self.a.cut(4)
         self.assertEqual(self.state()["last_number"], 4)
+
+    def test_shorter_than_the_lease_over_its_last_renewals_nothing_changes(self) -> None:
+        # Away from just after a renewal for 0.85 of the lease: the next two
+        # renewals fail, and the lease would lapse before the third; a
+        # renewal tried again soon after the registry is back keeps it.
+        broadcaster = self.go_live(self.a, 1, 2)
+        self.advance(LEASE / 3 + 0.01)  # just after a renewal that worked
+        self.a.registry.cut = True
+        self.advance(0.85 * LEASE)
+        self.a.registry.cut = False
+        self.advance(10 * LEASE)
+        self.assertEqual(broadcaster.stopped, [])
+        self.assertFalse(self.a.video.ended)
+        self.assertEqual((self.owner().encoder, self.owner().fence), ("encoder0", 1))
 
     def test_for_longer_than_the_lease_the_broadcast_stops(self) -> None:
         broadcaster = self.go_live(self.a, 1, 2)

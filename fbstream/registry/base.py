@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
@@ -144,7 +144,9 @@ class Ownership:
     """
     Keeps a claim alive: renews its lease every third of its life and calls
     ``on_lost(reason)`` once if a renewal is refused or the registry stays
-    unreachable for longer than the lease.
+    unreachable for longer than the lease. A renewal that could not reach the
+    registry is tried again every tenth of the lease, so an outage shorter
+    than the lease (less a tenth) keeps it, wherever it falls.
     """
 
     log = Logger()
@@ -156,6 +158,7 @@ class Ownership:
         self.on_lost = on_lost
         self.lost = False
         self._renewed = clock.seconds()
+        self._retry: IDelayedCall | None = None
         self._loop = LoopingCall(self._renew)
         self._loop.clock = clock
         self._loop.start(registry.lease_seconds / 3, now=False)
@@ -165,6 +168,9 @@ class Ownership:
         return self.claim.owner.fence
 
     def _renew(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
         d = self.registry.renew(self.claim)
 
         def ok(_: Any) -> None:
@@ -180,6 +186,7 @@ class Ownership:
             else:
                 self.log.warn("renewing ownership of {stream} failed: {e}",
                               stream=self.claim.stream, e=failure.getErrorMessage())
+                self._retry = self.clock.callLater(self.registry.lease_seconds / 10, self._renew)
 
         d.addCallbacks(ok, failed)
 
@@ -203,6 +210,8 @@ class Ownership:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
 
     def release(self) -> Deferred[None]:
         self.stop()
