@@ -30,7 +30,7 @@ from fbstream.encoder.store import LiveVideo, Period
 from fbstream.live.ingest import OWNED_ELSEWHERE, PublishRefused
 from fbstream.live.tokens import KeyRing, TokenError, token_from_query
 from fbstream.reactors import IReactorClients
-from fbstream.registry.base import Owned, Ownership, RegistryUnavailable
+from fbstream.registry.base import Claim, Owned, Ownership, RegistryUnavailable
 
 
 class Broadcast:
@@ -106,9 +106,14 @@ class Broadcasts:
             yield self.idle(name)
             return
         claim = yield self._claim(name)
-        state = yield self.registry.read_state(name)
+        try:
+            state = yield self.registry.read_state(name)
+        except RegistryUnavailable as e:
+            self._let_go(claim)
+            raise PublishRefused("NetStream.Publish.Failed", "the registry is unavailable: %s" % (e,),
+                                 "registry") from None
         if state is not None and state.get("status") == "ended":
-            yield self.registry.release(claim)
+            self._let_go(claim)
             raise PublishRefused("NetStream.Publish.BadName", "live video %s has ended" % (name,), "ended")
         if current is not None:
             self._forget(current)
@@ -277,12 +282,19 @@ class Broadcasts:
 
         d.addCallbacks(written, failed)
 
+    def _let_go(self, claim: Claim) -> None:
+        """Release a claim this encoder will not use."""
+        self._released(claim.stream, self.registry.release(claim))
+
     def _release(self, broadcast: Broadcast) -> None:
+        self._released(broadcast.stream, broadcast.ownership.release())
+
+    def _released(self, stream: str, d: Deferred[None]) -> None:
         def failed(failure: Any) -> None:
-            self.log.warn("{stream}: releasing it failed ({e}); its lease will lapse", stream=broadcast.stream,
+            self.log.warn("{stream}: releasing it failed ({e}); its lease will lapse", stream=stream,
                           e=failure.getErrorMessage())
 
-        broadcast.ownership.release().addErrback(failed)
+        d.addErrback(failed)
 
     # Endings ----------------------------------------------------------------
 
