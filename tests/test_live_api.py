@@ -164,6 +164,12 @@ class Refusals(APICase):
         request.requestHeaders.setRawHeaders(b"authorization", [b"Basic " + KEY])
         self.assertEqual(answer(self.api, request)[0], 401)
 
+    def test_the_scheme_name_is_case_insensitive(self) -> None:
+        for scheme in (b"bearer", b"BEARER", b"Bearer"):
+            request = self.request(b"GET", key=None)
+            request.requestHeaders.setRawHeaders(b"authorization", [scheme + b" " + KEY])
+            self.assertEqual(answer(self.api, request)[0], 200, scheme)
+
     def test_methods_and_paths_outside_the_api(self) -> None:
         vid = self.create()["id"]
         for method, path, allow in ((b"DELETE", "", b"GET, POST"), (b"PUT", "", b"GET, POST"),

@@ -84,7 +84,10 @@ class LiveVideosResource(Resource):
         request.setHeader(b"cache-control", b"no-store")
         auth = request.getHeader(b"authorization") or b""
         signed_in = self.sessions is not None and self.sessions.authenticated(request)
-        if not signed_in and not hmac.compare_digest(auth, b"Bearer " + self.settings.api_key.encode()):
+        scheme, _, key = auth.partition(b" ")
+        # The scheme's name is case-insensitive (RFC 9110, 11.1).
+        if not signed_in and not (scheme.lower() == b"bearer"
+                                  and hmac.compare_digest(key, self.settings.api_key.encode())):
             request.setHeader(b"www-authenticate", b'Bearer realm="fbstream"')
             return _json(request, 401, {"error": "a valid API key is required (Authorization: Bearer <key>)"})
         parts = [p for p in request.postpath or [] if p]
