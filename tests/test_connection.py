@@ -1,5 +1,8 @@
 """The sans-IO server and client connections, talking to each other in memory."""
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import pytest
 
 from fbstream.rtmp import amf0
@@ -9,24 +12,33 @@ from fbstream.rtmp.chunk import MAX_CHUNK_SIZE, ChunkEncoder, Message
 from fbstream.rtmp.errors import ProtocolError
 from fbstream.rtmp.handshake import ClientHandshake
 
+E = TypeVar("E", bound=c.Event)
+
+
+def only(events: Sequence[c.Event], kind: type[E]) -> E:
+    """The one event of ``events``, which must be a ``kind``."""
+    (event,) = events
+    assert isinstance(event, kind), event
+    return event
+
 
 class Pair:
-    def __init__(self, step=None):
+    def __init__(self, step: int | None = None) -> None:
         self.server = c.ServerConnection()
         self.client = c.ClientConnection("live", "rtmp://127.0.0.1/live")
         self.step = step
-        self.server_events = []
-        self.client_events = []
+        self.server_events: list[c.ServerEvent] = []
+        self.client_events: list[c.ClientEvent] = []
 
-    def _feed(self, conn, data):
+    def _feed(self, conn: c._Connection[E], data: bytes) -> list[E]:
         if self.step is None:
             return conn.receive(data)
-        out = []
+        out: list[E] = []
         for i in range(0, len(data), self.step):
             out += conn.receive(data[i : i + self.step])
         return out
 
-    def pump(self):
+    def pump(self) -> tuple[list[c.ServerEvent], list[c.ClientEvent]]:
         for _ in range(20):
             a = self.client.bytes_to_send()
             b = self.server.bytes_to_send()
@@ -40,17 +52,15 @@ class Pair:
         self.server_events, self.client_events = [], []
         return s, cl
 
-    def publish(self, name="cam1?token=abc"):
-        (req,), _ = self.pump()
-        assert isinstance(req, c.ConnectRequest) and req.app == "live"
+    def publish(self, name: str = "cam1?token=abc") -> c.PublishRequest:
+        req = only(self.pump()[0], c.ConnectRequest)
+        assert req.app == "live"
         self.server.accept_connect(req)
-        _, (connected,) = self.pump()
-        assert isinstance(connected, c.Connected)
+        only(self.pump()[1], c.Connected)
         self.client.create_stream()
-        _, (created,) = self.pump()
+        created = only(self.pump()[1], c.StreamCreated)
         self.client.publish(created.stream_id, name)
-        (preq,), _ = self.pump()
-        return preq
+        return only(self.pump()[0], c.PublishRequest)
 
 
 @pytest.mark.parametrize("step", [None, 1])
@@ -59,15 +69,17 @@ def test_publish_flow(step):
     preq = pair.publish()
     assert preq == c.PublishRequest(1, "cam1", "token=abc", "live")
     pair.server.accept_publish(preq)
-    _, (status,) = pair.pump()
+    status = only(pair.pump()[1], c.StatusReceived)
     assert status.code == "NetStream.Publish.Start" and status.level == "status"
     pair.client.send_media(1, m.DATA_AMF0, 0, amf0.encode("@setDataFrame", "onMetaData", amf0.ECMAArray({"width": 1280.0})))
     video = b"\x17\x01\x00\x00\x00" + bytes(range(256)) * 40
     pair.client.send_media(1, m.VIDEO, 40, video)
     pair.client.send_media(1, m.AUDIO, 41, b"\xaf\x01abc")
     events, _ = pair.pump()
-    assert events[0].name == "onMetaData" and events[0].values == [amf0.ECMAArray({"width": 1280.0})]
-    assert amf0.decode_all(events[0].payload)[0] == "onMetaData"  # @setDataFrame stripped
+    data = events[0]
+    assert isinstance(data, c.DataReceived)
+    assert data.name == "onMetaData" and data.values == [amf0.ECMAArray({"width": 1280.0})]
+    assert amf0.decode_all(data.payload)[0] == "onMetaData"  # @setDataFrame stripped
     assert events[1] == c.MediaReceived(1, m.VIDEO, 40, video)
     assert events[2] == c.MediaReceived(1, m.AUDIO, 41, b"\xaf\x01abc")
     pair.client.unpublish(1, "cam1")
@@ -80,27 +92,27 @@ def test_reject_publish_sends_an_error_status():
     pair = Pair()
     preq = pair.publish()
     pair.server.reject_publish(preq, "NetStream.Publish.BadName", "already publishing")
-    _, (status,) = pair.pump()
+    status = only(pair.pump()[1], c.StatusReceived)
     assert status.level == "error" and status.code == "NetStream.Publish.BadName"
 
 
 def test_reject_connect():
     pair = Pair()
-    (req,), _ = pair.pump()
+    req = only(pair.pump()[0], c.ConnectRequest)
     pair.server.reject_connect(req, "no such app")
-    _, (failed,) = pair.pump()
-    assert isinstance(failed, c.CommandFailed) and failed.info["code"] == "NetConnection.Connect.Rejected"
+    failed = only(pair.pump()[1], c.CommandFailed)
+    assert failed.info["code"] == "NetConnection.Connect.Rejected"
 
 
 def test_play_flow_and_media_to_player():
     pair = Pair()
-    (req,), _ = pair.pump()
+    req = only(pair.pump()[0], c.ConnectRequest)
     pair.server.accept_connect(req)
     pair.pump()
     pair.client.create_stream()
-    _, (created,) = pair.pump()
+    created = only(pair.pump()[1], c.StreamCreated)
     pair.client.play(created.stream_id, "cam1")
-    (preq,), _ = pair.pump()
+    preq = only(pair.pump()[0], c.PlayRequest)
     assert preq == c.PlayRequest(1, "cam1", "")
     pair.server.accept_play(preq)
     pair.server.send_media(1, m.VIDEO, 0x01000000, b"\x17\x01\x00\x00\x00" + b"x" * 9000)
@@ -137,7 +149,7 @@ class RecordingClient(c.ClientConnection):
 def test_ping_is_answered():
     pair = Pair()
     pair.client = RecordingClient("live", "rtmp://127.0.0.1/live")
-    (req,), _ = pair.pump()
+    req = only(pair.pump()[0], c.ConnectRequest)
     pair.server.accept_connect(req)
     pair.pump()
     pair.client._control(m.USER_CONTROL, m.user_control(m.UC_PING_REQUEST, 777))
@@ -205,13 +217,13 @@ def test_obs_style_chunk_size_before_connect():
     data = c2 + enc.set_chunk_size(4096) + enc.encode(
         3, 0, m.COMMAND_AMF0, 0, m.command("connect", 1, {"app": "live", "tcUrl": "rtmp://h/live", "x": "y" * 500})
     )
-    (req,) = server.receive(data)
+    req = only(server.receive(data), c.ConnectRequest)
     assert req.tc_url == "rtmp://h/live"
 
 
 def test_too_many_streams():
     pair = Pair()
-    (req,), _ = pair.pump()
+    req = only(pair.pump()[0], c.ConnectRequest)
     pair.server.accept_connect(req)
     pair.pump()
     for _ in range(c.MAX_MESSAGE_STREAMS + 1):
@@ -237,12 +249,11 @@ def test_commands_pipelined_with_connect_wait_for_its_answer(step):
     pair.client.create_stream()
     pair.client.create_stream()
     events = pair._feed(pair.server, pair.client.bytes_to_send())  # all in one write
-    [req] = events
-    assert isinstance(req, c.ConnectRequest)
+    req = only(events, c.ConnectRequest)
     assert pair.server.accept_connect(req) == []  # createStream answers itself, no event
-    _, events = pair.pump()
-    assert [type(e) for e in events] == [c.Connected, c.StreamCreated, c.StreamCreated]
-    assert [e.stream_id for e in events[1:]] == [1, 2]
+    _, answers = pair.pump()
+    assert [type(e) for e in answers] == [c.Connected, c.StreamCreated, c.StreamCreated]
+    assert [e.stream_id for e in answers if isinstance(e, c.StreamCreated)] == [1, 2]
 
 
 def test_a_flood_of_commands_before_connect_is_answered_is_refused():
@@ -260,7 +271,7 @@ def test_commands_held_for_a_refused_connect_are_dropped():
     pair.server.receive(pair.client.bytes_to_send())
     pair.client.receive(pair.server.bytes_to_send())
     pair.client.create_stream()
-    [req] = pair.server.receive(pair.client.bytes_to_send())
+    req = only(pair.server.receive(pair.client.bytes_to_send()), c.ConnectRequest)
     pair.server.reject_connect(req, "unknown application")
     _, events = pair.pump()
     assert [type(e) for e in events] == [c.CommandFailed]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -324,47 +324,50 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
 
     # Events --------------------------------------------------------------
 
-    def _event(self, event: Any) -> None:
+    def _event(self, event: c.ServerEvent) -> None:
         assert self.conn is not None
-        if isinstance(event, c.MediaReceived):
-            stream = self.publishing.get(event.stream_id)
-            if stream is not None:
-                try:
-                    stream.media(MediaMessage(event.type_id, event.timestamp, event.payload))
-                except UnsupportedCodec as e:
-                    self._refuse_stream(event.stream_id, str(e))
-        elif isinstance(event, c.DataReceived):
-            stream = self.publishing.get(event.stream_id)
-            if stream is not None and event.name == "onMetaData":  # a sink
-                first = event.values[0] if event.values else None
-                if isinstance(first, amf0.ECMAArray):
-                    values = first.items
-                else:
-                    values = first if isinstance(first, dict) else {}
-                stream.set_metadata(MediaMessage(DATA_AMF0, event.timestamp, event.payload), values)
-        elif isinstance(event, c.ConnectRequest):
-            if event.app != self.settings.app:
-                self.conn.reject_connect(event, "unknown application %r" % (event.app,))
-                self._close_after_flush()
-                return
-            early = self.conn.accept_connect(event)
-            self.setTimeout(self.settings.idle_timeout)
-            for pipelined in early:  # createStream, publish... sent with connect
-                self._event(pipelined)
-                if self._closed:
+        match event:
+            case c.MediaReceived():
+                stream = self.publishing.get(event.stream_id)
+                if stream is not None:
+                    try:
+                        stream.media(MediaMessage(event.type_id, event.timestamp, event.payload))
+                    except UnsupportedCodec as e:
+                        self._refuse_stream(event.stream_id, str(e))
+            case c.DataReceived():
+                stream = self.publishing.get(event.stream_id)
+                if stream is not None and event.name == "onMetaData":  # a sink
+                    first = event.values[0] if event.values else None
+                    if isinstance(first, amf0.ECMAArray):
+                        values = first.items
+                    else:
+                        values = first if isinstance(first, dict) else {}
+                    stream.set_metadata(MediaMessage(DATA_AMF0, event.timestamp, event.payload), values)
+            case c.ConnectRequest():
+                if event.app != self.settings.app:
+                    self.conn.reject_connect(event, "unknown application %r" % (event.app,))
+                    self._close_after_flush()
                     return
-        elif isinstance(event, c.PublishRequest):
-            self._publish(event)
-        elif isinstance(event, c.PlayRequest):
-            self._play(event)
-        elif isinstance(event, c.StreamClosed):
-            sink = self.publishing.pop(event.stream_id, None)
-            if sink is not None:
-                sink.close(event.reason)
-            opening = self._opening.pop(event.stream_id, None)
-            if opening is not None:
-                opening.cancel()
-            self._stop_playing(event.stream_id)
+                early = self.conn.accept_connect(event)
+                self.setTimeout(self.settings.idle_timeout)
+                for pipelined in early:  # createStream, publish... sent with connect
+                    self._event(pipelined)
+                    if self._closed:
+                        return
+            case c.PublishRequest():
+                self._publish(event)
+            case c.PlayRequest():
+                self._play(event)
+            case c.StreamClosed():
+                sink = self.publishing.pop(event.stream_id, None)
+                if sink is not None:
+                    sink.close(event.reason)
+                opening = self._opening.pop(event.stream_id, None)
+                if opening is not None:
+                    opening.cancel()
+                self._stop_playing(event.stream_id)
+            case _:
+                assert_never(event)
 
     def _publish(self, request: c.PublishRequest) -> None:
         assert self.conn is not None
@@ -559,35 +562,38 @@ class RTMPClientProtocol(Protocol):
             self._event(event)
         self._flush()
 
-    def _event(self, event: Any) -> None:
-        if isinstance(event, c.Connected):
-            self.ready.callback(event.info)
-        elif isinstance(event, c.StreamCreated):
-            if self._creating:
-                self._creating.popleft().callback(event.stream_id)
-        elif isinstance(event, c.StatusReceived):
-            self.statuses.append(event)
-            waiter = self._status_waiters.pop(event.stream_id, None)
-            if waiter is not None:
-                if event.level == "error":
-                    waiter.errback(RTMPStatusError("%s: %s" % (event.code, event.description),
-                                                   event.code, event.description))
-                else:
-                    waiter.callback(event)
-            elif self.on_status is not None:
-                self.on_status(event)
-        elif isinstance(event, c.CommandFailed):
-            error = RTMPStatusError("%s failed: %r" % (event.command, event.info))
-            if event.command == "connect" and not self.ready.called:
-                self.ready.errback(error)
-            elif event.command == "createStream" and self._creating:
-                self._creating.popleft().errback(error)
-        elif isinstance(event, (c.MediaReceived, c.DataReceived)):
-            if self.on_media is not None:
-                if isinstance(event, c.MediaReceived):
+    def _event(self, event: c.ClientEvent) -> None:
+        match event:
+            case c.Connected():
+                self.ready.callback(event.info)
+            case c.StreamCreated():
+                if self._creating:
+                    self._creating.popleft().callback(event.stream_id)
+            case c.StatusReceived():
+                self.statuses.append(event)
+                waiter = self._status_waiters.pop(event.stream_id, None)
+                if waiter is not None:
+                    if event.level == "error":
+                        waiter.errback(RTMPStatusError("%s: %s" % (event.code, event.description),
+                                                       event.code, event.description))
+                    else:
+                        waiter.callback(event)
+                elif self.on_status is not None:
+                    self.on_status(event)
+            case c.CommandFailed():
+                error = RTMPStatusError("%s failed: %r" % (event.command, event.info))
+                if event.command == "connect" and not self.ready.called:
+                    self.ready.errback(error)
+                elif event.command == "createStream" and self._creating:
+                    self._creating.popleft().errback(error)
+            case c.MediaReceived():
+                if self.on_media is not None:
                     self.on_media(MediaMessage(event.type_id, event.timestamp, event.payload))
-                else:
+            case c.DataReceived():
+                if self.on_media is not None:
                     self.on_media(MediaMessage(DATA_AMF0, event.timestamp, event.payload))
+            case _:
+                assert_never(event)
 
     def create_stream(self) -> Deferred[int]:
         d: Deferred[int] = Deferred()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import attrs
 
@@ -123,7 +123,20 @@ class CommandFailed:
     info: Any
 
 
-Event = Any
+#: What :meth:`ServerConnection.receive` returns: requests to answer, and a
+#: publisher's media.
+ServerEvent: TypeAlias = (
+    ConnectRequest | PublishRequest | PlayRequest | MediaReceived | DataReceived | StreamClosed
+)
+#: What :meth:`ClientConnection.receive` returns: answers to its calls, and
+#: the media of a stream it plays.
+ClientEvent: TypeAlias = (
+    Connected | StreamCreated | StatusReceived | CommandFailed | MediaReceived | DataReceived
+)
+#: Every event either side returns.
+Event: TypeAlias = ServerEvent | ClientEvent
+
+_E = TypeVar("_E", bound=Event)
 
 
 #: Protocol control and user control messages (types 1 to 6: pings, window
@@ -152,7 +165,9 @@ def _split_name(raw: Any) -> tuple[str, str]:
     return name, query
 
 
-class _Connection:
+class _Connection(Generic[_E]):
+    """What both sides share; ``_E`` is the events its side returns."""
+
     def __init__(
         self,
         handshake: ServerHandshake | ClientHandshake,
@@ -189,7 +204,7 @@ class _Connection:
     def bytes_received(self) -> int:
         return self._decoder.bytes_received
 
-    def receive(self, data: bytes) -> list[Event]:
+    def receive(self, data: bytes) -> list[_E]:
         """Feed bytes from the peer; return the events they complete."""
         if self._state is _State.HANDSHAKE:
             rest = self._handshake.receive(data)
@@ -198,7 +213,7 @@ class _Connection:
             self._out.append(self._handshake.bytes_to_send())
             self._handshake_done()
             data = rest
-        events: list[Event] = []
+        events: list[_E] = []
         for msg in self._decoder.feed(data):
             self._message(msg, events)
         received = self._decoder.bytes_received
@@ -240,7 +255,7 @@ class _Connection:
 
     # Incoming messages ---------------------------------------------------
 
-    def _message(self, msg: Message, events: list[Event]) -> None:
+    def _message(self, msg: Message, events: list[_E]) -> None:
         t = msg.type_id
         if t == m.VIDEO or t == m.AUDIO:
             self._media(msg, events)
@@ -274,10 +289,15 @@ class _Connection:
         else:
             raise ProtocolError("unknown message type %d" % (t,))
 
-    def _media(self, msg: Message, events: list[Event]) -> None:
-        events.append(MediaReceived(msg.stream_id, msg.type_id, msg.timestamp, msg.payload))
+    def _media(self, msg: Message, events: list[_E]) -> None:
+        raise NotImplementedError
 
-    def _data(self, msg: Message, events: list[Event]) -> None:
+    def _data(self, msg: Message, events: list[_E]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _parse_data(msg: Message) -> DataReceived:
+        """An AMF0 (or AMF3-wrapped AMF0) data message, ``@setDataFrame`` stripped."""
         payload = msg.payload
         if msg.type_id == m.DATA_AMF3:
             if not payload or payload[0] != 0:
@@ -290,15 +310,15 @@ class _Connection:
         values = amf0.decode_all(payload[pos:])
         if not isinstance(first, str):
             raise ProtocolError("data message without a name")
-        events.append(DataReceived(msg.stream_id, msg.timestamp, first, values, payload))
+        return DataReceived(msg.stream_id, msg.timestamp, first, values, payload)
 
     def _on_command(
-        self, stream_id: int, name: str, tid: float, args: list[Any], events: list[Event]
+        self, stream_id: int, name: str, tid: float, args: list[Any], events: list[_E]
     ) -> None:
         raise NotImplementedError
 
 
-class ServerConnection(_Connection):
+class ServerConnection(_Connection[ServerEvent]):
     """The server side of one RTMP connection."""
 
     def __init__(
@@ -324,7 +344,7 @@ class ServerConnection(_Connection):
         self._early: list[tuple[int, str, float, list[Any]]] = []
 
     def _on_command(
-        self, stream_id: int, name: str, tid: float, args: list[Any], events: list[Event]
+        self, stream_id: int, name: str, tid: float, args: list[Any], events: list[ServerEvent]
     ) -> None:
         if self._state is _State.CONNECTING and name != "connect":
             if len(self._early) >= MAX_EARLY_COMMANDS:
@@ -391,7 +411,7 @@ class ServerConnection(_Connection):
             self._close_stream(stream_id, "closeStream", events, delete=False)
         # Anything else (pause, seek, receiveAudio, _checkbw, ...) is ignored.
 
-    def _close_stream(self, sid: int, reason: str, events: list[Event], delete: bool) -> None:
+    def _close_stream(self, sid: int, reason: str, events: list[ServerEvent], delete: bool) -> None:
         kind = self.streams.get(sid)
         if kind is None:
             return
@@ -405,18 +425,18 @@ class ServerConnection(_Connection):
         else:
             self.streams[sid] = "created"
 
-    def _media(self, msg: Message, events: list[Event]) -> None:
+    def _media(self, msg: Message, events: list[ServerEvent]) -> None:
         # Media on a stream that is not publishing is dropped, as FMS does.
         if self.streams.get(msg.stream_id) == "publish":
             events.append(MediaReceived(msg.stream_id, msg.type_id, msg.timestamp, msg.payload))
 
-    def _data(self, msg: Message, events: list[Event]) -> None:
+    def _data(self, msg: Message, events: list[ServerEvent]) -> None:
         if self.streams.get(msg.stream_id) == "publish":
-            super()._data(msg, events)
+            events.append(self._parse_data(msg))
 
     # Answers -------------------------------------------------------------
 
-    def accept_connect(self, request: ConnectRequest) -> list[Event]:
+    def accept_connect(self, request: ConnectRequest) -> list[ServerEvent]:
         """Accept; returns the events of commands the client sent before this answer."""
         self._state = _State.CONNECTED
         self._control(m.WINDOW_ACK_SIZE, m.u32(WINDOW_ACK_SIZE))
@@ -436,7 +456,7 @@ class ServerConnection(_Connection):
             ),
         )
         self._command(0, "onBWDone", 0, None)
-        events: list[Event] = []
+        events: list[ServerEvent] = []
         early, self._early = self._early, []
         for stream_id, name, tid, args in early:
             self._on_command(stream_id, name, tid, args, events)
@@ -492,7 +512,7 @@ class ServerConnection(_Connection):
         )
 
 
-class ClientConnection(_Connection):
+class ClientConnection(_Connection[ClientEvent]):
     """
     The client side of one RTMP connection: after the handshake it sends
     ``connect`` for ``app``; then :meth:`create_stream`, :meth:`publish` or
@@ -550,8 +570,14 @@ class ClientConnection(_Connection):
         self._command(0, "FCUnpublish", 0, None, name)
         self._command(0, "deleteStream", 0, None, float(stream_id))
 
+    def _media(self, msg: Message, events: list[ClientEvent]) -> None:
+        events.append(MediaReceived(msg.stream_id, msg.type_id, msg.timestamp, msg.payload))
+
+    def _data(self, msg: Message, events: list[ClientEvent]) -> None:
+        events.append(self._parse_data(msg))
+
     def _on_command(
-        self, stream_id: int, name: str, tid: float, args: list[Any], events: list[Event]
+        self, stream_id: int, name: str, tid: float, args: list[Any], events: list[ClientEvent]
     ) -> None:
         if name in ("_result", "_error"):
             call = self._pending.pop(tid, None)
