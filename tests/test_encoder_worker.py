@@ -8,6 +8,7 @@ from fbstream.encoder.ladder import parse_rungs
 from fbstream.encoder.store import LiveVideo
 from fbstream.encoder.transcode import Transcoder, TranscoderSettings
 from fbstream.encoder.worker import StreamEncoder
+from fbstream.endings import Ending, EndKind
 from fbstream.media import MediaMessage
 from tests.test_record import InlineReactor, StepPool
 
@@ -51,7 +52,7 @@ class BacklogTests(SynchronousTestCase):
         self.worker.ended("FCUnpublish")
         self.pool.run_all()
         self.assertTrue(self.worker.video.ended)
-        self.assertEqual(self.worker.video.end_reason, "FCUnpublish")
+        self.assertEqual(self.worker.video.ending, Ending(EndKind.PUBLISH_ENDED, "FCUnpublish"))
 
     def test_an_ended_stream_leaves_no_series_behind(self):
         from prometheus_client import REGISTRY
@@ -83,7 +84,7 @@ class ArchiveTests(SynchronousTestCase):
         video.add_rendition(RenditionInfo("240p", "video", "avc1.640015", 300000, 426, 240, "30"), b"init")
         video.chunk("240p", 1, b"moofmdat")
         video.segment_end("240p", 1, 0, 1000)
-        video.end("done")
+        video.end(Ending(EndKind.PUBLISH_ENDED, "done"))
         archive.write("old", ("state.json",), video.state().to_json().encode())
         archive.append("old", (HISTORY,), history_line("240p", 1, 0, 1000))
         archive.write("old", ("240p", "1.m4s"), b"moofmdat")
@@ -92,6 +93,7 @@ class ArchiveTests(SynchronousTestCase):
         self.assertEqual(load_archive(archive, registry, 120.0), [])  # none interrupted
         reloaded = registry.get("old")
         self.assertTrue(reloaded.ended)
+        self.assertEqual(reloaded.ending, Ending(EndKind.ARCHIVED, "archived"))
         self.assertEqual(reloaded.renditions["240p"].history, {1: (0, 1000)})
         self.assertEqual(reloaded.renditions["240p"].inits, {})  # read from disk when asked
         d = archive.expire(3600, _time.time() + 7200)
@@ -131,6 +133,8 @@ class ArchiveTests(SynchronousTestCase):
         end_unless_resumed(archive, registry, reloaded)
         pool.run_all()
         self.assertTrue(reloaded.ended)
+        self.assertEqual(reloaded.ending, Ending(
+            EndKind.ABANDONED, "the broadcaster did not come back after the encoder restarted"))
         self.assertIn('type="static"', manifest.mpd(reloaded, 1000.0 + 40).decode())
         with open(os.path.join(directory, "cut", "state.json")) as f:
             self.assertTrue(ArchiveState.from_json(f.read()).ended)

@@ -15,6 +15,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from fbstream.endings import Ending, EndKind
 from fbstream.registry import Fenced, Owned, Ownership
 from fbstream.registry.base import RegistryUnavailable
 from fbstream.registry.etcd import EtcdRegistry, _VideoWatch
@@ -88,7 +89,7 @@ class OwnershipTests(EtcdRegistryTestCase):
 
     def test_ownership_renews_on_the_clock_and_reports_a_takeover(self) -> None:
         claim = self.call(self.registry.claim("s1", "enc-a", "x"))
-        lost: list[str] = []
+        lost: list[Ending] = []
         holder = Ownership(self.registry, claim, self.clock, lost.append)
         self.clock.pump([LEASE / 3] * 12)
         self.assertEqual((lost, self.call(self.registry.owner("s1"))), ([], claim.owner))
@@ -97,7 +98,7 @@ class OwnershipTests(EtcdRegistryTestCase):
         self.etcd.revoke({"ID": claim.lease})
         self.call(self.registry.claim("s1", "enc-b", "y"))
         self.clock.advance(LEASE / 3)
-        self.assertEqual(lost, ["the lease on stream s1 lapsed"])
+        self.assertEqual(lost, [Ending(EndKind.OWNERSHIP_LOST, "the lease on stream s1 lapsed")])
         self.assertFalse(holder._loop.running)
 
     def test_a_state_write_reads_the_record_in_the_same_step(self) -> None:

@@ -20,6 +20,7 @@ from fbstream.encoder import fmp4, manifest
 from fbstream.encoder.store import LiveVideo
 from fbstream.encoder.transcode import RenditionInfo
 from fbstream.encoder.web import LiveEdge, LiveResource, VideoRegistry
+from fbstream.endings import Ending, EndKind
 from tests.web_helpers import Request
 
 VIDEO = RenditionInfo("360p", "video", "avc1.64001e", 600_000, 640, 360, "30", timescale=1000)
@@ -160,7 +161,7 @@ class Edge(LiveCase):
     def test_the_end_of_the_broadcast_answers_held_requests(self) -> None:
         self.cut("360p", 1)
         held = self.get("360p/2.m4s")
-        self.video.end("ended")
+        self.video.end(Ending(EndKind.PUBLISH_ENDED, "ended"))
         self.assertEqual(held.code, 404)
         self.assertTrue(held.finished)
         self.assertEqual(self.resource.held, 0)
@@ -327,7 +328,7 @@ class LowLatencyHLS(LiveCase):
         self.assertIn("#EXT-X-PART-INF:PART-TARGET=0.256", audio)
         self.assertIn('#EXT-X-PART:DURATION=0.25600,URI="5.0.m4s",INDEPENDENT=YES', audio)
         # Once ended: a plain playlist, no parts.
-        self.video.end("ended")
+        self.video.end(Ending(EndKind.PUBLISH_ENDED, "ended"))
         ended = self.get("360p/playlist.m3u8").body().decode()
         self.assertNotIn("EXT-X-PART", ended)
         self.assertIn("#EXT-X-ENDLIST", ended)

@@ -28,6 +28,7 @@ from fbstream.encoder.service import EncoderConsumers
 from fbstream.encoder.store import LiveVideo
 from fbstream.encoder.transcode import Chunk, InitSegment, RenditionInfo, SegmentEnd, TranscoderSettings
 from fbstream.encoder.web import VideoRegistry
+from fbstream.endings import Ending, EndKind
 from fbstream.live.hub import StreamHub
 from fbstream.live.ingest import OWNED_ELSEWHERE, HubIngest, PublishRefused
 from fbstream.live.tokens import KeyRing
@@ -258,7 +259,7 @@ class Grace(BroadcastCase):
         self.assertEqual(self.owner().encoder, "encoder0")  # still renewed while it waits
         self.advance(0.2)
         self.assertTrue(video.ended)
-        self.assertEqual(video.end_reason, "the broadcaster did not come back")
+        self.assertEqual(video.ending, Ending(EndKind.ABANDONED, "the broadcaster did not come back"))
         self.assertEqual(self.state()["status"], "ended")
         self.assertIsNone(self.owner())  # released
         # Too late now: the token is refused, and nothing is claimed.
@@ -393,7 +394,7 @@ class Fencing(BroadcastCase):
     def assert_stopped(self, broadcaster: Broadcaster, reason: str) -> None:
         self.assertEqual(broadcaster.stopped, [reason])
         self.assertTrue(self.a.video.ended)
-        self.assertEqual(self.a.video.end_reason, reason)
+        self.assertEqual(self.a.video.ending, Ending(EndKind.OWNERSHIP_LOST, reason))
         state = self.state()
         self.assertEqual((self.owner().encoder, state["encoder"], state["last_number"]), ("encoder1", "encoder1", 4))
         # Nothing more comes of it.
@@ -457,7 +458,7 @@ class RegistryAway(BroadcastCase):
         reason = "the registry was unreachable for longer than the lease"
         self.assertEqual(broadcaster.stopped, [reason])
         self.assertTrue(self.a.video.ended)
-        self.assertEqual(self.a.video.end_reason, reason)
+        self.assertEqual(self.a.video.ending, Ending(EndKind.OWNERSHIP_LOST, reason))
         # Back, it is not the owner any more, and wrote nothing after it lost the lease.
         self.a.registry.cut = False
         self.assertIsNone(self.owner())
@@ -505,7 +506,7 @@ class EndedByTheAPI(BroadcastCase):
 
     def assert_ended(self) -> None:
         self.assertTrue(self.a.video.ended)
-        self.assertEqual(self.a.video.end_reason, "the live video was ended")
+        self.assertEqual(self.a.video.ending, Ending(EndKind.ENDED_BY_API, "the live video was ended"))
         self.assertEqual(self.state()["status"], "ended")
         self.assertIsNone(self.owner())
         refusal = self.refused(self.a.publish(Broadcaster(), self.token))
@@ -543,7 +544,7 @@ class OwnershipLease(SynchronousTestCase):
         self.reactor = InlineReactor()
         self.registry = MemoryRegistry(self.reactor, LEASE)
         self.claim = self.successResultOf(self.registry.claim(STREAM, "encoder0", "tcp:10.0.0.1:8081"))
-        self.lost: list[str] = []
+        self.lost: list[Ending] = []
         self.ownership = Ownership(self.registry, self.claim, self.reactor, self.lost.append)
 
     def test_renewals_keep_the_lease_and_stop_lets_it_lapse(self) -> None:
@@ -560,6 +561,6 @@ class OwnershipLease(SynchronousTestCase):
         self.successResultOf(self.registry.claim(STREAM, "encoder1", "tcp:10.0.0.2:8081"))
         self.failureResultOf(self.ownership.write({"status": "live"}))
         self.reactor.advance(LEASE)
-        self.assertEqual(self.lost, ["another encoder took over stream %s" % (STREAM,)])
+        self.assertEqual(self.lost, [Ending(EndKind.OWNERSHIP_LOST, "another encoder took over stream %s" % (STREAM,))])
         self.assertTrue(self.ownership.lost)
         self.assertEqual(self.reactor.getDelayedCalls(), [])

@@ -27,10 +27,15 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from fbstream.encoder.store import LiveVideo, Period
+from fbstream.endings import Ending, EndKind
 from fbstream.live.ingest import OWNED_ELSEWHERE, PublishRefused
 from fbstream.live.tokens import KeyRing, TokenError, token_from_query
 from fbstream.reactors import IReactorClients
 from fbstream.registry.base import Claim, Owned, Ownership, RegistryUnavailable
+from fbstream.registry.records import VideoStatus
+
+ENDED_BY_API = Ending(EndKind.ENDED_BY_API, "the live video was ended")
+ABANDONED = Ending(EndKind.ABANDONED, "the broadcaster did not come back")
 
 
 class Broadcast:
@@ -112,14 +117,14 @@ class Broadcasts:
             self._let_go(claim)
             raise PublishRefused("NetStream.Publish.Failed", "the registry is unavailable: %s" % (e,),
                                  "registry") from None
-        if state is not None and state.get("status") == "ended":
+        if state is not None and VideoStatus(state["status"]) is VideoStatus.ENDED:
             self._let_go(claim)
             raise PublishRefused("NetStream.Publish.BadName", "live video %s has ended" % (name,), "ended")
         if current is not None:
             self._forget(current)
         broadcast = Broadcast(name, state)
         broadcast.ownership = Ownership(self.registry, claim, self.clock,
-                                        lambda reason: self._lost(broadcast, reason))
+                                        lambda ending: self._lost(broadcast, ending))
         broadcast.publisher = publisher
         self.by_stream[name] = broadcast
         yield self.idle(name)
@@ -205,7 +210,12 @@ class Broadcasts:
             self.write_state(broadcast)
 
     def publish_ended(self, name: str, reason: str, publisher: Any) -> None:
-        """The publisher is gone: wait ``grace_seconds`` for it, then end."""
+        """
+        The publisher is gone: wait ``grace_seconds`` for it, then end. An
+        ending this encoder decided (the API ended the video, its ownership
+        was lost) has ended the broadcast before it stopped the publisher, so
+        only a publish that ended by itself waits; ``reason`` is for the log.
+        """
         broadcast = self.by_stream.get(name)
         if broadcast is None or broadcast.ended:
             return
@@ -215,13 +225,9 @@ class Broadcasts:
         video = broadcast.video
         if video is None:
             return
-        if broadcast.ownership.lost or reason.startswith("the live video"):
-            self._end(broadcast, reason)
-            return
         self.log.info("{stream}: interrupted ({reason}); waiting {s} s for the broadcaster",
                       stream=name, reason=reason, s=self.grace_seconds)
-        broadcast.grace = self.clock.callLater(self.grace_seconds, self._end, broadcast,
-                                               "the broadcaster did not come back")
+        broadcast.grace = self.clock.callLater(self.grace_seconds, self._end, broadcast, ABANDONED)
         self.write_state(broadcast)
 
     # Registry state ---------------------------------------------------------
@@ -230,9 +236,12 @@ class Broadcasts:
         video = broadcast.video
         assert video is not None
         last = max((r.newest for r in video.renditions.values()), default=0)
-        status = "ended" if broadcast.ended else ("interrupted" if video.interrupted else "live")
+        if broadcast.ended:
+            status = VideoStatus.ENDED
+        else:
+            status = VideoStatus.INTERRUPTED if video.interrupted else VideoStatus.LIVE
         return {
-            "status": status,
+            "status": status.value,
             "encoder": self.encoder_name,
             "http": self.advertise_http,
             "fence": broadcast.ownership.fence,
@@ -305,31 +314,34 @@ class Broadcasts:
 
     def _ended_by_api(self, broadcast: Broadcast) -> None:
         self.log.info("{stream}: ended by the live API", stream=broadcast.stream)
-        if broadcast.publisher is not None:
-            broadcast.publisher.stop("the live video was ended")
-        self._end(broadcast, "the live video was ended")
+        self._stop(broadcast, ENDED_BY_API)
 
-    def _end(self, broadcast: Broadcast, reason: str) -> None:
+    def _stop(self, broadcast: Broadcast, ending: Ending) -> None:
+        """End ``broadcast``, then disconnect its publisher (told why), which then waits for nothing."""
+        publisher = broadcast.publisher
+        self._end(broadcast, ending)
+        if publisher is not None:
+            publisher.stop(ending.detail)
+
+    def _end(self, broadcast: Broadcast, ending: Ending) -> None:
         if broadcast.ended:
             return
         _cancel(broadcast.grace)
         video = broadcast.video
         if video is not None and not video.ended:
-            video.end(reason)
+            video.end(ending)
         lost = broadcast.ownership.lost
         broadcast.ended = True
         if not lost and video is not None:
             self.write_state(broadcast)  # then released
         elif not lost:
             self._release(broadcast)
-        self.log.info("{stream}: ended ({reason})", stream=broadcast.stream, reason=reason)
+        self.log.info("{stream}: ended ({reason})", stream=broadcast.stream, reason=ending.detail)
 
-    def _lost(self, broadcast: Broadcast, reason: str) -> None:
+    def _lost(self, broadcast: Broadcast, ending: Ending) -> None:
         """Fenced: another encoder owns the stream now. Stop at once."""
-        self.log.warn("{stream}: {reason}; stopping", stream=broadcast.stream, reason=reason)
-        if broadcast.publisher is not None:
-            broadcast.publisher.stop(reason)
-        self._end(broadcast, reason)
+        self.log.warn("{stream}: {reason}; stopping", stream=broadcast.stream, reason=ending.detail)
+        self._stop(broadcast, ending)
 
     def _forget(self, broadcast: Broadcast) -> None:
         broadcast.ownership.stop()

@@ -25,6 +25,7 @@ from fbstream.encoder.store import Archive, LiveVideo, Period, Rendition
 from fbstream.encoder.transcode import RenditionInfo, Transcoder, TranscoderSettings
 from fbstream.encoder.web import LiveEdge, LiveResource, VideoRegistry
 from fbstream.encoder.worker import StreamEncoder
+from fbstream.endings import Ending, EndKind
 from fbstream.live.clock import TimeResource
 from fbstream.live.hub import LiveStream
 from fbstream.media import IConsumerFactory
@@ -159,7 +160,7 @@ def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: floa
         registry.videos[state.stream] = video
         if state.ended:
             video.ended = True
-            video.end_reason = "archived"
+            video.ending = Ending(EndKind.ARCHIVED, "archived")
         else:
             video.close_period()  # where its content ends; interrupted from now
             video.complete_through = min((max(r.history, default=0) for r in video.renditions.values()),
@@ -171,7 +172,7 @@ def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: floa
 def end_unless_resumed(archive: Archive, registry: VideoRegistry, video: LiveVideo) -> None:
     """The grace period of a video a restart interrupted is over: if no one continued it, it ends."""
     if registry.videos.get(video.stream) is video and video.interrupted and not video.ended:
-        video.end("the broadcaster did not come back after the encoder restarted")
+        video.end(Ending(EndKind.ABANDONED, "the broadcaster did not come back after the encoder restarted"))
         archive.write(video.stream, ("state.json",), video.state().to_json().encode())
 
 

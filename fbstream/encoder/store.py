@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from fbstream.encoder import fmp4
 from fbstream.encoder import metrics as em
 from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo, SegmentClock
+from fbstream.endings import Ending
 from fbstream.reactors import IReactorTimeFromThreads
 
 
@@ -190,7 +191,8 @@ class LiveVideo:
         self.archive_dir = archive_dir
         self.renditions: dict[str, Rendition] = {}
         self.ended = False
-        self.end_reason = ""
+        #: Why it ended, once it has.
+        self.ending: Ending | None = None
         self.publish_time = availability_start
         self.failure: str | None = None
         #: Highest segment number complete in every rendition.
@@ -358,12 +360,12 @@ class LiveVideo:
                 if seg.complete or seg.failed:
                     del rendition.segments[number]
 
-    def end(self, reason: str) -> None:
+    def end(self, ending: Ending) -> None:
         if self.periods[-1].end_ms is None:
             self.close_period()
         self.interrupted = False
         self.ended = True
-        self.end_reason = reason
+        self.ending = ending
         self.publish_time = time.time()
         em.forget(self.stream, self.renditions)
         for rendition in self.renditions.values():

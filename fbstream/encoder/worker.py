@@ -33,6 +33,7 @@ from fbstream.encoder.transcode import (
     SegmentEnd,
     Transcoder,
 )
+from fbstream.endings import Ending, EndKind
 from fbstream.media import IStreamConsumer, MediaMessage
 from fbstream.reactors import IReactorTimeFromThreads
 from fbstream.rtmp import amf0, flv
@@ -242,11 +243,12 @@ class StreamEncoder:
 
     def _finish(self) -> None:
         self._finished = True
+        reason = self._ending or "ended"
         if self.on_finished is not None:
             self.video.close_period()
-            self.on_finished(self._ending or "ended")
+            self.on_finished(reason)
         else:
-            self.video.end(self._ending or "ended")
+            self.video.end(Ending(EndKind.PUBLISH_ENDED, reason))
         self._write_state()
         em.LIVE_VIDEOS.dec()
         if self.video.ended:  # what the last batch counted after the end

@@ -32,6 +32,7 @@ from fbstream.live.login import Sessions
 from fbstream.live.tokens import KeyRing
 from fbstream.ratelimit import KeyedBuckets
 from fbstream.registry.base import RegistryUnavailable
+from fbstream.registry.records import VideoStatus
 
 VIDEO_ID = re.compile(r"^[a-f0-9]{16}$")
 MAX_BODY = 16 * 1024
@@ -139,10 +140,13 @@ class LiveVideosResource(Resource):
         s = self.settings
         vid = record["id"]
         state = record.get("state") or {}
-        status = "ended" if record.get("ended") else state.get("status", "created")
+        if record.get("ended"):
+            status = VideoStatus.ENDED
+        else:
+            status = VideoStatus(state["status"]) if "status" in state else VideoStatus.CREATED
         out: dict[str, Any] = {
             "id": vid,
-            "status": status,
+            "status": status.value,
             "datacenter": record["dc"],
             "title": record.get("title", ""),
             "created": record["created"],

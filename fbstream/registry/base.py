@@ -34,6 +34,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
+from fbstream.endings import Ending, EndKind
+
 
 class Owned(Exception):
     """Another encoder owns the stream (its lease is live)."""
@@ -143,7 +145,8 @@ class IRegistry(Interface):
 class Ownership:
     """
     Keeps a claim alive: renews its lease every third of its life and calls
-    ``on_lost(reason)`` once if a renewal is refused or the registry stays
+    ``on_lost(ending)`` once (an :class:`~fbstream.endings.Ending` of kind
+    ``OWNERSHIP_LOST``) if a renewal is refused or the registry stays
     unreachable for longer than the lease. A renewal that could not reach the
     registry is tried again every tenth of the lease, so an outage shorter
     than the lease (less a tenth) keeps it, wherever it falls.
@@ -151,7 +154,7 @@ class Ownership:
 
     log = Logger()
 
-    def __init__(self, registry: Any, claim: Claim, clock: IReactorTime, on_lost: Callable[[str], None]) -> None:
+    def __init__(self, registry: Any, claim: Claim, clock: IReactorTime, on_lost: Callable[[Ending], None]) -> None:
         self.registry = registry
         self.claim = claim
         self.clock = clock
@@ -190,12 +193,12 @@ class Ownership:
 
         d.addCallbacks(ok, failed)
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, detail: str) -> None:
         if self.lost:
             return
         self.lost = True
         self.stop()
-        self.on_lost(reason)
+        self.on_lost(Ending(EndKind.OWNERSHIP_LOST, detail))
 
     def write(self, state: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
         d: Deferred[dict[str, Any] | None] = self.registry.write_state(self.claim, state)

@@ -11,6 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from fbstream.endings import EndKind
 from fbstream.registry import Fenced, Owned, Ownership
 from fbstream.registry.etcd import EtcdRegistry
 from fbstream.registry.memory import MemoryRegistry
@@ -87,7 +88,8 @@ def test_ownership_renews_and_reports_loss(registry):
         yield registry.claim("s1", "enc-b", "y")
         with pytest.raises(Fenced):
             yield holder.write({"n": 2})
-        assert lost and "another encoder" in lost[0]
+        [ending] = lost
+        assert ending.kind is EndKind.OWNERSHIP_LOST and ending.detail == "another encoder took over stream s1"
     finally:
         holder.stop()
 
