@@ -68,7 +68,9 @@ def test_publish_flow(step):
     pair = Pair(step)
     preq = pair.publish()
     assert preq == c.PublishRequest(1, "cam1", "token=abc", "live")
+    assert pair.server.streams == {1: c.StreamState.PUBLISH_PENDING}
     pair.server.accept_publish(preq)
+    assert pair.server.streams == {1: c.StreamState.PUBLISHING}
     status = only(pair.pump()[1], c.StatusReceived)
     assert status.code == "NetStream.Publish.Start" and status.level == "status"
     pair.client.send_media(1, m.DATA_AMF0, 0, amf0.encode("@setDataFrame", "onMetaData", amf0.ECMAArray({"width": 1280.0})))
@@ -92,6 +94,7 @@ def test_reject_publish_sends_an_error_status():
     pair = Pair()
     preq = pair.publish()
     pair.server.reject_publish(preq, "NetStream.Publish.BadName", "already publishing")
+    assert pair.server.streams == {1: c.StreamState.CREATED}  # free to publish again
     status = only(pair.pump()[1], c.StatusReceived)
     assert status.level == "error" and status.code == "NetStream.Publish.BadName"
 

@@ -158,6 +158,18 @@ class _State(enum.Enum):
     CONNECTED = "connected"
 
 
+class StreamState(enum.Enum):
+    """What one message stream of a server connection is for."""
+
+    #: Made by createStream, or given back by FCUnpublish, closeStream or a refusal.
+    CREATED = "created"
+    #: Asked to publish or play; the server has not answered yet.
+    PUBLISH_PENDING = "publish-pending"
+    PLAY_PENDING = "play-pending"
+    PUBLISHING = "publish"
+    PLAYING = "play"
+
+
 def _split_name(raw: Any) -> tuple[str, str]:
     if not isinstance(raw, str):
         raise ProtocolError("stream name is not a string")
@@ -335,8 +347,8 @@ class ServerConnection(_Connection[ServerEvent]):
         self._decoder.max_pending = UNTRUSTED_BUDGET
         self._out_chunk_size = out_chunk_size
         self._next_stream_id = 1
-        #: Message stream id -> "created", "publish", "play".
-        self.streams: dict[int, str] = {}
+        #: Message stream id -> what it is for.
+        self.streams: dict[int, StreamState] = {}
         self._published_names: dict[str, int] = {}
         self.app = ""
         #: Commands that came after ``connect`` but before it was accepted
@@ -373,7 +385,7 @@ class ServerConnection(_Connection[ServerEvent]):
                 return
             sid = self._next_stream_id
             self._next_stream_id += 1
-            self.streams[sid] = "created"
+            self.streams[sid] = StreamState.CREATED
             self._command(0, "_result", tid, None, float(sid))
         elif name in ("releaseStream", "FCPublish"):
             if tid:
@@ -383,23 +395,23 @@ class ServerConnection(_Connection[ServerEvent]):
             if tid:
                 self._command(0, "_result", tid, None, 0.0)
         elif name == "publish":
-            if self.streams.get(stream_id) != "created":
+            if self.streams.get(stream_id) is not StreamState.CREATED:
                 raise ProtocolError("publish on message stream %d, which is not free" % (stream_id,))
             sname, query = _split_name(args[1] if len(args) > 1 else None)
             ptype = args[2] if len(args) > 2 and isinstance(args[2], str) else "live"
-            self.streams[stream_id] = "publish-pending"
+            self.streams[stream_id] = StreamState.PUBLISH_PENDING
             events.append(PublishRequest(stream_id, sname, query, ptype))
         elif name == "play":
-            if self.streams.get(stream_id) != "created":
+            if self.streams.get(stream_id) is not StreamState.CREATED:
                 raise ProtocolError("play on message stream %d, which is not free" % (stream_id,))
             sname, query = _split_name(args[1] if len(args) > 1 else None)
-            self.streams[stream_id] = "play-pending"
+            self.streams[stream_id] = StreamState.PLAY_PENDING
             events.append(PlayRequest(stream_id, sname, query))
         elif name == "FCUnpublish":
             sname, _ = _split_name(args[1] if len(args) > 1 else "")
             sid = self._published_names.pop(sname, 0)  # 0 is never a publishing stream
-            if sid and self.streams.get(sid) == "publish":
-                self.streams[sid] = "created"
+            if sid and self.streams.get(sid) is StreamState.PUBLISHING:
+                self.streams[sid] = StreamState.CREATED
                 events.append(StreamClosed(sid, "FCUnpublish"))
             if tid:
                 self._command(0, "_result", tid, None, amf0.UNDEFINED_VALUE)
@@ -412,10 +424,10 @@ class ServerConnection(_Connection[ServerEvent]):
         # Anything else (pause, seek, receiveAudio, _checkbw, ...) is ignored.
 
     def _close_stream(self, sid: int, reason: str, events: list[ServerEvent], delete: bool) -> None:
-        kind = self.streams.get(sid)
-        if kind is None:
+        state = self.streams.get(sid)
+        if state is None:
             return
-        if kind in ("publish", "play", "publish-pending", "play-pending"):
+        if state is not StreamState.CREATED:
             events.append(StreamClosed(sid, reason))
             for name, owner in list(self._published_names.items()):
                 if owner == sid:
@@ -423,15 +435,15 @@ class ServerConnection(_Connection[ServerEvent]):
         if delete:
             del self.streams[sid]
         else:
-            self.streams[sid] = "created"
+            self.streams[sid] = StreamState.CREATED
 
     def _media(self, msg: Message, events: list[ServerEvent]) -> None:
         # Media on a stream that is not publishing is dropped, as FMS does.
-        if self.streams.get(msg.stream_id) == "publish":
+        if self.streams.get(msg.stream_id) is StreamState.PUBLISHING:
             events.append(MediaReceived(msg.stream_id, msg.type_id, msg.timestamp, msg.payload))
 
     def _data(self, msg: Message, events: list[ServerEvent]) -> None:
-        if self.streams.get(msg.stream_id) == "publish":
+        if self.streams.get(msg.stream_id) is StreamState.PUBLISHING:
             events.append(self._parse_data(msg))
 
     # Answers -------------------------------------------------------------
@@ -475,7 +487,7 @@ class ServerConnection(_Connection[ServerEvent]):
     def accept_publish(self, request: PublishRequest) -> None:
         # An accepted publisher may send messages as large as it likes (up to max_message_size).
         self._decoder.max_pending = self._publisher_budget
-        self.streams[request.stream_id] = "publish"
+        self.streams[request.stream_id] = StreamState.PUBLISHING
         self._published_names[request.name] = request.stream_id
         self._control(m.USER_CONTROL, m.user_control(m.UC_STREAM_BEGIN, request.stream_id))
         self.send_status(
@@ -486,13 +498,13 @@ class ServerConnection(_Connection[ServerEvent]):
         )
 
     def reject_publish(self, request: PublishRequest, code: str, description: str) -> None:
-        if self.streams.get(request.stream_id) == "publish-pending":
-            self.streams[request.stream_id] = "created"
+        if self.streams.get(request.stream_id) is StreamState.PUBLISH_PENDING:
+            self.streams[request.stream_id] = StreamState.CREATED
         self.send_status(request.stream_id, "error", code, description)
 
     def accept_play(self, request: PlayRequest) -> None:
         sid = request.stream_id
-        self.streams[sid] = "play"
+        self.streams[sid] = StreamState.PLAYING
         self._control(m.USER_CONTROL, m.user_control(m.UC_STREAM_IS_RECORDED, sid))
         self._control(m.USER_CONTROL, m.user_control(m.UC_STREAM_BEGIN, sid))
         self.send_status(sid, "status", "NetStream.Play.Reset", "Playing and resetting %s." % (request.name,))
@@ -500,8 +512,8 @@ class ServerConnection(_Connection[ServerEvent]):
         self.send_media(sid, m.DATA_AMF0, 0, amf0.encode("|RtmpSampleAccess", True, True))
 
     def reject_play(self, request: PlayRequest, code: str, description: str) -> None:
-        if self.streams.get(request.stream_id) == "play-pending":
-            self.streams[request.stream_id] = "created"
+        if self.streams.get(request.stream_id) is StreamState.PLAY_PENDING:
+            self.streams[request.stream_id] = StreamState.CREATED
         self.send_status(request.stream_id, "error", code, description)
 
     def end_play(self, stream_id: int, name: str) -> None:
