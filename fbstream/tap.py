@@ -93,6 +93,7 @@ def makeService(options: Options, reactor: IReactorRoles | None = None) -> IServ
         build_role(cfg, process).setServiceParent(top)
     if options["demo"]:
         from fbstream.demo import demo_publisher, demo_url
+        from fbstream.registry.records import VideoRecord
 
         target = options.configs.get("pop") or options.configs["encoder"]
         url = demo_url(target)
@@ -100,8 +101,7 @@ def makeService(options: Options, reactor: IReactorRoles | None = None) -> IServ
             # The demo goes live the way a broadcaster does: a live video from
             # the API's registry and a token for it, through the PoP.
             api = process.api
-            api.registry.create_video("demo", {"id": "demo", "dc": api.settings.datacenter,
-                                               "created": reactor.seconds(), "title": "demo", "ended": False})
+            api.registry.create_video("demo", VideoRecord("demo", api.settings.datacenter, reactor.seconds(), "demo"))
             url += "?token=" + api.keys.sign("demo", api.settings.datacenter, reactor.seconds(), 365 * 86400)
         demo_publisher(reactor, sys.executable, url).setServiceParent(top)
     return top

@@ -10,13 +10,17 @@ from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 
+from fbstream.registry.records import VideoRecord
+
+from .test_records import state
+
 
 def video_id(n: int) -> str:
     return "%016x" % (n,)
 
 
-def record(n: int) -> dict[str, Any]:
-    return {"id": video_id(n), "dc": "dc1", "created": 1000.0 + n, "title": "video %d" % (n,), "ended": False}
+def record(n: int) -> VideoRecord:
+    return VideoRecord(video_id(n), "dc1", 1000.0 + n, "video %d" % (n,))
 
 
 @inlineCallbacks
@@ -31,35 +35,35 @@ def page_through(registry: Any) -> Any:
     for n in range(25):
         yield registry.create_video(video_id(n), record(n))
     claim = yield registry.claim(made[5], "enc-a", "tcp:127.0.0.1:1")
-    yield registry.write_state(claim, {"status": "live"})
+    yield registry.write_state(claim, state(7))
 
     seen: list[str] = []
     sizes, after, late = [], None, 100
     while True:
         page = yield registry.list_videos(10, after)
-        seen += [v["id"] for v in page.videos]
+        seen += [v.record.id for v in page.videos]
         sizes.append((len(page.videos), page.more))
         if not page.more:
             break
-        after = page.videos[-1]["id"]
+        after = page.videos[-1].record.id
         # Between pages: a new video, and the end of an old one.
         yield registry.create_video(video_id(late), record(late))
         late += 1
         if len(sizes) == 1:
             ended = yield registry.get_video(made[3])
-            yield registry.put_video(made[3], dict(ended, ended=True))
+            yield registry.put_video(made[3], ended.end(2000.0))
     assert sizes == [(10, True), (10, True), (5, False)], sizes
     assert seen == made[::-1], seen
 
     page = yield registry.list_videos(5, made[8])
-    assert [v["id"] for v in page.videos] == made[7:2:-1] and page.more is True, page
+    assert [v.record.id for v in page.videos] == made[7:2:-1] and page.more is True, page
     ended, live = page.videos[-1], page.videos[2]
-    assert ended["ended"] is True and ended["state"] is None and ended["owner"] is None, ended
-    assert live["state"] == {"status": "live"} and claim.owner.nonce in live["owner"], live
+    assert ended.record.ended is True and ended.state is None and ended.owner is None, ended
+    assert live.state == state(7) and live.owner == claim.owner, live
 
     # A page that ends exactly at the oldest video says there is no more.
     page = yield registry.list_videos(5, made[5])
-    assert ([v["id"] for v in page.videos], page.more) == (made[4::-1], False), page
+    assert ([v.record.id for v in page.videos], page.more) == (made[4::-1], False), page
     page = yield registry.list_videos(5, made[0])
     assert (page.videos, page.more) == ([], False), page
 
@@ -67,4 +71,4 @@ def page_through(registry: Any) -> Any:
     newest = [video_id(n) for n in range(late - 1, 99, -1)] + made[:-4:-1]
     for cursor in (None, video_id(999)):
         page = yield registry.list_videos(len(newest), cursor)
-        assert ([v["id"] for v in page.videos], page.more) == (newest, True), page
+        assert ([v.record.id for v in page.videos], page.more) == (newest, True), page

@@ -8,7 +8,6 @@ records across a dropped stream, and what an unwell gateway makes of each.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from treq.testing import StubTreq
@@ -16,12 +15,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fbstream.endings import Ending, EndKind
-from fbstream.registry import Fenced, Owned, Ownership
+from fbstream.registry import Fenced, Owned, Ownership, VideoRecord
 from fbstream.registry.base import RegistryUnavailable
 from fbstream.registry.etcd import EtcdRegistry, _VideoWatch
 
 from .etcd_gateway import FakeEtcd
 from .registry_paging import page_through, record, video_id
+from .test_records import state
 
 LEASE = 6.0
 TIMEOUT = 3.0
@@ -56,16 +56,16 @@ class OwnershipTests(EtcdRegistryTestCase):
         # The refused claim's lease was revoked: only the owner's is left.
         self.assertEqual(list(self.etcd.leases), [int(first.lease)])
         self.assertEqual(self.call(self.registry.owner("s1")), first.owner)
-        self.call(self.registry.write_state(first, {"next": 5}))
+        self.call(self.registry.write_state(first, state(5)))
 
         self.call(self.registry.release(first))
         self.assertIsNone(self.call(self.registry.owner("s1")))
         self.assertEqual(self.etcd.leases, {})
         second = self.call(self.registry.claim("s1", "enc-b", "tcp:127.0.0.1:2"))
         self.assertEqual(second.owner.fence, 2)
-        self.refused(self.registry.write_state(first, {"next": 1}), Fenced)
+        self.refused(self.registry.write_state(first, state(1)), Fenced)
         self.refused(self.registry.renew(first), Fenced)
-        self.assertEqual(self.call(self.registry.read_state("s1")), {"next": 5})
+        self.assertEqual(self.call(self.registry.read_state("s1")), state(5))
         # Releasing the old claim again touches nothing of the new owner's.
         self.call(self.registry.release(first))
         self.assertEqual(self.call(self.registry.owner("s1")), second.owner)
@@ -80,7 +80,7 @@ class OwnershipTests(EtcdRegistryTestCase):
         self.clock.advance(LEASE)
         self.assertIsNone(self.call(self.registry.owner("s1")))
         self.refused(self.registry.renew(claim), Fenced)
-        self.refused(self.registry.write_state(claim, {}), Fenced)
+        self.refused(self.registry.write_state(claim, state()), Fenced)
         taken = self.call(self.registry.claim("s1", "enc-b", "y"))
         self.assertEqual(taken.owner.fence, 2)
         # The lapsed claim's release is no error and leaves the new owner be.
@@ -102,15 +102,16 @@ class OwnershipTests(EtcdRegistryTestCase):
         self.assertFalse(holder._loop.running)
 
     def test_a_state_write_reads_the_record_in_the_same_step(self) -> None:
-        self.call(self.registry.create_video("v1", {"id": "v1", "ended": False}))
+        made = VideoRecord("v1", "dc1", 1000.0)
+        self.call(self.registry.create_video("v1", made))
         claim = self.call(self.registry.claim("v1", "enc-a", "x"))
-        self.assertEqual(self.call(self.registry.write_state(claim, {"status": "live"})), {"id": "v1", "ended": False})
-        self.call(self.registry.put_video("v1", {"id": "v1", "ended": True}))
-        self.assertEqual(self.call(self.registry.write_state(claim, {"status": "live"})), {"id": "v1", "ended": True})
-        self.assertEqual(self.call(self.registry.read_state("v1")), {"status": "live"})
+        self.assertEqual(self.call(self.registry.write_state(claim, state(1))), made)
+        self.call(self.registry.put_video("v1", made.end(1010.0)))
+        self.assertEqual(self.call(self.registry.write_state(claim, state(2))), made.end(1010.0))
+        self.assertEqual(self.call(self.registry.read_state("v1")), state(2))
         self.assertIsNone(self.call(self.registry.get_video("nope")))
         other = self.call(self.registry.claim("v2", "enc-a", "x"))
-        self.assertIsNone(self.call(self.registry.write_state(other, {})))
+        self.assertIsNone(self.call(self.registry.write_state(other, state())))
 
 
 class PagingTests(EtcdRegistryTestCase):
@@ -120,18 +121,18 @@ class PagingTests(EtcdRegistryTestCase):
     def seed(self, count: int) -> None:
         """Videos written straight into etcd, as many API servers would have."""
         for n in range(count):
-            self.etcd.put({"key": b64("/t/videos/" + video_id(n)), "value": b64(json.dumps(record(n)))})
+            self.etcd.put({"key": b64("/t/videos/" + video_id(n)), "value": b64(record(n).to_json())})
 
     def test_a_page_reads_only_its_own_videos(self) -> None:
         self.seed(20_000)
-        self.call(self.registry.create_video("x", {"id": "x"}))
+        self.call(self.registry.create_video("x", VideoRecord("x", "dc1", 999.0)))
         claim = self.call(self.registry.claim(video_id(10_000), "enc-a", "x"))
-        self.call(self.registry.write_state(claim, {"status": "live"}))
+        self.call(self.registry.write_state(claim, state(3)))
         self.etcd.requests.clear()
         page = self.call(self.registry.list_videos(50, video_id(10_025)))
         wanted = [video_id(n) for n in range(10_024, 9_974, -1)]
-        self.assertEqual(([v["id"] for v in page.videos], page.more), (wanted, True))
-        self.assertEqual(page.videos[24]["state"], {"status": "live"})
+        self.assertEqual(([v.record.id for v in page.videos], page.more), (wanted, True))
+        self.assertEqual(page.videos[24].state, state(3))
         # The cursor's key, one range of 50, and the page's states and owners.
         self.assertEqual([path for path, _ in self.etcd.requests], ["/v3/kv/range", "/v3/kv/range", "/v3/kv/txn"])
         (_, cursor), (_, listing), (_, txn) = self.etcd.requests
@@ -151,16 +152,16 @@ class PagingTests(EtcdRegistryTestCase):
 
 class WatchTests(EtcdRegistryTestCase):
     def test_the_watch_reopens_where_it_dropped(self) -> None:
-        seen: list[tuple[str, Any]] = []
-        stop = self.registry.watch_videos(lambda stream, rec: seen.append((stream, rec["ended"])))
-        self.call(self.registry.create_video("v1", {"ended": False}))
+        seen: list[tuple[str, bool]] = []
+        stop = self.registry.watch_videos(lambda stream, rec: seen.append((stream, rec.ended)))
+        self.call(self.registry.create_video("v1", VideoRecord("v1", "dc1", 1000.0)))
         self.stub.flush()
         self.assertEqual(seen, [("v1", False)])
 
         self.etcd.drop_watches()
         self.stub.flush()
-        self.call(self.registry.put_video("v1", {"ended": True}))
-        self.call(self.registry.create_video("v2", {"ended": False}))
+        self.call(self.registry.put_video("v1", VideoRecord("v1", "dc1", 1000.0).end(1001.0)))
+        self.call(self.registry.create_video("v2", VideoRecord("v2", "dc1", 1002.0)))
         self.stub.flush()
         self.assertEqual(seen, [("v1", False)])
         self.clock.advance(_VideoWatch.RETRY_SECONDS)
@@ -174,7 +175,7 @@ class WatchTests(EtcdRegistryTestCase):
         stop()
         self.stub.flush()
         self.assertEqual(self.etcd.watches, [])  # its connection is closed
-        self.call(self.registry.create_video("v3", {"ended": False}))
+        self.call(self.registry.create_video("v3", VideoRecord("v3", "dc1", 1003.0)))
         self.stub.flush()
         self.assertEqual(len(seen), 3)
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -184,18 +185,18 @@ class UnavailableTests(EtcdRegistryTestCase):
     def test_a_member_that_errs_is_unavailable(self) -> None:
         self.etcd.failing = 503
         for d in (self.registry.claim("s1", "enc-a", "x"), self.registry.list_videos(10),
-                  self.registry.get_video("v1"), self.registry.create_video("v1", {})):
+                  self.registry.get_video("v1"), self.registry.create_video("v1", VideoRecord("v1", "dc1", 1000.0))):
             self.assertIn("etcd answered 503", str(self.refused(d, RegistryUnavailable)))
 
     def test_the_next_member_answers_for_one_that_drops(self) -> None:
         self.etcd.broken["etcd-a"] = "drop"
-        self.call(self.registry.create_video("v1", {"id": "v1"}))
+        self.call(self.registry.create_video("v1", VideoRecord("v1", "dc1", 1000.0)))
         self.assertEqual(self.registry._next, 1)
         self.etcd.broken["etcd-b"] = "drop"
         error = self.refused(self.registry.get_video("v1"), RegistryUnavailable)
         self.assertIn("no etcd member answered", str(error))
         del self.etcd.broken["etcd-a"]
-        self.assertEqual(self.call(self.registry.get_video("v1")), {"id": "v1"})
+        self.assertEqual(self.call(self.registry.get_video("v1")), VideoRecord("v1", "dc1", 1000.0))
 
     def test_a_member_that_never_answers_times_out(self) -> None:
         self.etcd.broken.update({"etcd-a": "hang", "etcd-b": "hang"})

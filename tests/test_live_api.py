@@ -13,6 +13,7 @@ import io
 import json
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -25,7 +26,9 @@ from fbstream.live.api import MAX_BODY, APISettings, LiveVideosResource
 from fbstream.live.tokens import KeyRing
 from fbstream.registry.base import RegistryUnavailable
 from fbstream.registry.memory import MemoryRegistry
+from fbstream.registry.records import VideoRecord, VideoStatus
 from tests.test_login import Req, answer
+from tests.test_records import state
 
 KEY = b"the api key"
 TTL = 3600
@@ -79,8 +82,7 @@ class Create(APICase):
         self.assertEqual(body["playback"], {"dash": "https://pop.example/live/%s/manifest.mpd" % (vid,),
                                             "hls": "https://pop.example/live/%s/master.m3u8" % (vid,)})
         record = self.successResultOf(self.registry.get_video(vid))
-        self.assertEqual(record, {"id": vid, "dc": "dc1", "created": self.clock.seconds(), "title": "my show",
-                                  "ended": False})
+        self.assertEqual(record, VideoRecord(vid, "dc1", self.clock.seconds(), "my show"))
 
     def test_the_body_is_optional_and_a_title_is_cut_short(self) -> None:
         self.assertEqual(self.call(b"POST")[1]["title"], "")
@@ -103,8 +105,8 @@ class Show(APICase):
         self.assertEqual((status, body["status"]), (200, "created"))
         self.assertNotIn("token", body)  # shown once, at creation
         claim = self.successResultOf(self.registry.claim(vid, "encoder2", "tcp:10.0.0.2:8081"))
-        self.successResultOf(self.registry.write_state(claim, {"status": "interrupted", "encoder": "encoder2",
-                                                               "fence": claim.owner.fence}))
+        self.successResultOf(self.registry.write_state(claim, attrs.evolve(
+            state(status=VideoStatus.INTERRUPTED, encoder="encoder2"), fence=claim.owner.fence)))
         body = self.call(b"GET", vid)[1]
         self.assertEqual((body["status"], body["encoder"], body["fence"]), ("interrupted", "encoder2", 1))
 
@@ -120,8 +122,7 @@ class List(APICase):
     def test_each_video_with_its_status(self) -> None:
         created, live, ended = (self.create(t)["id"] for t in ("a", "b", "c"))
         claim = self.successResultOf(self.registry.claim(live, "encoder0", "tcp:10.0.0.1:8081"))
-        self.successResultOf(self.registry.write_state(claim, {"status": "live", "encoder": "encoder0",
-                                                               "fence": 1}))
+        self.successResultOf(self.registry.write_state(claim, state(encoder="encoder0")))
         self.assertEqual(self.call(b"DELETE", ended)[0], 200)
         status, body = self.call(b"GET")
         self.assertEqual(status, 200)
@@ -133,16 +134,16 @@ class List(APICase):
 class End(APICase):
     def test_ending_writes_the_record_the_encoders_watch(self) -> None:
         vid = self.create()["id"]
-        heard: list[tuple[str, dict[str, Any]]] = []
+        heard: list[tuple[str, VideoRecord]] = []
         self.registry.watch_videos(lambda stream, record: heard.append((stream, record)))
         self.clock.advance(60)
         status, body = self.call(b"DELETE", vid)
         self.assertEqual((status, body["id"], body["status"]), (200, vid, "ended"))
         [(stream, record)] = heard
-        self.assertEqual((stream, record["ended"], record["ended_at"]), (vid, True, self.clock.seconds()))
+        self.assertEqual((stream, record.ended, record.ended_at), (vid, True, self.clock.seconds()))
         # Ended whatever its last owner wrote.
         claim = self.successResultOf(self.registry.claim(vid, "encoder0", "tcp:10.0.0.1:8081"))
-        self.successResultOf(self.registry.write_state(claim, {"status": "live"}))
+        self.successResultOf(self.registry.write_state(claim, state()))
         self.assertEqual(self.call(b"GET", vid)[1]["status"], "ended")
 
     def test_an_unknown_video_is_a_404(self) -> None:
@@ -196,7 +197,8 @@ class RegistryTrouble(APICase):
         vid = self.create()["id"]
         self.patch(self.registry, "put_video", lambda *a: fail(RegistryUnavailable("no etcd member answered")))
         self.assertEqual(self.call(b"DELETE", vid)[0], 503)
-        self.assertFalse(self.successResultOf(self.registry.get_video(vid))["ended"])
+        record = self.successResultOf(self.registry.get_video(vid))
+        self.assertFalse(record is None or record.ended)
 
     def test_a_bug_is_a_500_with_its_traceback_logged(self) -> None:
         vid = self.create()["id"]

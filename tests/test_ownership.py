@@ -35,7 +35,9 @@ from fbstream.live.tokens import KeyRing
 from fbstream.media import IPublisher
 from fbstream.registry.base import Ownership, RegistryUnavailable
 from fbstream.registry.memory import MemoryRegistry
+from fbstream.registry.records import VideoRecord, VideoState, VideoStatus
 from tests.test_record import InlineReactor, StepPool
+from tests.test_records import state as written_state
 
 STREAM = "0123456789abcdef"
 LEASE = 3.0
@@ -169,8 +171,7 @@ class BroadcastCase(SynchronousTestCase):
         self.registry = MemoryRegistry(self.reactor, LEASE)
         self.keys = KeyRing.generate()
         self.token = self.keys.sign(STREAM, "dc1", self.reactor.seconds())
-        self.registry.create_video(STREAM, {"id": STREAM, "dc": "dc1", "created": self.reactor.seconds(),
-                                            "title": "", "ended": False})
+        self.registry.create_video(STREAM, VideoRecord(STREAM, "dc1", self.reactor.seconds()))
         self.a = Encoder("encoder0", 1, self.reactor, self.registry, self.keys)
 
     def go_live(self, encoder: Encoder, *numbers: int) -> Broadcaster:
@@ -186,9 +187,11 @@ class BroadcastCase(SynchronousTestCase):
     def owner(self) -> Any:
         return self.successResultOf(self.registry.owner(STREAM))
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> VideoState:
         """The state of the live video its owners wrote to the registry."""
-        return self.successResultOf(self.registry.read_state(STREAM))
+        state = self.successResultOf(self.registry.read_state(STREAM))
+        assert state is not None
+        return state
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass, each timer running at its time (as a reactor runs them)."""
@@ -206,8 +209,8 @@ class GoingLive(BroadcastCase):
         self.go_live(self.a, 1, 2, 3)
         self.assertEqual((self.owner().encoder, self.owner().fence), ("encoder0", 1))
         state = self.state()
-        self.assertEqual((state["status"], state["encoder"], state["fence"], state["last_number"]),
-                         ("live", "encoder0", 1, 3))
+        self.assertEqual((state.status, state.encoder, state.fence, state.last_number),
+                         (VideoStatus.LIVE, "encoder0", 1, 3))
         # The lease is kept alive for as long as the broadcast lasts.
         self.advance(10 * LEASE)
         self.assertEqual(self.owner().fence, 1)
@@ -236,7 +239,7 @@ class GoingLive(BroadcastCase):
 
     def test_an_ended_video_is_refused_even_if_letting_its_claim_go_fails(self) -> None:
         claim = self.successResultOf(self.registry.claim(STREAM, "encoder9", "tcp:10.0.0.9:8081"))
-        self.successResultOf(self.registry.write_state(claim, {"status": "ended"}))
+        self.successResultOf(self.registry.write_state(claim, written_state(status=VideoStatus.ENDED)))
         self.successResultOf(self.registry.release(claim))
         self.patch(self.a.registry, "release", lambda claim: fail(RegistryUnavailable("no etcd member answered")))
         refusal = self.refused(self.a.publish(Broadcaster(), self.token))
@@ -253,14 +256,14 @@ class Grace(BroadcastCase):
         self.a.transcode()
         video = self.a.video
         self.assertTrue(video.interrupted)
-        self.assertEqual(self.state()["status"], "interrupted")
+        self.assertEqual(self.state().status, VideoStatus.INTERRUPTED)
         self.advance(GRACE - 0.1)
         self.assertFalse(video.ended)
         self.assertEqual(self.owner().encoder, "encoder0")  # still renewed while it waits
         self.advance(0.2)
         self.assertTrue(video.ended)
         self.assertEqual(video.ending, Ending(EndKind.ABANDONED, "the broadcaster did not come back"))
-        self.assertEqual(self.state()["status"], "ended")
+        self.assertEqual(self.state().status, VideoStatus.ENDED)
         self.assertIsNone(self.owner())  # released
         # Too late now: the token is refused, and nothing is claimed.
         refusal = self.refused(self.a.publish(Broadcaster(), self.token))
@@ -280,8 +283,8 @@ class Grace(BroadcastCase):
         self.advance(GRACE)
         self.assertFalse(video.ended)
         state = self.state()
-        self.assertEqual((state["status"], state["fence"], state["last_number"]), ("live", 1, 5))
-        self.assertEqual(len(state["periods"]), 2)
+        self.assertEqual((state.status, state.fence, state.last_number), (VideoStatus.LIVE, 1, 5))
+        self.assertEqual(len(state.periods), 2)
 
 
 class SameBroadcaster(BroadcastCase):
@@ -308,7 +311,7 @@ class SameBroadcaster(BroadcastCase):
         self.assertIs(self.a.video, video)
         self.assertEqual([p.first_number for p in video.periods], [1, 3])
         self.a.cut(3)
-        self.assertEqual(self.state()["status"], "live")
+        self.assertEqual(self.state().status, VideoStatus.LIVE)
         self.assertEqual(self.owner().fence, 1)
 
 
@@ -338,8 +341,8 @@ class Takeover(BroadcastCase):
         self.assertEqual([(p.first_number, p.end_ms) for p in video.periods], [(1, 3000), (5, None)])
         self.b.cut(5)
         state = self.state()
-        self.assertEqual((state["status"], state["encoder"], state["fence"], state["last_number"]),
-                         ("live", "encoder1", 2, 5))
+        self.assertEqual((state.status, state.encoder, state.fence, state.last_number),
+                         (VideoStatus.LIVE, "encoder1", 2, 5))
 
     def test_an_owner_that_answers_keeps_the_stream(self) -> None:
         self.go_live(self.a, 1)
@@ -396,7 +399,7 @@ class Fencing(BroadcastCase):
         self.assertTrue(self.a.video.ended)
         self.assertEqual(self.a.video.ending, Ending(EndKind.OWNERSHIP_LOST, reason))
         state = self.state()
-        self.assertEqual((self.owner().encoder, state["encoder"], state["last_number"]), ("encoder1", "encoder1", 4))
+        self.assertEqual((self.owner().encoder, state.encoder, state.last_number), ("encoder1", "encoder1", 4))
         # Nothing more comes of it.
         self.a.transcode()
         self.advance(GRACE)
@@ -430,7 +433,7 @@ class RegistryAway(BroadcastCase):
         self.assertFalse(self.a.video.ended)
         self.assertEqual((self.owner().encoder, self.owner().fence), ("encoder0", 1))
         self.a.cut(4)
-        self.assertEqual(self.state()["last_number"], 4)
+        self.assertEqual(self.state().last_number, 4)
 
     def test_shorter_than_the_lease_over_its_last_renewals_nothing_changes(self) -> None:
         # Away from just after a renewal for 0.85 of the lease: the next two
@@ -462,7 +465,7 @@ class RegistryAway(BroadcastCase):
         # Back, it is not the owner any more, and wrote nothing after it lost the lease.
         self.a.registry.cut = False
         self.assertIsNone(self.owner())
-        self.assertEqual(self.state()["status"], "live")  # its last word; the next owner goes on from it
+        self.assertEqual(self.state().status, VideoStatus.LIVE)  # its last word; the next owner goes on from it
 
 
 class MissedWrites(BroadcastCase):
@@ -474,11 +477,11 @@ class MissedWrites(BroadcastCase):
         self.a.registry.cut = True
         broadcaster.leave()
         self.a.transcode()
-        self.assertEqual(self.state()["status"], "live")
+        self.assertEqual(self.state().status, VideoStatus.LIVE)
         self.advance(LEASE / 3)
         self.a.registry.cut = False
         self.advance(LEASE / 3)
-        self.assertEqual(self.state()["status"], "interrupted")
+        self.assertEqual(self.state().status, VideoStatus.INTERRUPTED)
         self.assertEqual(self.owner().encoder, "encoder0")
 
     def test_an_end_is_recorded_before_the_stream_is_released(self) -> None:
@@ -493,7 +496,7 @@ class MissedWrites(BroadcastCase):
         self.assertTrue(self.a.video.ended)
         self.a.registry.cut = False
         self.advance(LEASE / 3)
-        self.assertEqual(self.state()["status"], "ended")
+        self.assertEqual(self.state().status, VideoStatus.ENDED)
         self.assertIsNone(self.owner())
         self.assertEqual(self.refused(self.a.publish(Broadcaster(), self.token)).reason, "ended")
         self.assertEqual(self.reactor.getDelayedCalls(), [])
@@ -502,12 +505,13 @@ class MissedWrites(BroadcastCase):
 class EndedByTheAPI(BroadcastCase):
     def end(self) -> None:
         record = self.successResultOf(self.registry.get_video(STREAM))
-        self.registry.put_video(STREAM, dict(record, ended=True, ended_at=self.reactor.seconds()))
+        assert record is not None
+        self.registry.put_video(STREAM, record.end(self.reactor.seconds()))
 
     def assert_ended(self) -> None:
         self.assertTrue(self.a.video.ended)
         self.assertEqual(self.a.video.ending, Ending(EndKind.ENDED_BY_API, "the live video was ended"))
-        self.assertEqual(self.state()["status"], "ended")
+        self.assertEqual(self.state().status, VideoStatus.ENDED)
         self.assertIsNone(self.owner())
         refusal = self.refused(self.a.publish(Broadcaster(), self.token))
         self.assertEqual(refusal.reason, "ended")
@@ -559,7 +563,7 @@ class OwnershipLease(SynchronousTestCase):
     def test_a_loss_is_reported_once_and_renewals_stop(self) -> None:
         self.successResultOf(self.registry.release(self.claim))
         self.successResultOf(self.registry.claim(STREAM, "encoder1", "tcp:10.0.0.2:8081"))
-        self.failureResultOf(self.ownership.write({"status": "live"}))
+        self.failureResultOf(self.ownership.write(written_state()))
         self.reactor.advance(LEASE)
         self.assertEqual(self.lost, [Ending(EndKind.OWNERSHIP_LOST, "another encoder took over stream %s" % (STREAM,))])
         self.assertTrue(self.ownership.lost)

@@ -97,7 +97,7 @@ class OwnerUpstreams:
                 endpoint = owner.http
             else:
                 state = yield self.registry.read_state(stream)
-                endpoint = (state or {}).get("http")
+                endpoint = state.http if state is not None else None
         except Exception as e:
             self.log.warn("registry lookup of {stream} failed: {e}", stream=stream, e=e)
         if len(self._known) > 10000:

@@ -32,7 +32,7 @@ from fbstream.live.ingest import OWNED_ELSEWHERE, PublishRefused
 from fbstream.live.tokens import KeyRing, TokenError, token_from_query
 from fbstream.reactors import IReactorClients
 from fbstream.registry.base import Claim, Owned, Ownership, RegistryUnavailable
-from fbstream.registry.records import VideoStatus
+from fbstream.registry.records import VideoRecord, VideoState, VideoStatus
 
 ENDED_BY_API = Ending(EndKind.ENDED_BY_API, "the live video was ended")
 ABANDONED = Ending(EndKind.ABANDONED, "the broadcaster did not come back")
@@ -44,7 +44,7 @@ class Broadcast:
     #: Set right after the claim (its loss callback needs the broadcast).
     ownership: Ownership
 
-    def __init__(self, stream: str, resumed: dict[str, Any] | None) -> None:
+    def __init__(self, stream: str, resumed: VideoState | None) -> None:
         self.stream = stream
         #: The registry state a resumed broadcast continues from.
         self.resumed = resumed
@@ -93,7 +93,7 @@ class Broadcasts:
         except RegistryUnavailable as e:
             raise PublishRefused("NetStream.Publish.Failed", "the registry is unavailable: %s" % (e,),
                                  "registry") from None
-        if record is not None and record.get("ended"):
+        if record is not None and record.ended:
             raise PublishRefused("NetStream.Publish.BadName", "live video %s has ended" % (name,), "ended")
         current = self.by_stream.get(name)
         if current is not None and not current.ended and not current.ownership.lost:
@@ -117,7 +117,7 @@ class Broadcasts:
             self._let_go(claim)
             raise PublishRefused("NetStream.Publish.Failed", "the registry is unavailable: %s" % (e,),
                                  "registry") from None
-        if state is not None and VideoStatus(state["status"]) is VideoStatus.ENDED:
+        if state is not None and state.status is VideoStatus.ENDED:
             self._let_go(claim)
             raise PublishRefused("NetStream.Publish.BadName", "live video %s has ended" % (name,), "ended")
         if current is not None:
@@ -185,16 +185,15 @@ class Broadcasts:
         if broadcast.video is not None and not broadcast.video.ended:
             return broadcast.video, broadcast.video.open_period(now), []
         state = broadcast.resumed
-        if state and state.get("periods"):
-            video = make(state["availability_start"])
-            video.periods = [Period(**p) for p in state["periods"]]
+        if state is not None and state.periods:
+            video = make(state.availability_start)
+            video.periods = [Period(**p) for p in state.periods]
             last = video.periods[-1]
-            last_number = state.get("last_number", last.first_number - 1)
             if last.end_ms is None:
                 # The old owner died mid-period: it ends where its state says.
-                last.end_ms = last_number * 1000
+                last.end_ms = state.last_number * 1000
             broadcast.video = video
-            return video, _resume_period(video, last_number), state.get("renditions", [])
+            return video, _resume_period(video, state.last_number), state.renditions
         broadcast.video = make(now)
         return broadcast.video, None, []
 
@@ -232,7 +231,7 @@ class Broadcasts:
 
     # Registry state ---------------------------------------------------------
 
-    def _state(self, broadcast: Broadcast) -> dict[str, Any]:
+    def _state(self, broadcast: Broadcast) -> VideoState:
         video = broadcast.video
         assert video is not None
         last = max((r.newest for r in video.renditions.values()), default=0)
@@ -240,16 +239,16 @@ class Broadcasts:
             status = VideoStatus.ENDED
         else:
             status = VideoStatus.INTERRUPTED if video.interrupted else VideoStatus.LIVE
-        return {
-            "status": status.value,
-            "encoder": self.encoder_name,
-            "http": self.advertise_http,
-            "fence": broadcast.ownership.fence,
-            "availability_start": video.availability_start,
-            "periods": [attrs.asdict(p) for p in video.periods],
-            "renditions": [attrs.asdict(r.info) for r in video.renditions.values()],
-            "last_number": last,
-        }
+        return VideoState(
+            status,
+            self.encoder_name,
+            self.advertise_http,
+            broadcast.ownership.fence,
+            video.availability_start,
+            [attrs.asdict(p) for p in video.periods],
+            [attrs.asdict(r.info) for r in video.renditions.values()],
+            last,
+        )
 
     def write_state(self, broadcast: Broadcast) -> None:
         """
@@ -269,10 +268,10 @@ class Broadcasts:
         broadcast._dirty = False
         d = broadcast.ownership.write(self._state(broadcast))
 
-        def written(record: Any) -> None:
+        def written(record: VideoRecord | None) -> None:
             broadcast._writing = False
             _cancel(broadcast.retry)
-            if record is not None and record.get("ended") and not broadcast.ended:
+            if record is not None and record.ended and not broadcast.ended:
                 self._ended_by_api(broadcast)
             elif broadcast._dirty:
                 self.write_state(broadcast)
@@ -307,9 +306,9 @@ class Broadcasts:
 
     # Endings ----------------------------------------------------------------
 
-    def _record_written(self, stream: str, record: dict[str, Any]) -> None:
+    def _record_written(self, stream: str, record: VideoRecord) -> None:
         broadcast = self.by_stream.get(stream)
-        if broadcast is not None and record.get("ended") and not broadcast.ended:
+        if broadcast is not None and record.ended and not broadcast.ended:
             self._ended_by_api(broadcast)
 
     def _ended_by_api(self, broadcast: Broadcast) -> None:

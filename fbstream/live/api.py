@@ -31,8 +31,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from fbstream.live.login import Sessions
 from fbstream.live.tokens import KeyRing
 from fbstream.ratelimit import KeyedBuckets
-from fbstream.registry.base import RegistryUnavailable
-from fbstream.registry.records import VideoStatus
+from fbstream.registry.base import RegistryUnavailable, VideoPage
+from fbstream.registry.records import VideoRecord, VideoState, VideoStatus
 
 VIDEO_ID = re.compile(r"^[a-f0-9]{16}$")
 MAX_BODY = 16 * 1024
@@ -136,28 +136,28 @@ class LiveVideosResource(Resource):
         d.addErrback(failed)
         return NOT_DONE_YET
 
-    def _describe(self, record: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    def _describe(self, record: VideoRecord, state: VideoState | None,
+                  token: str | None = None) -> dict[str, Any]:
         s = self.settings
-        vid = record["id"]
-        state = record.get("state") or {}
-        if record.get("ended"):
+        vid = record.id
+        if record.ended:
             status = VideoStatus.ENDED
         else:
-            status = VideoStatus(state["status"]) if "status" in state else VideoStatus.CREATED
+            status = state.status if state is not None else VideoStatus.CREATED
         out: dict[str, Any] = {
             "id": vid,
             "status": status.value,
-            "datacenter": record["dc"],
-            "title": record.get("title", ""),
-            "created": record["created"],
+            "datacenter": record.dc,
+            "title": record.title,
+            "created": record.created,
             "playback": {
                 "dash": "%s/live/%s/manifest.mpd" % (s.playback_url, vid),
                 "hls": "%s/live/%s/master.m3u8" % (s.playback_url, vid),
             },
         }
-        if state.get("encoder"):
-            out["encoder"] = state["encoder"]
-            out["fence"] = state.get("fence")
+        if state is not None and state.encoder:
+            out["encoder"] = state.encoder
+            out["fence"] = state.fence
         if token is not None:
             key = "%s?token=%s" % (vid, token)
             out["stream_key"] = key
@@ -183,10 +183,10 @@ class LiveVideosResource(Resource):
             title = parsed.get("title", "")[:200]
         now = self.clock.seconds()
         vid = os.urandom(8).hex()
-        record = {"id": vid, "dc": self.settings.datacenter, "created": now, "title": title, "ended": False}
+        record = VideoRecord(vid, self.settings.datacenter, now, title)
         yield self.registry.create_video(vid, record)
         token = self.keys.sign(vid, self.settings.datacenter, now, self.settings.token_ttl)
-        out = self._describe(record, token)
+        out = self._describe(record, None, token)
         out["token_expires"] = now + self.settings.token_ttl
         request.setHeader(b"location", b"/api/v1/live_videos/" + vid.encode())
         return 201, out
@@ -205,10 +205,10 @@ class LiveVideosResource(Resource):
         after = (args.get(b"after") or [b""])[0].decode("ascii", "replace")
         if not 1 <= limit <= MAX_PAGE or (after and not VIDEO_ID.match(after)):
             return 400, {"error": "limit is 1 to %d; after is a video id" % (MAX_PAGE,)}
-        page = yield self.registry.list_videos(limit, after or None)
-        out: dict[str, Any] = {"live_videos": [self._describe(v) for v in page.videos]}
+        page: VideoPage = yield self.registry.list_videos(limit, after or None)
+        out: dict[str, Any] = {"live_videos": [self._describe(v.record, v.state) for v in page.videos]}
         if page.more:
-            out["next"] = "/api/v1/live_videos?limit=%d&after=%s" % (limit, page.videos[-1]["id"])
+            out["next"] = "/api/v1/live_videos?limit=%d&after=%s" % (limit, page.videos[-1].record.id)
         return 200, out
 
     @inlineCallbacks
@@ -216,18 +216,17 @@ class LiveVideosResource(Resource):
         record = yield self.registry.get_video(vid)
         if record is None:
             return 404, {"error": "no such live video"}
-        record["state"] = yield self.registry.read_state(vid)
-        return 200, self._describe(record)
+        state = yield self.registry.read_state(vid)
+        return 200, self._describe(record, state)
 
     @inlineCallbacks
     def _end(self, request: Request, vid: str) -> Any:
         record = yield self.registry.get_video(vid)
         if record is None:
             return 404, {"error": "no such live video"}
-        record["ended"] = True
-        record["ended_at"] = self.clock.seconds()
+        record = record.end(self.clock.seconds())
         yield self.registry.put_video(vid, record)
-        return 200, self._describe(record)
+        return 200, self._describe(record, None)
 
 
 def _json(request: Request, code: int, value: Any) -> bytes:

@@ -9,3 +9,9 @@ from fbstream.registry.base import (  # noqa: F401
     Ownership,
     VideoPage,
 )
+from fbstream.registry.records import (  # noqa: F401
+    ListedVideo,
+    VideoRecord,
+    VideoState,
+    VideoStatus,
+)

@@ -3,13 +3,15 @@ The registry: the single source of truth for who owns each live video.
 
 It holds four things per stream id:
 
-- the live API's record of the video (``videos/<id>``: data center, creation
+- the live API's record of the video (``videos/<id>``, a
+  :class:`~fbstream.registry.records.VideoRecord`: data center, creation
   time, whether the API ended it), written only by the API;
 - the fencing number (``fence/<id>``), raised by one with every new owner;
 - the owner (``owner/<id>``: encoder name, its playback HTTP endpoint, its
   fencing number), held under a lease the owner keeps renewing; when the owner
   dies the lease lapses and the key goes with it;
-- the owner's state of the live video (``state/<id>``: availability start,
+- the owner's state of the live video (``state/<id>``, a
+  :class:`~fbstream.registry.records.VideoState`: availability start,
   renditions, periods, the last segment number, status), which only the
   current owner can write: every write is a transaction conditioned on the
   owner key still holding exactly this claim, so an owner that was replaced
@@ -35,6 +37,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from fbstream.endings import Ending, EndKind
+from fbstream.registry.records import ListedVideo, VideoRecord, VideoState
 
 
 class Owned(Exception):
@@ -84,8 +87,8 @@ class Claim:
 class VideoPage:
     """One page of the API's records, newest first."""
 
-    #: The API's records, each with ``state`` and ``owner`` added.
-    videos: list[dict[str, Any]]
+    #: The API's records, each with its state and owner.
+    videos: list[ListedVideo]
     #: Whether older videos follow the last one on this page.
     more: bool
 
@@ -97,13 +100,13 @@ def new_owner(encoder: str, http: str, fence: int) -> Owner:
 class IRegistry(Interface):
     lease_seconds = Attribute("how long a claim lives without renewal")
 
-    def create_video(stream: str, record: dict[str, Any]) -> Deferred[None]:
+    def create_video(stream: str, record: VideoRecord) -> Deferred[None]:
         """Store the API's record of a new video."""
 
-    def get_video(stream: str) -> Deferred[dict[str, Any] | None]:
+    def get_video(stream: str) -> Deferred[VideoRecord | None]:
         """The API's record of ``stream``."""
 
-    def put_video(stream: str, record: dict[str, Any]) -> Deferred[None]:
+    def put_video(stream: str, record: VideoRecord) -> Deferred[None]:
         """Replace the API's record (to end a video)."""
 
     def list_videos(limit: int, after: str | None = None) -> Deferred[VideoPage]:
@@ -126,16 +129,16 @@ class IRegistry(Interface):
     def owner(stream: str) -> Deferred[Owner | None]:
         """The current owner, if its lease is live."""
 
-    def read_state(stream: str) -> Deferred[dict[str, Any] | None]:
+    def read_state(stream: str) -> Deferred[VideoState | None]:
         """The last state the owners wrote."""
 
-    def write_state(claim: Claim, state: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
+    def write_state(claim: Claim, state: VideoState) -> Deferred[VideoRecord | None]:
         """
         Write ``state`` if ``claim`` is still the owner, else fail with
         :class:`Fenced`; returns the API's record, read in the same step.
         """
 
-    def watch_videos(changed: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+    def watch_videos(changed: Callable[[str, VideoRecord], None]) -> Callable[[], None]:
         """
         Call ``changed(stream, record)`` for every API record written from now
         on (an ended video, at once); returns the function that stops it.
@@ -200,8 +203,8 @@ class Ownership:
         self.stop()
         self.on_lost(Ending(EndKind.OWNERSHIP_LOST, detail))
 
-    def write(self, state: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
-        d: Deferred[dict[str, Any] | None] = self.registry.write_state(self.claim, state)
+    def write(self, state: VideoState) -> Deferred[VideoRecord | None]:
+        d: Deferred[VideoRecord | None] = self.registry.write_state(self.claim, state)
 
         def fenced(failure: Any) -> Any:
             if failure.check(Fenced):

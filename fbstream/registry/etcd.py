@@ -55,6 +55,7 @@ from fbstream.registry.base import (
     VideoPage,
     new_owner,
 )
+from fbstream.registry.records import ListedVideo, VideoRecord, VideoState
 
 if TYPE_CHECKING:
     # What treq and its Agent need of a reactor (a HostnameEndpoint's:
@@ -160,15 +161,15 @@ class EtcdRegistry:
 
     # The API's records -------------------------------------------------------
 
-    def create_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
-        return self._put(self._key("videos", stream), json.dumps(record)).addCallback(lambda _: None)
+    def create_video(self, stream: str, record: VideoRecord) -> Deferred[None]:
+        return self._put(self._key("videos", stream), record.to_json()).addCallback(lambda _: None)
 
     put_video = create_video
 
     @inlineCallbacks
     def get_video(self, stream: str) -> Any:
         kv = yield self._get(self._key("videos", stream))
-        return json.loads(_value(kv)) if kv else None
+        return VideoRecord.from_json(_value(kv)) if kv else None
 
     @inlineCallbacks
     def list_videos(self, limit: int, after: str | None = None) -> Any:
@@ -187,12 +188,11 @@ class EtcdRegistry:
         found = yield self._get_each([self._key(kind, s) for s in streams for kind in ("state", "owner")])
         videos = []
         for stream, kv in zip(streams, kvs):
-            record = json.loads(_value(kv))
+            record = VideoRecord.from_json(_value(kv))
             state = found.get(self._key("state", stream))
             owner = found.get(self._key("owner", stream))
-            record["state"] = json.loads(state) if state else None
-            record["owner"] = owner.decode() if owner else None
-            videos.append(record)
+            videos.append(ListedVideo(record, VideoState.from_json(state) if state else None,
+                                      Owner.from_json(owner) if owner else None))
         return VideoPage(videos, more=bool(reply.get("more")))
 
     # Ownership ---------------------------------------------------------------
@@ -258,25 +258,25 @@ class EtcdRegistry:
     @inlineCallbacks
     def read_state(self, stream: str) -> Any:
         kv = yield self._get(self._key("state", stream))
-        return json.loads(_value(kv)) if kv else None
+        return VideoState.from_json(_value(kv)) if kv else None
 
     @inlineCallbacks
-    def write_state(self, claim: Claim, state: dict[str, Any]) -> Any:
+    def write_state(self, claim: Claim, state: VideoState) -> Any:
         reply = yield self._call("/v3/kv/txn", {
             "compare": [self._holds(claim)],
             "success": [
-                {"request_put": {"key": _b64(self._key("state", claim.stream)), "value": _b64(json.dumps(state))}},
+                {"request_put": {"key": _b64(self._key("state", claim.stream)), "value": _b64(state.to_json())}},
                 {"request_range": {"key": _b64(self._key("videos", claim.stream))}},
             ],
         })
         if not reply.get("succeeded"):
             raise Fenced(claim.stream)
         kvs = (reply["responses"][1].get("response_range") or {}).get("kvs") or []
-        return json.loads(_value(kvs[0])) if kvs else None
+        return VideoRecord.from_json(_value(kvs[0])) if kvs else None
 
     # Watching ----------------------------------------------------------------
 
-    def watch_videos(self, changed: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+    def watch_videos(self, changed: Callable[[str, VideoRecord], None]) -> Callable[[], None]:
         watch = _VideoWatch(self, changed)
         self._watches.add(watch)
 
@@ -307,7 +307,7 @@ class _VideoWatch:
     #: A line longer than this is not one of etcd's: drop the watch and reopen.
     MAX_LINE = 1 << 20
 
-    def __init__(self, registry: EtcdRegistry, changed: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(self, registry: EtcdRegistry, changed: Callable[[str, VideoRecord], None]) -> None:
         self.registry = registry
         self.changed = changed
         self.prefix = registry._key("videos")
@@ -367,8 +367,8 @@ class _VideoWatch:
                 continue
             stream = base64.b64decode(kv["key"]).decode()[len(self.prefix):]
             try:
-                record = json.loads(_value(kv))
-            except ValueError:
+                record = VideoRecord.from_json(_value(kv))
+            except (ValueError, KeyError, TypeError):
                 continue
             try:
                 self.changed(stream, record)

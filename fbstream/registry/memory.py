@@ -6,15 +6,14 @@ process is the whole data center; it has the same semantics as etcd's.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from fbstream.registry.base import Claim, Fenced, IRegistry, Owned, Owner, VideoPage, new_owner
+from fbstream.registry.records import ListedVideo, VideoRecord, VideoState
 
 
 @implementer(IRegistry)
@@ -22,16 +21,17 @@ class MemoryRegistry:
     def __init__(self, clock: IReactorTime, lease_seconds: float = 10.0) -> None:
         self.clock = clock
         self.lease_seconds = lease_seconds
-        self._videos: dict[str, dict[str, Any]] = {}
+        # Records are frozen: stored and handed out as they are.
+        self._videos: dict[str, VideoRecord] = {}
         #: Stream ids in the order their videos were created (etcd's
         #: create revision), and each one's place in it: a page is a slice.
         self._created: list[str] = []
         self._place: dict[str, int] = {}
-        self._states: dict[str, dict[str, Any]] = {}
+        self._states: dict[str, VideoState] = {}
         self._fences: dict[str, int] = {}
         #: stream -> (owner, lease expiry)
         self._owners: dict[str, tuple[Owner, float]] = {}
-        self._watchers: list[Callable[[str, dict[str, Any]], None]] = []
+        self._watchers: list[Callable[[str, VideoRecord], None]] = []
 
     def _live_owner(self, stream: str) -> Owner | None:
         entry = self._owners.get(stream)
@@ -42,23 +42,23 @@ class MemoryRegistry:
             return None
         return entry[0]
 
-    def create_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
+    def create_video(self, stream: str, record: VideoRecord) -> Deferred[None]:
         if stream not in self._place:
             self._place[stream] = len(self._created)
             self._created.append(stream)
-        self._videos[stream] = copy.deepcopy(record)
+        self._videos[stream] = record
         for changed in list(self._watchers):
-            changed(stream, copy.deepcopy(record))
+            changed(stream, record)
         return succeed(None)
 
-    def watch_videos(self, changed: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+    def watch_videos(self, changed: Callable[[str, VideoRecord], None]) -> Callable[[], None]:
         self._watchers.append(changed)
         return lambda: self._watchers.remove(changed) if changed in self._watchers else None
 
-    def get_video(self, stream: str) -> Deferred[dict[str, Any] | None]:
-        return succeed(copy.deepcopy(self._videos.get(stream)))
+    def get_video(self, stream: str) -> Deferred[VideoRecord | None]:
+        return succeed(self._videos.get(stream))
 
-    def put_video(self, stream: str, record: dict[str, Any]) -> Deferred[None]:
+    def put_video(self, stream: str, record: VideoRecord) -> Deferred[None]:
         return self.create_video(stream, record)
 
     def list_videos(self, limit: int, after: str | None = None) -> Deferred[VideoPage]:
@@ -67,8 +67,7 @@ class MemoryRegistry:
         out = []
         for stream in reversed(self._created[start:end]):
             owner = self._live_owner(stream)
-            out.append(dict(copy.deepcopy(self._videos[stream]), state=copy.deepcopy(self._states.get(stream)),
-                            owner=owner.to_json() if owner else None))
+            out.append(ListedVideo(self._videos[stream], self._states.get(stream), owner))
         return succeed(VideoPage(out, more=start > 0))
 
     def claim(self, stream: str, encoder: str, http: str) -> Deferred[Claim]:
@@ -98,11 +97,11 @@ class MemoryRegistry:
     def owner(self, stream: str) -> Deferred[Owner | None]:
         return succeed(self._live_owner(stream))
 
-    def read_state(self, stream: str) -> Deferred[dict[str, Any] | None]:
-        return succeed(copy.deepcopy(self._states.get(stream)))
+    def read_state(self, stream: str) -> Deferred[VideoState | None]:
+        return succeed(self._states.get(stream))
 
-    def write_state(self, claim: Claim, state: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
+    def write_state(self, claim: Claim, state: VideoState) -> Deferred[VideoRecord | None]:
         if not self._holds(claim):
             return fail(Fenced(claim.stream))
-        self._states[claim.stream] = copy.deepcopy(state)
+        self._states[claim.stream] = state
         return self.get_video(claim.stream)
