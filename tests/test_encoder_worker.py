@@ -185,6 +185,20 @@ class ArchiveWriteFailures(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
 
+class EndedVideos(SynchronousTestCase):
+    def test_a_publish_that_finishes_after_the_end_leaves_the_video_ended(self):
+        from fbstream.encoder.store import LiveVideo
+        from fbstream.endings import EndKind, Ending
+
+        video = LiveVideo("cam", 1000.0, 120.0, None)
+        video.end(Ending(EndKind.ENDED_BY_API, "the live video was ended through the API"))
+        end_ms = video.periods[-1].end_ms
+        video.close_period()  # the publisher the end stopped goes away
+        self.assertTrue(video.ended)
+        self.assertFalse(video.interrupted)
+        self.assertEqual(video.periods[-1].end_ms, end_ms)
+
+
 class LongBroadcasts(SynchronousTestCase):
     """A day of history costs each new segment, state write and playlist what an hour does."""
 

@@ -229,6 +229,8 @@ class LiveVideo:
 
     def close_period(self) -> None:
         """The publisher went away: the current period ends with its content."""
+        if self.ended:
+            return  # the end closed it; an ended video is never interrupted again
         period = self.periods[-1]
         ends = [
             sum(r.history[n]) for r in self.renditions.values() for n in r.history if n >= period.first_number
