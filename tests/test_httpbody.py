@@ -15,11 +15,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
-from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from fbstream.httpbody import MAX_WRITE, BodyProducer, IGrowingBody, Outcome
+from tests.web_helpers import Request
 
 
 @implementer(IGrowingBody)
@@ -31,7 +31,7 @@ class Body:
         self.complete = False
 
 
-class Client(DummyRequest):
+class Client(Request):
     """
     A request whose transport takes writes until it holds more than
     ``window`` bytes the client has not read, then pauses its producer on
@@ -44,27 +44,6 @@ class Client(DummyRequest):
         self.window = window
         self.unread = 0
         self.most_unread = 0
-        self.producer = None
-        self.streaming = None
-        self.aborted = False
-        self._disconnected = False
-        request = self
-
-        class Transport:
-            def abortConnection(self) -> None:
-                request.aborted = True
-
-        class Channel:
-            transport = Transport()
-
-        self.channel = Channel()
-
-    def registerProducer(self, producer, streaming) -> None:
-        assert self.producer is None
-        self.producer, self.streaming = producer, streaming
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
 
     def write(self, data: bytes) -> None:
         super().write(data)
@@ -84,10 +63,7 @@ class Client(DummyRequest):
         self._disconnected = True
         if self.producer is not None:
             self.producer.stopProducing()
-        self.processingFailed(Failure(ConnectionDone()))
-
-    def body(self) -> bytes:
-        return b"".join(self.written)
+        super().leave()
 
 
 class Owner:
