@@ -18,8 +18,9 @@ The subpackages are layers, and each imports only the ones below it
 Beside them, leaves that any layer may import and that import none:
 ``media`` (a stream's messages and the interfaces of what publishes, plays
 and consumes them), ``reactors`` (the reactor capabilities parts need
-together), ``config``, ``metrics``, ``ratelimit``, ``limits``, ``diskio``
-and ``player``. The transcoder's thread side
+together), ``config``, ``metrics``, ``ratelimit``, ``limits``, ``diskio``,
+``httpbody`` (a growing body streamed to HTTP viewers, for the encoder and
+the caches alike) and ``player``. The transcoder's thread side
 (``encoder.transcode``, ``fmp4``, ``ladder``) imports neither Twisted nor
 Prometheus.
 """

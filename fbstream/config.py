@@ -82,6 +82,8 @@ ENCODER: dict[str, Setting] = {
     "encoder.hold_segments": Setting(int, 2, "a request for a segment up to this many past the live edge waits for "
                                              "it to start; further ahead it is a 404 no cache keeps"),
     "encoder.max_held": Setting(int, 10_000, "requests waiting at the live edge at once (more: 503)"),
+    "encoder.stall_timeout": Setting(float, 30.0, "a request for a growing segment that does not read for this "
+                                                 "long is dropped"),
     "archive.dir": Setting(str, "archive", "where segments are archived for replay (empty: no archive)"),
     "archive.retention_hours": Setting(float, 168.0, "archived videos older than this are deleted"),
 }

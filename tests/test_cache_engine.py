@@ -90,13 +90,6 @@ class Viewer(Request):
     def __init__(self, path: bytes = PATH) -> None:
         super().__init__(path.split(b"/")[1:])
         self.path = path
-        self.producer = None
-
-    def registerProducer(self, producer, streaming) -> None:
-        self.producer = producer  # a push producer: nothing to pull
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
 
 
 class EngineCase(SynchronousTestCase):

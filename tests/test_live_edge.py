@@ -111,6 +111,38 @@ class Edge(LiveCase):
         self.assertTrue(early.finished)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_a_growing_segment_is_sent_as_fast_as_its_client_reads(self) -> None:
+        self.cut("360p", 1)
+        self.cut("360p", 2, parts=1, complete=False)
+        slow, reader = self.get("360p/2.m4s"), self.get("360p/2.m4s")
+        self.assertEqual(len(self.resource.streaming), 2)
+        slow.producer.pauseProducing()  # its transport is full
+        self.cut("360p", 2, parts=2, complete=False)
+        self.assertEqual((len(slow.written), len(reader.written)), (1, 3))
+        slow.producer.resumeProducing()  # it has read: on from where it was
+        self.assertEqual(slow.written, reader.written)
+        self.video.segment_end("360p", 2, 1000, 1000)
+        self.assertTrue(slow.finished and reader.finished)
+        self.assertEqual(self.resource.streaming, set())
+
+    def test_a_client_that_stops_reading_is_dropped(self) -> None:
+        from fbstream.encoder.metrics import DROPPED_VIEWERS
+
+        before = DROPPED_VIEWERS._value.get()
+        self.resource.stall_timeout = 10.0
+        self.cut("360p", 1)
+        self.cut("360p", 2, parts=1, complete=False)
+        slow = self.get("360p/2.m4s")
+        slow.producer.pauseProducing()
+        self.clock.advance(9.9)
+        self.assertFalse(slow.aborted)
+        self.clock.advance(0.1)
+        self.assertTrue(slow.aborted)
+        self.assertFalse(slow.finished)
+        self.assertEqual(DROPPED_VIEWERS._value.get() - before, 1)
+        self.assertEqual(self.resource.streaming, set())
+        self.assertEqual(self.video.renditions["360p"].segments[2]._listeners, [])
+
     def test_audio_behind_video_is_held_not_refused(self) -> None:
         # The video rendition has started segment 2; audio has not yet (AAC
         # runs a few frames behind): audio/2.m4s waits for it.

@@ -10,9 +10,9 @@ from twisted.web.test.requesthelper import DummyRequest
 class Request(DummyRequest):
     """
     DummyRequest with the rest of twisted.web's Request that the playback
-    resources use: a connection they can cut off (a body aborted is never
-    finished) and one the viewer can leave, and the response as a viewer
-    reads it.
+    resources use: a push producer's registration, a connection they can
+    cut off (a body aborted is never finished) and one the viewer can
+    leave, and the response as a viewer reads it.
     """
 
     def __init__(self, postpath: list[bytes]) -> None:
@@ -21,6 +21,18 @@ class Request(DummyRequest):
         #: Whether the resource cut the connection off.
         self.aborted = False
         self.channel = _Connection(self)
+        #: The push producer registered, which the test pauses and resumes as a transport would.
+        self.producer = None
+        self.streaming = None
+
+    def registerProducer(self, producer, streaming) -> None:
+        # As twisted.web's Request: kept, not driven (DummyRequest's own
+        # calls resumeProducing in a loop, as for a pull producer).
+        assert self.producer is None, "a producer is registered already"
+        self.producer, self.streaming = producer, streaming
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
 
     def header(self, name: bytes) -> bytes | None:
         """The response header ``name``, as last set (DummyRequest keeps every value set)."""

@@ -20,10 +20,11 @@ receives, as HTTP caches do, so lifetimes never add up. A segment served as
 ``X-FBStream-Segment: growing`` is streamed to its waiters and stored as
 complete only once its body ends cleanly.
 
-Each waiter keeps its own position in the object's chunk list, so a slow
-viewer costs no memory of its own: its transport pauses it (producer and
-consumer) and it resumes where it was; one paused for longer than
-``stall_timeout`` is dropped.
+Each waiter is streamed the object by a :class:`~fbstream.httpbody.BodyProducer`,
+which keeps only its position in the object's chunk list, so a slow viewer
+costs no memory beyond its transport's bounded buffer: its transport pauses
+it (producer and consumer) and it resumes where it was; one paused for
+longer than ``stall_timeout`` is dropped (``DROPPED_VIEWERS``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import TimeoutError as TwistedTimeout
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,6 +49,7 @@ from zope.interface import implementer
 
 from fbstream.cache import metrics as cm
 from fbstream.config import default
+from fbstream.httpbody import BodyProducer, IGrowingBody, Outcome
 from fbstream.live.urls import LIVE_EDGE_HEADER, MEDIA_PATH, PLAYBACK_PATH, playlist_key, playlist_query
 
 #: Response headers passed from upstream to viewers (and kept in the cache).
@@ -76,6 +78,7 @@ class CacheSettings:
     max_fetches: int = default("cache.max_fetches")
 
 
+@implementer(IGrowingBody)
 class CachedObject:
     """An object in the store, or being fetched into it."""
 
@@ -198,28 +201,26 @@ class Store:
         return len(self._objects)
 
 
-@implementer(IPushProducer)
 class Viewer:
-    """One request being answered from a cached or growing object."""
+    """
+    One request for an object: waiting for its headers, then streamed it by
+    a :class:`BodyProducer` (which drops it if it stops reading).
+    """
 
     def __init__(self, cache: CachingResource, request: Request, status: bytes) -> None:
         self.cache = cache
         self.request = request
         self.status = status  # HIT, MISS or COALESCED, for X-Cache
-        self.obj: CachedObject | None = None
-        self.sent = 0
+        self.body: BodyProducer | None = None
         self.gone = False
-        self.paused = False
         self.fetch: Fetch | None = None
-        self._stall: Any = None
         request.notifyFinish().addBoth(self._finished)
 
     def _finished(self, _: Any) -> None:
         self._leave()
 
     def _leave(self) -> None:
-        """The viewer is gone (finished, disconnected or stopped): let its fetch know."""
-        self._cancel_stall()
+        """The viewer is gone (finished, disconnected or dropped): let its fetch know."""
         if not self.gone:
             self.gone = True
             self.cache._left(self)
@@ -228,7 +229,6 @@ class Viewer:
         """The object's status and headers are known: start the response."""
         if self.gone:
             return
-        self.obj = obj
         request = self.request
         request.setResponseCode(obj.code)
         for name, value in obj.headers:
@@ -237,67 +237,33 @@ class Viewer:
         request.setHeader(b"age", b"%d" % (obj.age(self.cache.clock.seconds()),))
         if obj.complete:
             request.setHeader(b"content-length", b"%d" % (obj.size,))
-        request.registerProducer(self, True)
-        self.more()
+        self.body = BodyProducer(request, obj, self._body_ended, sent=self.cache.m_bytes_served.inc,
+                                 clock=self.cache.clock, stall_timeout=self.cache.settings.stall_timeout)
+        self.body.start()
 
     def more(self) -> None:
-        """Send whatever the object has that this viewer has not had."""
-        obj = self.obj
-        if self.gone or obj is None or self.paused:
-            return
-        chunks = obj.chunks
-        while self.sent < len(chunks) and not self.paused:
-            data = chunks[self.sent]
-            self.sent += 1
-            self.cache.m_bytes_served.inc(len(data))
-            self.request.write(data)
-        if obj.complete and self.sent == len(chunks) and not self.gone:
-            self.gone = True
-            self.request.unregisterProducer()
-            self.request.finish()
+        """The object grew or completed."""
+        if self.body is not None:
+            self.body.more()
 
     def fail(self, code: int, message: str) -> None:
         """The fetch failed: an error if nothing was sent, else cut the body short."""
         if self.gone:
             return
+        if self.body is not None:
+            self.body.abort()
+            return
         self.gone = True
-        if self.obj is None:
-            self.request.setResponseCode(code)
-            self.request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            self.request.setHeader(b"cache-control", b"no-store")
-            self.request.write(message.encode() + b"\n")
-            self.request.finish()
-        else:
-            transport: Any = self.request.channel.transport
-            transport.abortConnection()
+        self.request.setResponseCode(code)
+        self.request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        self.request.setHeader(b"cache-control", b"no-store")
+        self.request.write(message.encode() + b"\n")
+        self.request.finish()
 
-    # IPushProducer: the viewer's transport is full, or drained.
-    def pauseProducing(self) -> None:
-        self.paused = True
-        if self._stall is None:
-            self._stall = self.cache.clock.callLater(self.cache.settings.stall_timeout, self._stalled)
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._cancel_stall()
-        self.more()
-
-    def stopProducing(self) -> None:
-        # The connection is going away (Twisted says so before notifyFinish).
-        self._leave()
-
-    def _stalled(self) -> None:
-        self._stall = None
-        if not self.gone:
+    def _body_ended(self, _: BodyProducer, outcome: Outcome) -> None:
+        if outcome is Outcome.STALLED:
             cm.DROPPED_VIEWERS.labels(tier=self.cache.tier).inc()
-            self._leave()  # the last viewer dropped cancels the fetch, as the last to hang up does
-            transport: Any = self.request.channel.transport
-            transport.abortConnection()
-
-    def _cancel_stall(self) -> None:
-        if self._stall is not None and self._stall.active():
-            self._stall.cancel()
-        self._stall = None
+        self._leave()  # dropped is gone: the last one dropped cancels the fetch, as the last to hang up does
 
 
 class _Discard(Protocol):

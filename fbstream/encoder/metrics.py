@@ -32,6 +32,8 @@ AVAILABILITY_LAG = Histogram(
     buckets=(0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0),
 )
 REFUSED = Counter("fbstream_encoder_refused", "Streams refused by the encoder", [])
+DROPPED_VIEWERS = Counter("fbstream_encoder_dropped_viewers",
+                          "Requests for a growing segment dropped for not reading", [])
 ARCHIVE_LOST = Counter(
     "fbstream_encoder_archive_files_lost",
     "Archive files (segments, init segments, state) given up after retries: missing from the replay",

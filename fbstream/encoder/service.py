@@ -231,7 +231,7 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: IReactorTim
     root.putChild(b"live", LiveResource(
         registry, archive, reactor, config["encoder.chunk_ms"],
         target_latency=config["encoder.target_latency"], edge=edge,
-        part_hold_back=config["encoder.part_hold_back"],
+        part_hold_back=config["encoder.part_hold_back"], stall_timeout=config["encoder.stall_timeout"],
     ))
     root.putChild(b"time", TimeResource(reactor))
     return consumers

@@ -19,14 +19,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from fbstream.encoder import fmp4
 from fbstream.encoder import metrics as em
 from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo, SegmentClock
 from fbstream.endings import Ending
+from fbstream.httpbody import IGrowingBody
 from fbstream.reactors import IReactorTimeFromThreads
 
 
+@implementer(IGrowingBody)
 class Segment:
     """One segment of one rendition; grows until ``complete``."""
 

@@ -3,7 +3,9 @@ The playback URLs of DESIGN.md (:mod:`fbstream.live.urls`), served by the
 encoder to the origin, and ``/time`` (UTC, ISO 8601, for DASH ``UTCTiming``).
 
 Cache headers drive the caches in front: a complete segment is immutable; the
-segment being made is streamed chunk by chunk as the encoder cuts them, with
+segment being made is streamed chunk by chunk as the encoder cuts them, at
+the pace the client reads (:class:`~fbstream.httpbody.BodyProducer`; one
+that stops reading for ``stall_timeout`` is dropped), with
 ``Cache-Control: no-store`` and ``X-FBStream-Segment: growing`` so no cache
 keeps it as complete before it is (if the stream dies mid-segment the
 response is aborted, never finished); manifests live one second. A request
@@ -25,9 +27,12 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from fbstream.config import default
 from fbstream.encoder import manifest
+from fbstream.encoder import metrics as em
 from fbstream.encoder.fmp4 import chunks_of
 from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
+from fbstream.httpbody import BodyProducer, Outcome
 from fbstream.live.clock import iso_time
 from fbstream.live.urls import INIT, LIVE_EDGE_HEADER, PART, RENDITION, SEGMENT, STREAM_ID, playlist_query
 
@@ -106,6 +111,7 @@ class LiveResource(Resource):
         target_latency: float = 1.2,
         edge: LiveEdge = LiveEdge(),
         part_hold_back: float = 1.5,
+        stall_timeout: float = default("encoder.stall_timeout"),
     ) -> None:
         super().__init__()
         self.registry = registry
@@ -115,6 +121,10 @@ class LiveResource(Resource):
         self.target_latency = target_latency
         self.edge = edge
         self.part_hold_back = part_hold_back
+        #: A request for a growing segment that does not read for this long is dropped.
+        self.stall_timeout = stall_timeout
+        #: The requests for growing segments being streamed now, one producer each.
+        self.streaming: set[BodyProducer] = set()
         #: Requests held at the live edge now.
         self.held = 0
         #: A live manifest is published once this many segments are complete
@@ -371,34 +381,24 @@ class LiveResource(Resource):
         return NOT_DONE_YET
 
     def _stream(self, request: Request, seg: Segment, kind: bytes) -> int:
-        """Send what the segment holds, then each chunk as it is cut."""
+        """Send what the segment holds, then each chunk as it is cut, as fast as the client reads."""
         _headers(request, kind, b"no-store")
         request.setHeader(b"x-fbstream-segment", b"growing")
-        sent = [0]
-        gone = [False]
 
         def changed(s: Segment) -> None:
-            if gone[0]:
-                return
-            while sent[0] < len(s.chunks):
-                request.write(s.chunks[sent[0]])
-                sent[0] += 1
-            if s.complete:
-                gone[0] = True
-                request.finish()
-            elif s.failed:
-                gone[0] = True
-                # Never finish a segment that will not complete: abort, so the
-                # chunked body ends without its last chunk.
-                transport: Any = request.channel.transport
-                transport.abortConnection()
+            if s.failed:
+                producer.abort()  # never finish a segment that will not complete
+            else:
+                producer.more()
 
-        def left(_: Any) -> None:
-            gone[0] = True
+        def ended(_: BodyProducer, outcome: Outcome) -> None:
             seg.unlisten(changed)
+            self.streaming.discard(producer)
+            if outcome is Outcome.STALLED:
+                em.DROPPED_VIEWERS.inc()
 
-        request.notifyFinish().addBoth(left)
-        changed(seg)
-        if not gone[0]:
-            seg.listen(changed)
+        producer = BodyProducer(request, seg, ended, clock=self.clock, stall_timeout=self.stall_timeout)
+        self.streaming.add(producer)
+        seg.listen(changed)
+        producer.start()
         return NOT_DONE_YET

@@ -183,8 +183,8 @@ def pop(tmp_path, tls_files):
     pytest_twisted.blockon(defer.maybeDeferred(running.service.stopService))
 
 
-def start_encoder(archive):
-    """An encoder role on free ports (RTMP, HTTP), archiving to ``archive``."""
+def start_encoder(archive, *overrides):
+    """An encoder role on free ports (RTMP, HTTP), archiving to ``archive``, with ``overrides``."""
     rtmp, http = free_port(), free_port()
     return start_role("encoder", [
         # A publish that ends is the replay at once (no wait for a reconnect).
@@ -192,6 +192,7 @@ def start_encoder(archive):
         "rtmp.listen=tcp:%d:interface=127.0.0.1" % (rtmp,),
         "http.listen=tcp:%d:interface=127.0.0.1" % (http,),
         "archive.dir=%s" % (archive,),
+        *overrides,
     ], rtmp, None, http, archive)
 
 

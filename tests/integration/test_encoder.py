@@ -1,19 +1,26 @@
 """
 The encoder role end to end: a stream published with PyAV comes out as live
 DASH and HLS that the ffmpeg tool plays, with the ladder, segment and sync
-properties of the issue, and replays from the archive once it ends.
+properties of the issue, and replays from the archive once it ends; a client
+that stops reading a growing segment is paused, not queued for.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 
+import pytest
 import pytest_twisted
 import treq
 from mpegdash.parser import MPEGDASHParser
+from twisted.internet import defer, reactor, tcp
+from twisted.internet.protocol import Factory, Protocol
 
 from fbstream.encoder.fmp4 import boxes, decode_time, timescale
+from fbstream.httpbody import MAX_WRITE
 
 from .conftest import eventually, pyav_counts, pyav_publish, run, sleep, start_encoder, tool
 
@@ -218,3 +225,97 @@ def test_ffmpeg_publish_survives_an_encoder_restart(tmp_path, source_flv):
         assert playlist.count(b"#EXTINF:") == 10 and b"#EXT-X-ENDLIST" in playlist
     finally:
         yield second.service.stopService()
+
+
+class Unread(Protocol):
+    """Asks for a path over HTTP/1.0 (the body ends with the connection), then does not read."""
+
+    def __init__(self, path):
+        self.path = path
+        self.received = b""
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(b"GET %s HTTP/1.0\r\nHost: encoder\r\n\r\n" % (self.path,))
+        self.transport.pauseProducing()
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
+
+
+def unread_client(port, path):
+    """An :class:`Unread` on a socket whose receive buffer is as small as the kernel allows."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connect: the window is this small
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    protocol = Unread(path)
+    factory = Factory()
+    factory.buildProtocol = lambda addr: protocol
+    reactor.adoptStreamConnection(sock.fileno(), socket.AF_INET, factory)
+    sock.close()  # the reactor has its own descriptor of it
+    return protocol
+
+
+def cap_send_buffers(port_number, size=16384):
+    """
+    Cap the kernel's send buffer of the connections a listener accepts (they
+    inherit the listener's): on loopback Linux grows it to 4 MB, which
+    swallows a whole segment before the server's own queue holds a byte of
+    it; a real link's holds about its bandwidth-delay product.
+    """
+    [port] = [r for r in reactor.getReaders() if isinstance(r, tcp.Port) and r.getHost().port == port_number]
+    port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def buffered(transport):
+    """Bytes the reactor holds for a connection: what its TCP transport has not yet handed the kernel."""
+    while not hasattr(transport, "dataBuffer"):  # the connection limiter wraps it
+        transport = transport.transport
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+@pytest.fixture
+def fat_encoder(tmp_path):
+    """An encoder of one rendition, 720p at 8 Mbps made cheaply: segments near a megabyte."""
+    role = start_encoder(tmp_path / "archive", 'encoder.ladder=["720:8000"]', "encoder.preset=ultrafast")
+    yield role
+    pytest_twisted.blockon(defer.maybeDeferred(role.service.stopService))
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_client_that_stops_reading_a_growing_segment_is_paused(fat_encoder):
+    encoder = fat_encoder
+    publishing = pyav_publish(encoder.url("slow"), "--duration", "10", "--size", "1280x720")
+    yield wait_for_manifest(encoder.base, "slow")
+    live = encoder.service.site.resource.children[b"live"]
+    # The segment after the one being cut: both viewers wait for it, then
+    # are streamed it as it grows.
+    response, playlist = yield get(encoder.base + "/live/slow/720p/playlist.m3u8")
+    growing = int(re.search(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.\d+\.m4s"', playlist).group(1))
+    path = b"/live/slow/720p/%d.m4s" % (growing + 1,)
+    cap_send_buffers(encoder.http_port)
+    slow = unread_client(encoder.http_port, path)
+    answers = yield defer.gatherResults([get(encoder.base + path.decode()) for _ in range(3)])
+    # The readers had all of it, at their own pace, while the other did not
+    # read: several times what the encoder may hold for one viewer.
+    assert len({body for _, body in answers}) == 1
+    response, whole = answers[0]
+    assert response.code == 200 and len(whole) > 8 * MAX_WRITE
+    assert header(response, "x-fbstream-segment") == b"growing"
+    [producer] = live.streaming  # the unread one's, still waiting to send the rest
+    assert producer.paused
+    assert producer.written < len(whole)
+    # What the encoder holds for it is its transport's bound and one write,
+    # not the rest of the segment.
+    assert buffered(producer.request.channel.transport) <= 2 * MAX_WRITE + 4096
+    # Once it reads, it gets the rest from where it was.
+    slow.transport.resumeProducing()
+    yield slow.closed
+    head, _, body = slow.received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and body == whole
+    assert live.streaming == set()
+    yield publishing
