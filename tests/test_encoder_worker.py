@@ -188,7 +188,7 @@ class ArchiveWriteFailures(SynchronousTestCase):
 class EndedVideos(SynchronousTestCase):
     def test_a_publish_that_finishes_after_the_end_leaves_the_video_ended(self):
         from fbstream.encoder.store import LiveVideo
-        from fbstream.endings import EndKind, Ending
+        from fbstream.endings import Ending, EndKind
 
         video = LiveVideo("cam", 1000.0, 120.0, None)
         video.end(Ending(EndKind.ENDED_BY_API, "the live video was ended through the API"))
