@@ -560,6 +560,23 @@ class OwnershipLease(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(self.registry.owner(STREAM)))
         self.assertEqual(self.lost, [])
 
+    def test_a_renewal_that_fails_after_the_stop_starts_nothing(self) -> None:
+        pending: list[Deferred[None]] = []
+
+        def renew(claim: Any) -> Deferred[None]:
+            pending.append(Deferred())
+            return pending[-1]
+
+        self.patch(self.registry, "renew", renew)
+        self.reactor.advance(LEASE / 3)  # a renewal goes out, and hangs
+        self.assertEqual(len(pending), 1)
+        self.ownership.stop()
+        pending[0].errback(RegistryUnavailable("no etcd member answered"))
+        self.reactor.advance(10 * LEASE)
+        self.assertEqual(len(pending), 1)
+        self.assertEqual(self.lost, [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_a_loss_is_reported_once_and_renewals_stop(self) -> None:
         self.successResultOf(self.registry.release(self.claim))
         self.successResultOf(self.registry.claim(STREAM, "encoder1", "tcp:10.0.0.2:8081"))

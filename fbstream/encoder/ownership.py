@@ -259,8 +259,8 @@ class Broadcasts:
         continue) about a video that ended here. The stream is released once
         its ended state is written.
         """
-        if broadcast.video is None or broadcast.ownership.lost:
-            return
+        if broadcast.video is None or broadcast.ownership.lost or broadcast.ownership.stopped:
+            return  # not this encoder's to write (fenced), or let go
         if broadcast._writing:
             broadcast._dirty = True
             return
@@ -280,8 +280,8 @@ class Broadcasts:
 
         def failed(failure: Any) -> None:
             broadcast._writing = False
-            if broadcast.ownership.lost:
-                return  # fenced: the state is another encoder's to write now
+            if broadcast.ownership.lost or broadcast.ownership.stopped:
+                return  # fenced, or let go: the state is another encoder's to write now
             self.log.warn("{stream}: writing the state failed: {e}; trying again", stream=broadcast.stream,
                           e=failure.getErrorMessage())
             if broadcast.retry is None or not broadcast.retry.active():

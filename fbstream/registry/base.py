@@ -163,6 +163,8 @@ class Ownership:
         self.clock = clock
         self.on_lost = on_lost
         self.lost = False
+        #: Renewals have stopped (released, lost, or let go): none is tried again.
+        self.stopped = False
         self._renewed = clock.seconds()
         self._retry: IDelayedCall | None = None
         self._loop = LoopingCall(self._renew)
@@ -174,6 +176,8 @@ class Ownership:
         return self.claim.owner.fence
 
     def _renew(self) -> None:
+        if self.stopped:
+            return
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -183,8 +187,8 @@ class Ownership:
             self._renewed = self.clock.seconds()
 
         def failed(failure: Any) -> None:
-            if self.lost:
-                return
+            if self.lost or self.stopped:
+                return  # a renewal answered after the stop is nobody's concern
             if failure.check(Fenced):
                 self._lose("the lease on stream %s lapsed" % (self.claim.stream,))
             elif self.clock.seconds() - self._renewed > self.registry.lease_seconds:
@@ -214,6 +218,7 @@ class Ownership:
         return d.addErrback(fenced)
 
     def stop(self) -> None:
+        self.stopped = True
         if self._loop.running:
             self._loop.stop()
         if self._retry is not None and self._retry.active():
