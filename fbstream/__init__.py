@@ -15,7 +15,8 @@ The subpackages are layers, and each imports only the ones below it
                             RTMP's Twisted protocols, the live API, the clock
     rtmp | registry         the sans-IO RTMP codec; where videos are recorded
 
-Beside them, leaves that any layer may import and that import none:
+Beside them, leaves that any layer may import and that import no layer
+(only one another):
 ``media`` (a stream's messages and the interfaces of what publishes, plays
 and consumes them), ``reactors`` (the reactor capabilities parts need
 together), ``config``, ``metrics``, ``ratelimit``, ``limits``, ``diskio``,

@@ -1,7 +1,7 @@
 """
-Why a live video ended: a kind that code decides by, and the text shown to
-people (logs, the broadcaster's RTMP status), which may carry details such
-as the stream id. No code reads the text.
+Why a live video ended: its kind, an enum (for code and metrics; nothing
+parses the text), and the text shown to people (logs, the broadcaster's RTMP
+status), which may carry details such as the stream id.
 
 A leaf: the registry reports a lost ownership as one, and the encoder ends
 its videos with them.

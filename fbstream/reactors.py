@@ -7,9 +7,10 @@ a test passes a ``Clock``); where a part needs several, the type is one of the
 interfaces here, each extending Twisted's, because mypy has no intersection
 type and a ``typing.Protocol`` could not be handed on to Twisted's APIs that
 want its interfaces (``Deferred.addTimeout``, ``deferToThreadPool``). Twisted
-does the same (``IDistTrialReactor``). A real reactor, and at run time a
-``MemoryReactorClock``, provides every interface these extend; no code asks
-whether an object provides the combined one.
+does the same (``IDistTrialReactor``). A real reactor provides every
+interface these extend, and a ``MemoryReactorClock`` the time, TCP, SSL, UNIX
+and core parts (a test that needs threads or processes adds them); no code
+asks whether an object provides the combined one.
 """
 
 from __future__ import annotations

@@ -186,7 +186,8 @@ class Streaming(SynchronousTestCase):
 
     def test_a_body_that_will_never_complete_is_cut_short(self) -> None:
         body = Body(b"a")
-        client, producer = self.stream(body, Client(window=0))
+        client, producer = self.stream(body, Client(window=0), stall_timeout=30.0)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # paused: its stall timer runs
         producer.abort()
         self.assertTrue(client.aborted)
         self.assertFalse(client.finished)

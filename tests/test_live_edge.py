@@ -267,7 +267,7 @@ class Playback(LiveCase):
             self.assertEqual((live.code, live.header(b"content-type"), live.header(b"cache-control")),
                              (200, kind, b"public, max-age=1"), path)
         self.assertIn(b'type="dynamic"', self.get("manifest.mpd").body())
-        self.video.end("ended")
+        self.video.end(Ending(EndKind.PUBLISH_ENDED, "ended"))
         ended = self.get("manifest.mpd")
         self.assertEqual(ended.header(b"cache-control"), b"public, max-age=60")
         self.assertIn(b'type="static"', ended.body())
@@ -288,7 +288,7 @@ class Playback(LiveCase):
         unknown.write(self.resource.render(unknown))
         self.assertEqual((unknown.code, unknown.header(b"cache-control")), (404, b"public, max-age=2"))
         # Not archived: an ended video's segments past the window are gone.
-        self.video.end("ended")
+        self.video.end(Ending(EndKind.PUBLISH_ENDED, "ended"))
         self.assertEqual(self.get("360p/9.m4s").code, 404)
 
 

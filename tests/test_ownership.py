@@ -237,6 +237,13 @@ class GoingLive(BroadcastCase):
         self.assertIsNone(self.owner())
         self.assertEqual(self.a.hub.streams, {})
 
+    def test_a_state_it_cannot_read_refuses_the_publish_and_lets_the_claim_go(self) -> None:
+        self.patch(self.a.registry, "read_state", lambda stream: fail(KeyError("last_number")))
+        refusal = self.refused(self.a.publish(Broadcaster(), self.token))
+        self.assertEqual((refusal.code, refusal.reason), ("NetStream.Publish.Failed", "registry"))
+        self.assertIsNone(self.owner())
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
     def test_an_ended_video_is_refused_even_if_letting_its_claim_go_fails(self) -> None:
         claim = self.successResultOf(self.registry.claim(STREAM, "encoder9", "tcp:10.0.0.9:8081"))
         self.successResultOf(self.registry.write_state(claim, written_state(status=VideoStatus.ENDED)))

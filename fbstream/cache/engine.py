@@ -296,7 +296,6 @@ class Fetch:
         self.obj: CachedObject | None = None
         self.growing = False
         self._attempts: list[Deferred[Any]] = []
-        self._bodies: list[_Body] = []
         self._winner: _Body | None = None
         self._lock_timer: Any = None
         self._idle_timer: Any = None

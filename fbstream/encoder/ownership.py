@@ -117,6 +117,13 @@ class Broadcasts:
             self._let_go(claim)
             raise PublishRefused("NetStream.Publish.Failed", "the registry is unavailable: %s" % (e,),
                                  "registry") from None
+        except Exception:
+            # A state this code cannot read (written by hand, or corrupt):
+            # refused, and the claim not held by nobody until its lease lapses.
+            self.log.failure("{stream}: the registry's state of it cannot be read", stream=name)
+            self._let_go(claim)
+            raise PublishRefused("NetStream.Publish.Failed", "the registry's state of the stream cannot be read",
+                                 "registry") from None
         if state is not None and state.status is VideoStatus.ENDED:
             self._let_go(claim)
             raise PublishRefused("NetStream.Publish.BadName", "live video %s has ended" % (name,), "ended")
