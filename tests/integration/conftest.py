@@ -309,6 +309,27 @@ def eventually(probe, timeout=30, what="condition", interval=0.25):
         yield sleep(interval)
 
 
+def serving(url, timeout, process=None, ready=lambda body: True):
+    """
+    The way a synchronous fixture waits for a process it started: until
+    ``url`` answers with a body ``ready`` accepts, and return True; False if
+    ``process`` exits or ``timeout`` seconds pass first. (Tests running on
+    the reactor wait with :func:`eventually`.)
+    """
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if ready(response.read()):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 class Etcd:
     """A real etcd server (Debian's etcd-server) on free loopback ports."""
 
@@ -328,18 +349,8 @@ class Etcd:
              "--initial-cluster", "default=http://127.0.0.1:%d" % (peer,)],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.directory, "etcd.log"), "ab"),
         )
-        import time
-        import urllib.request
-
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if b"true" in r.read():
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.1)
+        if serving(self.url + "/health", 20, self.process, lambda body: b"true" in body):
+            return self
         self.stop()
         pytest.fail("etcd did not start; see %s/etcd.log" % (self.directory,))
 

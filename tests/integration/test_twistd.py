@@ -10,14 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer
 
-from .conftest import ROOT, eventually, free_port, run, sleep, tool
+from .conftest import ROOT, eventually, free_port, run, serving, sleep, tool
 
 
 def twistd() -> str:
@@ -93,13 +92,7 @@ def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, p
     proc = subprocess.Popen(args, cwd=str(tmp_path), env=env, stderr=err)
     # The tests' own deadlines count from a running process, not from the
     # spawn: on a loaded 2-core CI machine starting Python can take seconds.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (ports["pop"],), timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.2)
+    serving("http://127.0.0.1:%d/metrics" % (ports["pop"],), 60, proc)
     try:
         yield ports, tmp_path / "twistd.log"
     finally:

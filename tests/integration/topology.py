@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, free_port, serving
 from .test_twistd import twistd
 
 TOKEN_KEYS = "k1:" + "5e" * 32
@@ -50,15 +49,10 @@ class Node:
              "--set", "http.listen=tcp:%d:interface=127.0.0.1" % (self.http,), *self.args],
             cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("%s exited; see %s.log" % (self.name, self.name))
-            try:
-                urllib.request.urlopen("http://127.0.0.1:%d/metrics" % (self.http,), timeout=1).read()
-                return self
-            except OSError:
-                time.sleep(0.1)
+        if serving("http://127.0.0.1:%d/metrics" % (self.http,), 20, self.process):
+            return self
+        if self.process.poll() is not None:
+            raise RuntimeError("%s exited; see %s.log" % (self.name, self.name))
         raise RuntimeError("%s did not start" % (self.name,))
 
     def kill(self):
