@@ -80,6 +80,9 @@ def summarize(seen: dict) -> dict:
         "aborted": seen.get("aborted", []),
         "aborted_count": seen.get("aborted_count", len(seen.get("aborted", []))),
         "errors": last.get("errors", []),
+        # Each stall: where the picture stopped, when, for how long, and
+        # what the video element held then.
+        "stall_log": last.get("stallLog", []),
     }
 
 
