@@ -179,7 +179,8 @@ def test_frame_rate_from_metadata_reaches_the_manifests(tmp_path):
     from fbstream.rtmp import amf0
 
     tx = Transcoder(TranscoderSettings(parse_rungs(list(DEFAULT_RUNGS))))
-    worker = StreamEncoder(LiveVideo("s", 0, 120, None), tx, None, MemoryReactorClock(), None, 3000, print)
+    reactor = MemoryReactorClock()
+    worker = StreamEncoder(LiveVideo("s", 0, 120, None, reactor), tx, None, reactor, None, 3000, print)
     worker._busy = True  # nothing runs: only the metadata is looked at
     worker.media(MediaMessage(18, 0, amf0.encode("onMetaData", amf0.ECMAArray({"framerate": 60.0}))))
     assert tx.frame_rate == 60.0
