@@ -9,8 +9,17 @@ from fbstream.live.rtmp import RTMPStatusError
 from fbstream.media import IConsumerFactory, IStreamConsumer, MediaMessage
 from fbstream.rtmp import amf0
 from fbstream.rtmp.chunk import ChunkEncoder
+from fbstream.rtmp.connection import CONTROL_BURST, CONTROL_RATE
 from fbstream.rtmp.handshake import ClientHandshake
-from fbstream.rtmp.messages import COMMAND_AMF0, SET_CHUNK_SIZE, VIDEO, command
+from fbstream.rtmp.messages import (
+    COMMAND_AMF0,
+    SET_CHUNK_SIZE,
+    UC_PING_REQUEST,
+    USER_CONTROL,
+    VIDEO,
+    command,
+    user_control,
+)
 from tests.rtmp_helpers import (
     AAC_HEADER,
     AVC_HEADER,
@@ -204,6 +213,21 @@ class PublishTests(SynchronousTestCase):
         self.h.clock.advance(2)
         pump.flush()
         self.assertNotIn("cam", self.h.hub.streams)
+
+    def test_control_messages_are_rate_limited_by_the_reactor_s_clock(self):
+        client, server, pump, sid, d = start_publishing(self, self.h)
+        ping = ChunkEncoder().encode(2, 0, USER_CONTROL, 0, user_control(UC_PING_REQUEST, 1))
+        self.h.clock.advance(10)  # the bucket refills to its burst
+        client.transport.write(ping * CONTROL_BURST)
+        pump.flush()
+        self.h.clock.advance(1)  # and a second's worth more
+        client.transport.write(ping * CONTROL_RATE)
+        pump.flush()
+        self.assertIn("cam", self.h.hub.streams)
+        client.transport.write(ping)  # in no time at all: one too many
+        pump.flush()
+        self.assertNotIn("cam", self.h.hub.streams)
+        self.assertTrue(server.transport.disconnecting)
 
     def test_connections_beyond_the_limit_are_refused(self):
         self.h.factory.settings.max_connections = 2
