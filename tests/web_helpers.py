@@ -1,10 +1,18 @@
-"""A request for testing twisted.web resources without a connection."""
+"""Requests for testing twisted.web resources without a connection."""
 
 from __future__ import annotations
 
+import io
+import json
+from typing import Any
+
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
+
+from fbstream.live.login import COOKIE
 
 
 class Request(DummyRequest):
@@ -56,3 +64,38 @@ class _Connection:
 
     def abortConnection(self) -> None:
         self.request.aborted = True
+
+
+class APIRequest(Request):
+    """
+    A call to the JSON API (``/api/v1/...``): its method and body, the
+    session cookie the browser holds (if any), and the header the page
+    sends unless ``page`` is False; the cookie half of twisted.web's Request.
+    """
+
+    def __init__(self, method: bytes, path: bytes = b"", body: bytes = b"", cookie: bytes | None = None,
+                 page: bool = True) -> None:
+        super().__init__([path] if path else [])
+        self.method = method
+        self.content = io.BytesIO(body)
+        self.cookies_set: list[tuple[bytes, bytes, dict[str, Any]]] = []
+        self._cookie = cookie
+        if page:
+            self.requestHeaders.setRawHeaders(b"x-requested-with", [b"fbstream"])
+
+    def getCookie(self, key: bytes) -> bytes | None:
+        return self._cookie if key == COOKIE else None
+
+    def addCookie(self, k: bytes, v: bytes, **kw: Any) -> None:  # type: ignore[override]
+        self.cookies_set.append((k, v, kw))
+
+    def isSecure(self) -> bool:
+        return False
+
+
+def answer(resource: IResource, request: APIRequest) -> tuple[int, Any]:
+    """Render ``request`` (answered now, or once its Deferreds fire): its status and its JSON body."""
+    body = resource.render(request)
+    if body is not NOT_DONE_YET:
+        request.write(body)
+    return request.responseCode or 200, json.loads(request.body())
