@@ -21,7 +21,7 @@ def frame(ts, key=False):
 class BacklogTests(SynchronousTestCase):
     def setUp(self):
         self.pool = StepPool()
-        self.refusals = []
+        self.refusals: list[str] = []
         reactor = InlineReactor()
         self.worker = StreamEncoder(
             LiveVideo("cam", 0.0, 120.0, None, reactor),
@@ -95,6 +95,7 @@ class ArchiveTests(SynchronousTestCase):
         registry = VideoRegistry()
         self.assertEqual(load_archive(archive, registry, 120.0, reactor), [])  # none interrupted
         reloaded = registry.get("old")
+        assert reloaded is not None
         self.assertTrue(reloaded.ended)
         self.assertEqual(reloaded.ending, Ending(EndKind.ARCHIVED, "archived"))
         self.assertEqual(reloaded.renditions["240p"].history, {1: (0, 1000)})

@@ -284,8 +284,9 @@ class CallerGone(APICase):
         request.method = method
         request.clientproto = b"HTTP/1.1"
         request.postpath = [path.encode()] if path else []
-        request.content = io.BytesIO(body)
-        request.args = {}
+        # What requestReceived sets, which Twisted's class declares None until then.
+        request.content = io.BytesIO(body)  # type: ignore[assignment]
+        request.args = {}  # type: ignore[assignment]
         request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + KEY])
         self.assertEqual(self.api.render(request), NOT_DONE_YET)
         request.connectionLost(Failure(ConnectionDone()))

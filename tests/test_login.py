@@ -91,7 +91,7 @@ class LiveAPISessionTests(SynchronousTestCase):
         self.api = LiveVideosResource(MemoryRegistry(self.clock, 10), KeyRing.generate(), settings,
                                       self.clock, self.sessions)
         request = APIRequest(b"POST", body=json.dumps({"login": self.sessions.new_code()}).encode())
-        SessionResource(self.sessions).render(request)
+        answer(SessionResource(self.sessions), request)
         self.cookie = request.cookies_set[0][1]
 
     def test_a_session_creates_a_live_video_with_what_obs_asks_for(self) -> None:

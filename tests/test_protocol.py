@@ -1,5 +1,7 @@
 """The Twisted RTMP protocols and the stream hub, over in-memory transports."""
 
+from typing import cast
+
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -112,11 +114,12 @@ class PublishTests(SynchronousTestCase):
             self.assertEqual(self.h.hub.streams, {})
 
     def test_a_huge_stream_name_is_not_echoed_whole(self):
-        logged = []
-        from twisted.logger import globalLogPublisher
+        logged: list[dict] = []
+        from twisted.logger import ILogObserver, globalLogPublisher
 
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        observer = cast(ILogObserver, logged.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         name = "x" * 5_000_000
         client, server, pump, sid, d = start_publishing(self, self.h, name=name)
         description = str(self.failureResultOf(d, RTMPStatusError).value)
@@ -169,7 +172,7 @@ class PublishTests(SynchronousTestCase):
 
     def hostile_connection(self, payload):
         """A raw connection that completes the handshake and sends ``payload``."""
-        proto = self.h.factory.buildProtocol(None)
+        proto = self.h.accepted()
         transport = StringTransport()
         proto.makeConnection(transport)
         hs = ClientHandshake()
@@ -199,7 +202,7 @@ class PublishTests(SynchronousTestCase):
         self.assertIn("cam", self.h.hub.streams)
 
     def test_handshake_timeout(self):
-        proto = self.h.factory.buildProtocol(None)
+        proto = self.h.accepted()
         transport = StringTransport()
         proto.makeConnection(transport)
         self.h.clock.advance(11)
@@ -231,9 +234,9 @@ class PublishTests(SynchronousTestCase):
 
     def test_connections_beyond_the_limit_are_refused(self):
         self.h.factory.settings.max_connections = 2
-        first = self.h.factory.buildProtocol(None)
+        first = self.h.accepted()
         first.makeConnection(StringTransport())
-        second = self.h.factory.buildProtocol(None)
+        second = self.h.accepted()
         second.makeConnection(StringTransport())
         self.assertIsNone(self.h.factory.buildProtocol(None))
         first.connectionLost()
@@ -286,7 +289,7 @@ class PlayTests(SynchronousTestCase):
         self.pump.flush()
 
     def play(self, name="cam"):
-        got = []
+        got: list[MediaMessage] = []
         client, server, pump = self.h.connect(on_media=got.append)
         d = client.create_stream()
         pump.flush()

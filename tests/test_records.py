@@ -10,13 +10,12 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import NOT_DONE_YET
 
 from fbstream.live.api import APISettings, LiveVideosResource
 from fbstream.live.tokens import KeyRing
 from fbstream.registry.memory import MemoryRegistry
 from fbstream.registry.records import VideoRecord, VideoState, VideoStatus
-from tests.web_helpers import APIRequest
+from tests.web_helpers import APIRequest, rendered
 
 #: The live API's record as it made it, and after ending it.
 CREATED = '{"id": "0123456789abcdef", "dc": "dc1", "created": 1000000.5, "title": "my show", "ended": false}'
@@ -133,10 +132,7 @@ class LiveAPIBytes(SynchronousTestCase):
         def call(method: bytes, path: bytes = b"") -> bytes:
             request = APIRequest(method, path, page=False)
             request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer key"])
-            body = api.render(request)
-            if body is not NOT_DONE_YET:
-                request.write(body)
-            return request.body()
+            return rendered(api, request)
 
         self.assertEqual(call(b"GET", b"0123456789abcdef"), SHOWN)
         clock.advance(59.75)

@@ -29,11 +29,12 @@ class Request(DummyRequest):
         #: Whether the resource cut the connection off.
         self.aborted = False
         self.channel = _Connection(self)
-        #: The push producer registered, which the test pauses and resumes as a transport would.
-        self.producer = None
-        self.streaming = None
+        #: The push producer registered (None before), which the test pauses
+        #: and resumes as a transport would.
+        self.producer: Any = None
+        self.streaming: bool | None = None
 
-    def registerProducer(self, producer, streaming) -> None:
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
         # As twisted.web's Request: kept, not driven (DummyRequest's own
         # calls resumeProducing in a loop, as for a pull producer).
         assert self.producer is None, "a producer is registered already"
@@ -93,9 +94,15 @@ class APIRequest(Request):
         return False
 
 
-def answer(resource: IResource, request: APIRequest) -> tuple[int, Any]:
-    """Render ``request`` (answered now, or once its Deferreds fire): its status and its JSON body."""
+def rendered(resource: IResource, request: Request) -> bytes:
+    """The body ``resource`` writes for ``request``: at once, or as far as its Deferreds have fired."""
     body = resource.render(request)
     if body is not NOT_DONE_YET:
         request.write(body)
-    return request.responseCode or 200, json.loads(request.body())
+    return request.body()
+
+
+def answer(resource: IResource, request: APIRequest) -> tuple[int, Any]:
+    """An API call's status and its JSON body."""
+    body = rendered(resource, request)
+    return request.responseCode or 200, json.loads(body)
