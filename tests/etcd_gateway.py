@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import operator
+from collections.abc import Callable
 from typing import Any
 
 from twisted.web.resource import Resource
@@ -50,7 +51,8 @@ def _number(text: str | None) -> int:
     return int(text or 0)
 
 
-_COMPARED = {"CREATE": ("create_revision", _number), "MOD": ("mod_revision", _number),
+#: What each compare target reads of a key, and how its wanted value is parsed (a number or bytes).
+_COMPARED: dict[str, tuple[str, Callable[[str | None], Any]]] = {"CREATE": ("create_revision", _number), "MOD": ("mod_revision", _number),
              "VERSION": ("version", _number), "VALUE": ("value", _decode)}
 
 
@@ -95,7 +97,9 @@ class FakeEtcd(Resource):
         self.requests.append((path, body))
         broken = self.broken.get(request.getRequestHostname().decode())
         if broken == "drop":
-            request.channel.transport.loseConnection()
+            transport = request.channel.transport
+            assert transport is not None
+            transport.loseConnection()
         if broken is not None:
             return NOT_DONE_YET
         if self.failing is not None:

@@ -4,7 +4,7 @@ from twisted.internet.task import Clock
 from twisted.test.iosim import connectedServerAndClient
 
 from fbstream.live.hub import StreamHub
-from fbstream.live.rtmp import RTMPClientProtocol, RTMPServerFactory, RTMPServerSettings
+from fbstream.live.rtmp import RTMPClientProtocol, RTMPServerFactory, RTMPServerProtocol, RTMPServerSettings
 from fbstream.media import MediaMessage
 from fbstream.rtmp import amf0
 from fbstream.rtmp.messages import AUDIO, DATA_AMF0, VIDEO
@@ -33,6 +33,12 @@ class Harness:
         self.clock = Clock()
         self.hub = StreamHub("test")
         self.factory = RTMPServerFactory(self.hub, self.clock, RTMPServerSettings(**settings))
+
+    def accepted(self) -> RTMPServerProtocol:
+        """A server protocol for one more connection, which the factory must accept."""
+        protocol = self.factory.buildProtocol(None)
+        assert protocol is not None, "the factory refused the connection"
+        return protocol
 
     def connect(self, on_media=None):
         """A client protocol connected to a new server protocol over iosim."""

@@ -9,8 +9,12 @@ the live edge.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -46,7 +50,7 @@ class Streamed(Response):
     def __init__(self, headers: dict, code: int = 200) -> None:
         self.code = code
         self.headers = Headers(headers)
-        self.protocol = None
+        self.protocol: IProtocol | None = None
         #: Whether the engine stopped reading the body (it was cancelled, or lost).
         self.stopped = False
 
@@ -58,10 +62,15 @@ class Streamed(Response):
         self.stopped = True
 
     def send(self, data: bytes) -> None:
+        assert self.protocol is not None, "the engine has not asked for the body"
         self.protocol.dataReceived(data)
 
     def end(self, reason: Exception | None = None) -> None:
+        assert self.protocol is not None, "the engine has not asked for the body"
         self.protocol.connectionLost(Failure(reason if reason is not None else ResponseDone()))
+
+
+_R = TypeVar("_R", bound=Response)
 
 
 class Upstream:
@@ -81,7 +90,7 @@ class Upstream:
     def paths(self) -> list[bytes]:
         return [path for path, _ in self.requests]
 
-    def answer(self, response: Response, index: int = -1) -> Response:
+    def answer(self, response: _R, index: int = -1) -> _R:
         self.requests[index][1].callback(response)
         return response
 
@@ -191,7 +200,7 @@ class AgeAcrossTiers(SynchronousTestCase):
         self.cache.render(viewer)
         return viewer
 
-    def age(self, viewer: Viewer) -> list[bytes]:
+    def age(self, viewer: Viewer) -> Sequence[bytes] | None:
         return viewer.responseHeaders.getRawHeaders(b"age")
 
     def test_age_is_sent_and_grows(self) -> None:

@@ -174,10 +174,10 @@ messages = st.lists(
 @given(messages, st.integers(1, 5000), st.data())
 def test_encode_decode_round_trip(msgs, chunk_size, data):
     enc = ChunkEncoder()
-    stream = bytearray(enc.set_chunk_size(chunk_size))
+    written = bytearray(enc.set_chunk_size(chunk_size))
     for csid, ts, type_id, msid, payload in msgs:
-        stream += enc.encode(csid, ts, type_id, msid, payload)
-    stream = bytes(stream)
+        written += enc.encode(csid, ts, type_id, msid, payload)
+    stream = bytes(written)
     expected = [Message(2, 0, 1, 0, struct.pack(">I", chunk_size))] + [
         Message(*m) for m in msgs
     ]

@@ -2,6 +2,7 @@
 
 import os
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fbstream.encoder.ladder import parse_rungs
@@ -20,12 +21,13 @@ def frame(ts, key=False):
 class BacklogTests(SynchronousTestCase):
     def setUp(self):
         self.pool = StepPool()
-        self.refusals = []
+        self.refusals: list[str] = []
+        reactor = InlineReactor()
         self.worker = StreamEncoder(
-            LiveVideo("cam", 0.0, 120.0, None),
+            LiveVideo("cam", 0.0, 120.0, None, reactor),
             Transcoder(TranscoderSettings(parse_rungs(["240:300"]))),
             self.pool,
-            InlineReactor(),
+            reactor,
             None,
             2000,
             self.refusals.append,
@@ -79,8 +81,9 @@ class ArchiveTests(SynchronousTestCase):
 
         directory = self.mktemp()
         pool = StepPool()
-        archive = Archive(directory, pool, InlineReactor())
-        video = LiveVideo("old", 1000.0, 120.0, None)
+        reactor = InlineReactor()
+        archive = Archive(directory, pool, reactor)
+        video = LiveVideo("old", 1000.0, 120.0, None, reactor)
         video.add_rendition(RenditionInfo("240p", "video", "avc1.640015", 300000, 426, 240, "30"), b"init")
         video.chunk("240p", 1, b"moofmdat")
         video.segment_end("240p", 1, 0, 1000)
@@ -90,8 +93,9 @@ class ArchiveTests(SynchronousTestCase):
         archive.write("old", ("240p", "1.m4s"), b"moofmdat")
         pool.run_all()
         registry = VideoRegistry()
-        self.assertEqual(load_archive(archive, registry, 120.0), [])  # none interrupted
+        self.assertEqual(load_archive(archive, registry, 120.0, reactor), [])  # none interrupted
         reloaded = registry.get("old")
+        assert reloaded is not None
         self.assertTrue(reloaded.ended)
         self.assertEqual(reloaded.ending, Ending(EndKind.ARCHIVED, "archived"))
         self.assertEqual(reloaded.renditions["240p"].history, {1: (0, 1000)})
@@ -110,8 +114,9 @@ class ArchiveTests(SynchronousTestCase):
 
         directory = self.mktemp()
         pool = StepPool()
-        archive = Archive(directory, pool, InlineReactor())
-        video = LiveVideo("cut", 1000.0, 120.0, None)
+        reactor = InlineReactor()
+        archive = Archive(directory, pool, reactor)
+        video = LiveVideo("cut", 1000.0, 120.0, None, reactor)
         video.add_rendition(RenditionInfo("240p", "video", "avc1.640015", 300000, 426, 240, "30"), b"init")
         for n in (1, 2, 3):
             video.chunk("240p", n, b"moofmdat")
@@ -123,7 +128,7 @@ class ArchiveTests(SynchronousTestCase):
         archive.append("cut", (HISTORY,), b'["240p", 4, 30')  # torn by the crash
         pool.run_all()
         registry = VideoRegistry()
-        [reloaded] = load_archive(archive, registry, 120.0)
+        [reloaded] = load_archive(archive, registry, 120.0, reactor)
         self.assertIs(registry.get("cut"), reloaded)
         self.assertFalse(reloaded.ended)
         self.assertTrue(reloaded.interrupted)
@@ -190,13 +195,41 @@ class EndedVideos(SynchronousTestCase):
         from fbstream.encoder.store import LiveVideo
         from fbstream.endings import Ending, EndKind
 
-        video = LiveVideo("cam", 1000.0, 120.0, None)
+        video = LiveVideo("cam", 1000.0, 120.0, None, Clock())
         video.end(Ending(EndKind.ENDED_BY_API, "the live video was ended through the API"))
         end_ms = video.periods[-1].end_ms
         video.close_period()  # the publisher the end stopped goes away
         self.assertTrue(video.ended)
         self.assertFalse(video.interrupted)
         self.assertEqual(video.periods[-1].end_ms, end_ms)
+
+
+class PublishTimes(SynchronousTestCase):
+    """Every change a player must reload for is stamped by the video's clock."""
+
+    def test_each_change_takes_the_clock_s_time(self):
+        from fbstream.encoder.store import LiveVideo
+        from fbstream.encoder.transcode import RenditionInfo
+
+        clock = Clock()
+        clock.advance(5000.0)
+        video = LiveVideo("cam", 1000.0, 120.0, None, clock)
+        self.assertEqual(video.publish_time, 1000.0)  # its start, until something changes
+        stamps = []
+
+        def after(seconds, change):
+            clock.advance(seconds)
+            change()
+            stamps.append(video.publish_time)
+
+        info = RenditionInfo("240p", "video", "avc1.640015", 300000, 426, 240, "30")
+        after(1.5, lambda: video.add_rendition(info, b"init"))
+        after(2.0, lambda: video.chunk("240p", 1, b"moofmdat"))  # a part is no new manifest
+        after(1.0, lambda: video.segment_end("240p", 1, 0, 1000))
+        after(3.0, video.close_period)
+        after(4.0, lambda: video.open_period(clock.seconds()))
+        after(0.5, lambda: video.end(Ending(EndKind.PUBLISH_ENDED, "done")))
+        self.assertEqual(stamps, [5001.5, 5001.5, 5004.5, 5007.5, 5011.5, 5012.0])
 
 
 class LongBroadcasts(SynchronousTestCase):
@@ -206,7 +239,7 @@ class LongBroadcasts(SynchronousTestCase):
         from fbstream.encoder.store import LiveVideo
         from fbstream.encoder.transcode import RenditionInfo
 
-        video = LiveVideo("long", 1000.0, 120.0, None)
+        video = LiveVideo("long", 1000.0, 120.0, None, Clock())
         for name in ("720p", "240p"):
             rendition = video.add_rendition(
                 RenditionInfo(name, "video", "avc1.640015", 300000, 426, 240, "30"), b"init")

@@ -34,7 +34,7 @@ def run_handshake(step):
         rest = server.receive(data[i : i + step])
         if rest is not None:
             break
-    assert server.complete
+    assert server.complete and rest is not None
     return rest + data[i + step :]
 
 

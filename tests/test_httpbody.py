@@ -8,11 +8,15 @@ The last tests put it behind twisted.web's own HTTP channel.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import server
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -83,7 +87,8 @@ class Streaming(SynchronousTestCase):
 
     def stream(self, body: Body, client: Client | None = None, **kwargs) -> tuple[Client, BodyProducer]:
         client = client if client is not None else Client()
-        producer = BodyProducer(client, body, self.owner, clock=self.clock, **kwargs)
+        # The double stands in for twisted.web's Request, which BodyProducer is typed by.
+        producer = BodyProducer(cast(server.Request, client), body, self.owner, clock=self.clock, **kwargs)
         producer.start()
         return client, producer
 
@@ -339,9 +344,10 @@ def unchunk(data: bytes) -> tuple[bytes, bool]:
 class BehindTwistedWeb(SynchronousTestCase):
     """The producer behind twisted.web's HTTPChannel and Request, over a filling transport."""
 
-    def connect(self, body: Body, limit: int = 4096) -> tuple[Growing, Socket, object]:
+    def connect(self, body: Body, limit: int = 4096) -> tuple[Growing, Socket, Protocol]:
         resource = Growing(body)
         channel = Site(resource, reactor=Clock()).buildProtocol(None)
+        assert channel is not None
         transport = Socket(limit)
         channel.makeConnection(transport)
         return resource, transport, channel
@@ -395,6 +401,7 @@ class BehindTwistedWeb(SynchronousTestCase):
         resource, transport, channel = self.connect(body)
         channel.dataReceived(b"GET /s HTTP/1.1\r\nHost: test\r\n\r\n")
         # As a socket's transport does: stop its producer, then connectionLost.
+        assert transport.producer is not None
         transport.producer.stopProducing()
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(resource.ended, [Outcome.GONE])

@@ -2,9 +2,9 @@
 The live API (``/api/v1/live_videos``) on a Clock over the embedded
 registry: creating, showing, listing and ending live videos as a caller
 holding the API key does, what it refuses and how, and what it answers when
-the registry cannot be reached or fails. Browser sessions, hostile bodies
-nested thousands deep, the creation rate and the list's pages are in
-``tests/test_login.py``.
+the registry cannot be reached or fails, what hostile callers holding the
+key get (bodies nested thousands deep, bad pages, too many creations).
+Browser sessions are in ``tests/test_login.py``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from fbstream.live.tokens import KeyRing
 from fbstream.registry.base import RegistryUnavailable
 from fbstream.registry.memory import MemoryRegistry
 from fbstream.registry.records import VideoRecord, VideoStatus
-from tests.test_login import Req, answer
 from tests.test_records import state
+from tests.web_helpers import APIRequest, answer
 
 KEY = b"the api key"
 TTL = 3600
@@ -40,19 +40,25 @@ class APICase(SynchronousTestCase):
         self.clock.advance(1_000_000)
         self.registry = MemoryRegistry(self.clock, 10)
         self.keys = KeyRing.generate()
-        settings = APISettings(KEY.decode(), "dc1", TTL, "rtmp://pop.example:1935/live",
-                               "rtmps://pop.example:443/live", "https://pop.example")
-        self.api = LiveVideosResource(self.registry, self.keys, settings, self.clock)
+        self.api = LiveVideosResource(self.registry, self.keys, self.settings(), self.clock)
 
-    def request(self, method: bytes, path: str = "", body: bytes = b"", key: bytes | None = KEY) -> Req:
-        request = Req(method, body=body, page=False)
+    def settings(self) -> APISettings:
+        return APISettings(KEY.decode(), "dc1", TTL, "rtmp://pop.example:1935/live",
+                           "rtmps://pop.example:443/live", "https://pop.example")
+
+    def request(self, method: bytes, path: str = "", body: bytes = b"", key: bytes | None = KEY,
+                args: dict[bytes, bytes] | None = None) -> APIRequest:
+        request = APIRequest(method, body=body, page=False)
         request.postpath = [p.encode() for p in path.split("/")] if path else []
         if key is not None:
             request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + key])
+        for name, value in (args or {}).items():
+            request.addArg(name, value)
         return request
 
-    def call(self, method: bytes, path: str = "", body: bytes = b"", key: bytes | None = KEY) -> tuple[int, Any]:
-        return answer(self.api, self.request(method, path, body, key))
+    def call(self, method: bytes, path: str = "", body: bytes = b"", key: bytes | None = KEY,
+             args: dict[bytes, bytes] | None = None) -> tuple[int, Any]:
+        return answer(self.api, self.request(method, path, body, key, args))
 
     def create(self, title: str = "t") -> dict[str, Any]:
         status, body = self.call(b"POST", body=json.dumps({"title": title}).encode())
@@ -97,6 +103,23 @@ class Create(APICase):
             self.assertIn("JSON object", answered["error"])
         self.assertEqual(self.call(b"GET"), (200, {"live_videos": []}))
 
+    def test_deeply_nested_json_is_a_400_not_a_503(self) -> None:
+        status, body = self.call(b"POST", body=b"[" * 5000 + b"]" * 5000)
+        self.assertEqual(status, 400, body)
+        status, body = self.call(b"POST", body=b'{"title": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+        self.assertEqual(status, 400, body)
+
+
+class CreationRate(APICase):
+    def settings(self) -> APISettings:
+        return attrs.evolve(super().settings(), create_rate=1.0, create_burst=5)
+
+    def test_creation_is_rate_limited_per_caller(self) -> None:
+        codes = [self.call(b"POST", body=b"{}")[0] for _ in range(8)]
+        self.assertEqual(codes, [201] * 5 + [429] * 3)
+        self.clock.advance(2)
+        self.assertEqual([self.call(b"POST", body=b"{}")[0] for _ in range(3)], [201, 201, 429])
+
 
 class Show(APICase):
     def test_a_video_says_what_its_owner_last_wrote(self) -> None:
@@ -129,6 +152,23 @@ class List(APICase):
         self.assertEqual({v["id"]: v["status"] for v in body["live_videos"]},
                          {created: "created", live: "live", ended: "ended"})
         self.assertNotIn("next", body)
+
+    def test_the_list_comes_a_page_at_a_time(self) -> None:
+        made = []
+        for _ in range(7):
+            self.clock.advance(10)  # a new bucket token, and a distinct creation time
+            made.append(self.call(b"POST", body=b"{}")[1]["id"])
+        status, page = self.call(b"GET", args={b"limit": b"3"})
+        self.assertEqual(status, 200)
+        self.assertEqual([v["id"] for v in page["live_videos"]], made[::-1][:3])
+        seen = [v["id"] for v in page["live_videos"]]
+        while "next" in page:
+            after = page["next"].split("after=")[1].encode()
+            status, page = self.call(b"GET", args={b"limit": b"3", b"after": after})
+            seen += [v["id"] for v in page["live_videos"]]
+        self.assertEqual(seen, made[::-1])
+        for bad in ({b"limit": b"0"}, {b"limit": b"5000"}, {b"limit": b"x"}, {b"after": b"../x"}):
+            self.assertEqual(self.call(b"GET", args=bad)[0], 400, bad)
 
 
 class End(APICase):
@@ -206,6 +246,15 @@ class RegistryTrouble(APICase):
         self.assertEqual(self.call(b"GET", vid), (500, {"error": "internal error"}))
         self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
 
+    def test_an_unreachable_registry_is_a_503_and_a_bug_a_500(self) -> None:
+        self.patch(self.registry, "list_videos", lambda *a, **k: fail(RegistryUnavailable("no etcd member answered")))
+        status, body = self.call(b"GET")
+        self.assertEqual((status, body), (503, {"error": "the registry is unavailable"}))
+        self.patch(self.registry, "list_videos", lambda *a, **k: fail(KeyError("a bug")))
+        status, body = self.call(b"GET")
+        self.assertEqual((status, body), (500, {"error": "internal error"}))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
 
 class CallerGone(APICase):
     """
@@ -235,8 +284,9 @@ class CallerGone(APICase):
         request.method = method
         request.clientproto = b"HTTP/1.1"
         request.postpath = [path.encode()] if path else []
-        request.content = io.BytesIO(body)
-        request.args = {}
+        # What requestReceived sets, which Twisted's class declares None until then.
+        request.content = io.BytesIO(body)  # type: ignore[assignment]
+        request.args = {}  # type: ignore[assignment]
         request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer " + KEY])
         self.assertEqual(self.api.render(request), NOT_DONE_YET)
         request.connectionLost(Failure(ConnectionDone()))

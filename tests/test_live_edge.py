@@ -67,7 +67,7 @@ class Req(Request):
 class LiveCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.video = LiveVideo("cam", 0.0, 120.0, None)
+        self.video = LiveVideo("cam", 0.0, 120.0, None, self.clock)
         self.video.add_rendition(VIDEO, init(1000))
         self.video.add_rendition(AUDIO, init(48000))
         self.registry = VideoRegistry()
@@ -271,6 +271,20 @@ class Playback(LiveCase):
         ended = self.get("manifest.mpd")
         self.assertEqual(ended.header(b"cache-control"), b"public, max-age=60")
         self.assertIn(b'type="static"', ended.body())
+
+    def test_the_manifest_is_published_at_the_clock_s_time_of_its_last_change(self) -> None:
+        self.clock.advance(1_800_000_000.0)  # 2027-01-15T08:00:00Z
+        self.video.availability_start = self.clock.seconds()
+        for n in (1, 2, 3, 4):
+            self.clock.advance(1.0)
+            self.cut("360p", n)
+            self.cut("audio", n)
+        self.clock.advance(0.25)  # nothing changes: the manifest is the same
+        live = self.get("manifest.mpd").body()
+        self.assertIn(b'publishTime="2027-01-15T08:00:04.000Z"', live)
+        self.clock.advance(0.5)
+        self.video.end(Ending(EndKind.PUBLISH_ENDED, "ended"))
+        self.assertIn(b'publishTime="2027-01-15T08:00:04.750Z"', self.get("manifest.mpd").body())
 
     def test_complete_segments_and_inits_are_immutable(self) -> None:
         self.cut("360p", 1)

@@ -11,43 +11,12 @@ import json
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
 
 from fbstream.live.api import APISettings, LiveVideosResource
 from fbstream.live.login import COOKIE, SessionResource, Sessions
 from fbstream.live.tokens import KeyRing
 from fbstream.registry.memory import MemoryRegistry
-
-
-class Req(DummyRequest):
-    """DummyRequest with the cookie half of twisted.web's Request."""
-
-    def __init__(self, method: bytes, path: bytes = b"", body: bytes = b"", cookie: bytes | None = None,
-                 page: bool = True) -> None:
-        super().__init__([path] if path else [])
-        self.method = method
-        self.content = __import__("io").BytesIO(body)
-        self.cookies_set: list[tuple[bytes, bytes, dict]] = []
-        self._cookie = cookie
-        if page:
-            self.requestHeaders.setRawHeaders(b"x-requested-with", [b"fbstream"])
-
-    def getCookie(self, key: bytes) -> bytes | None:
-        return self._cookie if key == COOKIE else None
-
-    def addCookie(self, k: bytes, v: bytes, **kw) -> None:
-        self.cookies_set.append((k, v, kw))
-
-    def isSecure(self) -> bool:
-        return False
-
-
-def answer(resource, request) -> tuple[int, dict]:
-    body = resource.render(request)
-    if body is not NOT_DONE_YET:
-        request.write(body)
-    return request.responseCode or 200, json.loads(b"".join(request.written))
+from tests.web_helpers import APIRequest, answer
 
 
 class SessionsTests(SynchronousTestCase):
@@ -57,8 +26,8 @@ class SessionsTests(SynchronousTestCase):
         self.sessions = Sessions("the api key", self.clock, ttl=3600, code_ttl=600)
         self.resource = SessionResource(self.sessions)
 
-    def sign_in(self, code: str) -> tuple[int, dict, Req]:
-        request = Req(b"POST", body=json.dumps({"login": code}).encode())
+    def sign_in(self, code: str) -> tuple[int, dict, APIRequest]:
+        request = APIRequest(b"POST", body=json.dumps({"login": code}).encode())
         code_, body = answer(self.resource, request)
         return code_, body, request
 
@@ -86,11 +55,11 @@ class SessionsTests(SynchronousTestCase):
         self.sessions.new_code()
         for body in (b"", b"{", b"[]", b'{"login": 1}', b'{"login": ""}', b'{"login": "' + b"a" * 5000 + b'"}',
                      json.dumps({"login": "x" * 32}).encode()):
-            request = Req(b"POST", body=body)
+            request = APIRequest(b"POST", body=body)
             self.assertEqual(answer(self.resource, request)[0], 403, body[:40])
 
     def test_the_page_header_is_required(self) -> None:
-        request = Req(b"POST", body=json.dumps({"login": self.sessions.new_code()}).encode(), page=False)
+        request = APIRequest(b"POST", body=json.dumps({"login": self.sessions.new_code()}).encode(), page=False)
         self.assertEqual(answer(self.resource, request)[0], 403)
 
     def test_a_cookie_is_valid_only_unaltered_and_unexpired(self) -> None:
@@ -101,13 +70,13 @@ class SessionsTests(SynchronousTestCase):
                        str(int(stamp) + 1).encode() + b"." + mac, value + b"0", value.upper(), b"", b"."):
             self.assertFalse(self.sessions.valid(forged), forged)
         self.assertFalse(Sessions("another key", self.clock).valid(value))
-        self.assertEqual(answer(self.resource, Req(b"GET", cookie=value))[1], {"signed_in": True})
+        self.assertEqual(answer(self.resource, APIRequest(b"GET", cookie=value))[1], {"signed_in": True})
         self.clock.advance(3601)
         self.assertFalse(self.sessions.valid(value))
-        self.assertEqual(answer(self.resource, Req(b"GET", cookie=value))[1], {"signed_in": False})
+        self.assertEqual(answer(self.resource, APIRequest(b"GET", cookie=value))[1], {"signed_in": False})
 
     def test_signing_out_clears_the_cookie(self) -> None:
-        request = Req(b"DELETE")
+        request = APIRequest(b"DELETE")
         self.assertEqual(answer(self.resource, request), (200, {"signed_in": False}))
         self.assertEqual(request.cookies_set[0][1], b"")
 
@@ -121,79 +90,18 @@ class LiveAPISessionTests(SynchronousTestCase):
                                "http://127.0.0.1:8080")
         self.api = LiveVideosResource(MemoryRegistry(self.clock, 10), KeyRing.generate(), settings,
                                       self.clock, self.sessions)
-        request = Req(b"POST", body=json.dumps({"login": self.sessions.new_code()}).encode())
-        SessionResource(self.sessions).render(request)
+        request = APIRequest(b"POST", body=json.dumps({"login": self.sessions.new_code()}).encode())
+        answer(SessionResource(self.sessions), request)
         self.cookie = request.cookies_set[0][1]
 
     def test_a_session_creates_a_live_video_with_what_obs_asks_for(self) -> None:
-        status, body = answer(self.api, Req(b"POST", body=b'{"title": "my show"}', cookie=self.cookie))
+        status, body = answer(self.api, APIRequest(b"POST", body=b'{"title": "my show"}', cookie=self.cookie))
         self.assertEqual(status, 201)
         self.assertEqual(body["ingest"]["server"], "rtmp://127.0.0.1:1935/live")
         self.assertEqual(body["ingest"]["rtmp"], body["ingest"]["server"] + "/" + body["stream_key"])
         self.assertTrue(body["stream_key"].startswith(body["id"] + "?token="))
 
     def test_without_the_page_header_or_a_valid_cookie_it_is_refused(self) -> None:
-        self.assertEqual(answer(self.api, Req(b"POST", cookie=self.cookie, page=False))[0], 401)
-        self.assertEqual(answer(self.api, Req(b"POST", cookie=self.cookie[:-1] + b"x"))[0], 401)
-        self.assertEqual(answer(self.api, Req(b"GET"))[0], 401)
-
-
-class LiveAPIHostileTests(SynchronousTestCase):
-    """What the API does with what a caller holding the key may still send."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
-        settings = APISettings("the api key", "dc1", 3600, "rtmp://127.0.0.1:1935/live", "",
-                               "http://127.0.0.1:8080", create_rate=1.0, create_burst=5)
-        self.api = LiveVideosResource(MemoryRegistry(self.clock, 10), KeyRing.generate(), settings, self.clock)
-
-    def call(self, method: bytes, body: bytes = b"", args: dict | None = None) -> tuple[int, dict]:
-        request = Req(method, body=body, page=False)
-        request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer the api key"])
-        for key, value in (args or {}).items():
-            request.addArg(key, value)
-        return answer(self.api, request)
-
-    def test_deeply_nested_json_is_a_400_not_a_503(self) -> None:
-        status, body = self.call(b"POST", b"[" * 5000 + b"]" * 5000)
-        self.assertEqual(status, 400, body)
-        status, body = self.call(b"POST", b'{"title": ' + b"[" * 5000 + b"]" * 5000 + b"}")
-        self.assertEqual(status, 400, body)
-
-    def test_an_unreachable_registry_is_a_503_and_a_bug_a_500(self) -> None:
-        from twisted.internet.defer import fail
-
-        from fbstream.registry.base import RegistryUnavailable
-
-        registry = self.api.registry
-        self.patch(registry, "list_videos", lambda *a, **k: fail(RegistryUnavailable("no etcd member answered")))
-        status, body = self.call(b"GET")
-        self.assertEqual((status, body), (503, {"error": "the registry is unavailable"}))
-        self.patch(registry, "list_videos", lambda *a, **k: fail(KeyError("a bug")))
-        status, body = self.call(b"GET")
-        self.assertEqual((status, body), (500, {"error": "internal error"}))
-        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
-
-    def test_creation_is_rate_limited_per_caller(self) -> None:
-        codes = [self.call(b"POST", b"{}")[0] for _ in range(8)]
-        self.assertEqual(codes, [201] * 5 + [429] * 3)
-        self.clock.advance(2)
-        self.assertEqual([self.call(b"POST", b"{}")[0] for _ in range(3)], [201, 201, 429])
-
-    def test_the_list_comes_a_page_at_a_time(self) -> None:
-        made = []
-        for _ in range(7):
-            self.clock.advance(10)  # a new bucket token, and a distinct creation time
-            made.append(self.call(b"POST", b"{}")[1]["id"])
-        status, page = self.call(b"GET", args={b"limit": b"3"})
-        self.assertEqual(status, 200)
-        self.assertEqual([v["id"] for v in page["live_videos"]], made[::-1][:3])
-        seen = [v["id"] for v in page["live_videos"]]
-        while "next" in page:
-            after = page["next"].split("after=")[1].encode()
-            status, page = self.call(b"GET", args={b"limit": b"3", b"after": after})
-            seen += [v["id"] for v in page["live_videos"]]
-        self.assertEqual(seen, made[::-1])
-        for bad in ({b"limit": b"0"}, {b"limit": b"5000"}, {b"limit": b"x"}, {b"after": b"../x"}):
-            self.assertEqual(self.call(b"GET", args=bad)[0], 400, bad)
+        self.assertEqual(answer(self.api, APIRequest(b"POST", cookie=self.cookie, page=False))[0], 401)
+        self.assertEqual(answer(self.api, APIRequest(b"POST", cookie=self.cookie[:-1] + b"x"))[0], 401)
+        self.assertEqual(answer(self.api, APIRequest(b"GET"))[0], 401)

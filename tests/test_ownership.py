@@ -356,7 +356,9 @@ class Takeover(BroadcastCase):
         d = self.b.publish(Broadcaster(), self.token)
         host, port, factory, *_ = self.reactor.tcpClients[-1]
         self.assertEqual((host, port), ("10.0.0.1", 8081))
-        factory.buildProtocol(None).makeConnection(StringTransport())
+        protocol = factory.buildProtocol(None)
+        assert protocol is not None
+        protocol.makeConnection(StringTransport())
         refusal = self.refused(d)
         self.assertEqual((refusal.code, refusal.reason), (OWNED_ELSEWHERE, "owned"))
         self.assertIn("owned by encoder encoder0", refusal.description)

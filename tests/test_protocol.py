@@ -1,5 +1,7 @@
 """The Twisted RTMP protocols and the stream hub, over in-memory transports."""
 
+from typing import cast
+
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -9,8 +11,17 @@ from fbstream.live.rtmp import RTMPStatusError
 from fbstream.media import IConsumerFactory, IStreamConsumer, MediaMessage
 from fbstream.rtmp import amf0
 from fbstream.rtmp.chunk import ChunkEncoder
+from fbstream.rtmp.connection import CONTROL_BURST, CONTROL_RATE
 from fbstream.rtmp.handshake import ClientHandshake
-from fbstream.rtmp.messages import COMMAND_AMF0, SET_CHUNK_SIZE, VIDEO, command
+from fbstream.rtmp.messages import (
+    COMMAND_AMF0,
+    SET_CHUNK_SIZE,
+    UC_PING_REQUEST,
+    USER_CONTROL,
+    VIDEO,
+    command,
+    user_control,
+)
 from tests.rtmp_helpers import (
     AAC_HEADER,
     AVC_HEADER,
@@ -103,11 +114,12 @@ class PublishTests(SynchronousTestCase):
             self.assertEqual(self.h.hub.streams, {})
 
     def test_a_huge_stream_name_is_not_echoed_whole(self):
-        logged = []
-        from twisted.logger import globalLogPublisher
+        logged: list[dict] = []
+        from twisted.logger import ILogObserver, globalLogPublisher
 
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        observer = cast(ILogObserver, logged.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         name = "x" * 5_000_000
         client, server, pump, sid, d = start_publishing(self, self.h, name=name)
         description = str(self.failureResultOf(d, RTMPStatusError).value)
@@ -160,7 +172,7 @@ class PublishTests(SynchronousTestCase):
 
     def hostile_connection(self, payload):
         """A raw connection that completes the handshake and sends ``payload``."""
-        proto = self.h.factory.buildProtocol(None)
+        proto = self.h.accepted()
         transport = StringTransport()
         proto.makeConnection(transport)
         hs = ClientHandshake()
@@ -190,7 +202,7 @@ class PublishTests(SynchronousTestCase):
         self.assertIn("cam", self.h.hub.streams)
 
     def test_handshake_timeout(self):
-        proto = self.h.factory.buildProtocol(None)
+        proto = self.h.accepted()
         transport = StringTransport()
         proto.makeConnection(transport)
         self.h.clock.advance(11)
@@ -205,11 +217,26 @@ class PublishTests(SynchronousTestCase):
         pump.flush()
         self.assertNotIn("cam", self.h.hub.streams)
 
+    def test_control_messages_are_rate_limited_by_the_reactor_s_clock(self):
+        client, server, pump, sid, d = start_publishing(self, self.h)
+        ping = ChunkEncoder().encode(2, 0, USER_CONTROL, 0, user_control(UC_PING_REQUEST, 1))
+        self.h.clock.advance(10)  # the bucket refills to its burst
+        client.transport.write(ping * CONTROL_BURST)
+        pump.flush()
+        self.h.clock.advance(1)  # and a second's worth more
+        client.transport.write(ping * CONTROL_RATE)
+        pump.flush()
+        self.assertIn("cam", self.h.hub.streams)
+        client.transport.write(ping)  # in no time at all: one too many
+        pump.flush()
+        self.assertNotIn("cam", self.h.hub.streams)
+        self.assertTrue(server.transport.disconnecting)
+
     def test_connections_beyond_the_limit_are_refused(self):
         self.h.factory.settings.max_connections = 2
-        first = self.h.factory.buildProtocol(None)
+        first = self.h.accepted()
         first.makeConnection(StringTransport())
-        second = self.h.factory.buildProtocol(None)
+        second = self.h.accepted()
         second.makeConnection(StringTransport())
         self.assertIsNone(self.h.factory.buildProtocol(None))
         first.connectionLost()
@@ -262,7 +289,7 @@ class PlayTests(SynchronousTestCase):
         self.pump.flush()
 
     def play(self, name="cam"):
-        got = []
+        got: list[MediaMessage] = []
         client, server, pump = self.h.connect(on_media=got.append)
         d = client.create_stream()
         pump.flush()

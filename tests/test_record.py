@@ -3,31 +3,38 @@
 import os
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from fbstream.diskio import BacklogExceeded, SerialFileWriter
 from fbstream.live.hub import LiveStream
 from fbstream.live.record import FLVRecorderFactory
-from fbstream.media import MediaMessage
+from fbstream.media import IPublisher, MediaMessage
+from fbstream.reactors import IReactorClients, IReactorTimeFromThreads
 from fbstream.rtmp import flv
 
 
+@implementer(IReactorTimeFromThreads, IReactorClients)
 class InlineReactor(MemoryReactorClock):
-    def callFromThread(self, f, *args, **kw):
-        f(*args, **kw)
+    """A memory reactor whose calls from other threads run at once."""
+
+    def callFromThread(self, callable, *args, **kwargs):
+        callable(*args, **kwargs)
 
 
-class StepPool:
-    """A thread pool whose jobs run only when the test says so."""
+class StepPool(ThreadPool):
+    """A thread pool, never started, whose jobs run only when the test says so."""
 
     def __init__(self):
+        super().__init__()
         self.jobs = []
 
-    def callInThreadWithCallback(self, on_result, f, *args, **kw):
-        self.jobs.append((on_result, f, args, kw))
+    def callInThreadWithCallback(self, onResult, func, *args, **kw):
+        self.jobs.append((onResult, func, args, kw))
 
-    def callInThread(self, f, *args, **kw):
-        f(*args, **kw)
+    def callInThread(self, func, *args, **kw):
+        func(*args, **kw)
 
     def run_all(self):
         while self.jobs:
@@ -42,6 +49,7 @@ class StepPool:
                 on_result(True, result)
 
 
+@implementer(IPublisher)
 class Publisher:
     description = "test"
 

@@ -7,18 +7,15 @@ that code wrote.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import NOT_DONE_YET
 
 from fbstream.live.api import APISettings, LiveVideosResource
 from fbstream.live.tokens import KeyRing
 from fbstream.registry.memory import MemoryRegistry
 from fbstream.registry.records import VideoRecord, VideoState, VideoStatus
-from tests.test_login import Req
+from tests.web_helpers import APIRequest, rendered
 
 #: The live API's record as it made it, and after ending it.
 CREATED = '{"id": "0123456789abcdef", "dc": "dc1", "created": 1000000.5, "title": "my show", "ended": false}'
@@ -133,12 +130,9 @@ class LiveAPIBytes(SynchronousTestCase):
         registry.write_state(claim, VideoState.from_json(STATE))
 
         def call(method: bytes, path: bytes = b"") -> bytes:
-            request: Any = Req(method, path, page=False)
+            request = APIRequest(method, path, page=False)
             request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer key"])
-            body = api.render(request)
-            if body is not NOT_DONE_YET:
-                request.write(body)
-            return b"".join(request.written)
+            return rendered(api, request)
 
         self.assertEqual(call(b"GET", b"0123456789abcdef"), SHOWN)
         clock.advance(59.75)

@@ -8,25 +8,34 @@ hand back through the reactor it was given, not the global one).
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
+from twisted.application.service import MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.web.resource import ErrorPage
 from twisted.web.test.requesthelper import DummyRequest
 
 from fbstream import tap
+from fbstream.reactors import IReactorRoles
 
 
 class Reactor(MemoryReactorClock):
-    """A memory reactor that also takes what the roles' thread pools hand back."""
+    """
+    A memory reactor that also takes what the roles' thread pools hand back:
+    what the roles use of ``IReactorRoles`` without the demo (which spawns a
+    process).
+    """
 
     def __init__(self):
         super().__init__()
-        self.from_threads = queue.SimpleQueue()
+        self.from_threads: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = (
+            queue.SimpleQueue())
 
-    def callFromThread(self, f, *args, **kwargs):
-        self.from_threads.put((f, args, kwargs))
+    def callFromThread(self, callable, *args, **kwargs):
+        self.from_threads.put((callable, args, kwargs))
 
     def settle(self, quiet=0.2):
         """Run what threads handed back until none hands back more for ``quiet`` seconds."""
@@ -53,7 +62,7 @@ def serves_metrics(factory):
     """Whether a listener's web site (the limits wrapper included) has a /metrics."""
     site = getattr(factory, "wrappedFactory", factory)
     request = DummyRequest([b"metrics"])
-    request.uri = request.path = b"/metrics"
+    request.uri = b"/metrics"
     return not isinstance(site.getResourceFor(request), ErrorPage)
 
 
@@ -71,7 +80,7 @@ def test_each_role_builds_starts_and_stops_on_a_memory_reactor(role, monkeypatch
     monkeypatch.chdir(tmp_path)
     sets, ports = ROLES[role]
     reactor = Reactor()
-    service = tap.makeService(options(role, *sets), reactor)
+    service = tap.makeService(options(role, *sets), cast(IReactorRoles, reactor))
     service.startService()
     reactor.settle()
     try:
@@ -89,12 +98,13 @@ def test_each_role_builds_starts_and_stops_on_a_memory_reactor(role, monkeypatch
 def test_the_all_role_builds_every_role_in_one_process(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     reactor = Reactor()
-    service = tap.makeService(options("all"), reactor)
+    service = tap.makeService(options("all"), cast(IReactorRoles, reactor))
     service.startService()
     reactor.settle()
     try:
         opened = listening(reactor)
         assert sorted(opened) == [1935, 1936, 1937, 8080, 8081, 8082, 8083, 8084]
+        assert isinstance(service, MultiService)
         assert sorted(s.name for s in service) == ["dc-proxy", "encoder", "origin", "pop"]
         assert all(serves_metrics(opened[port]) for port in (8080, 8081, 8082, 8083))
     finally:

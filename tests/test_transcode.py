@@ -8,7 +8,6 @@ change, 1080p60, a 240p source, an unsupported codec, corrupt frames.
 from __future__ import annotations
 
 import collections
-import shutil
 import subprocess
 
 import pytest
@@ -82,7 +81,7 @@ def test_a_reconnect_goes_on_from_its_clock(tmp_path):
 def ffmpeg_source(tmp_path, name):
     """Three seconds from the ffmpeg tool: 426x240 H.264, mono AAC at 44.1 kHz."""
     path = str(tmp_path / (name + ".flv"))
-    subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=426x240:rate=30",
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=426x240:rate=30",
                     "-f", "lavfi", "-i", "sine=frequency=330", "-t", "3", "-c:v", "libx264", "-g", "60",
                     "-c:a", "aac", "-f", "flv", path], check=True)
     with open(path, "rb") as f:
@@ -122,7 +121,7 @@ def test_no_audio(tmp_path):
 
 def test_audio_only(tmp_path):
     path = str(tmp_path / "audio.flv")
-    subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "sine=sample_rate=44100",
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=sample_rate=44100",
                     "-t", "3", "-c:a", "aac", "-f", "flv", path], check=True)
     with open(path, "rb") as f:
         messages = [MediaMessage(t, ts, p) for t, ts, p in flv.read_file(f.read()) if t == 8]
@@ -172,14 +171,14 @@ def test_1080p60(tmp_path):
 
 
 def test_frame_rate_from_metadata_reaches_the_manifests(tmp_path):
-    from twisted.internet.testing import MemoryReactorClock
-
     from fbstream.encoder.store import LiveVideo
     from fbstream.encoder.worker import StreamEncoder
     from fbstream.rtmp import amf0
+    from tests.test_record import InlineReactor, StepPool
 
     tx = Transcoder(TranscoderSettings(parse_rungs(list(DEFAULT_RUNGS))))
-    worker = StreamEncoder(LiveVideo("s", 0, 120, None), tx, None, MemoryReactorClock(), None, 3000, print)
+    reactor = InlineReactor()
+    worker = StreamEncoder(LiveVideo("s", 0, 120, None, reactor), tx, StepPool(), reactor, None, 3000, print)
     worker._busy = True  # nothing runs: only the metadata is looked at
     worker.media(MediaMessage(18, 0, amf0.encode("onMetaData", amf0.ECMAArray({"framerate": 60.0}))))
     assert tx.frame_rate == 60.0
@@ -210,7 +209,7 @@ def test_audio_that_changes_format_midstream_is_survived(tmp_path):
     parts = []
     for name, layout, rate in (("mono", "mono", 44100), ("stereo", "stereo", 48000)):
         path = str(tmp_path / (name + ".flv"))
-        subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-f", "lavfi", "-i",
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
                         "sine=sample_rate=%d" % (rate,), "-ac", "1" if layout == "mono" else "2",
                         "-t", "2", "-c:a", "aac", "-f", "flv", path], check=True)
         with open(path, "rb") as f:
@@ -261,7 +260,7 @@ def test_stills_last_until_the_next_picture(tmp_path):
     # (players treat a hole in the buffer as a stall, or a fatal error).
     messages = source(tmp_path, "still", duration=3, size="320x240", audio=False)
     tx, out = transcode(messages, rungs=["240:300"], clock=SegmentClock(5, 4000), resume_ms=6000)
-    data = collections.defaultdict(bytes)
+    data: collections.defaultdict[int, bytes] = collections.defaultdict(bytes)
     for o in out:
         if isinstance(o, Chunk):
             data[o.number] += o.data

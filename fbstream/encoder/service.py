@@ -12,6 +12,7 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from zope.interface import implementer
@@ -68,7 +69,7 @@ class EncoderConsumers:
 
         def make(availability_start: float) -> LiveVideo:
             video = LiveVideo(name, availability_start, self.window_seconds,
-                              self.archive.path(name) if self.archive else None)
+                              self.archive.path(name) if self.archive else None, self.reactor)
             if self.archive is not None:
                 self.archive.start(name)
             self.registry.videos[name] = video
@@ -138,7 +139,8 @@ def _video_renditions(video: LiveVideo, known: list[dict[str, Any]]) -> list[Vid
     return sorted(specs, key=lambda v: -v.height)
 
 
-def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: float) -> list[LiveVideo]:
+def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: float,
+                 clock: IReactorTime) -> list[LiveVideo]:
     """
     Put every archived video back in the registry (at startup). One that had
     ended is its replay. One this encoder's restart interrupted is not ended:
@@ -148,7 +150,7 @@ def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: floa
     """
     interrupted = []
     for state in archive.load_all():
-        video = LiveVideo(state.stream, state.availability_start, window_seconds, archive.path(state.stream))
+        video = LiveVideo(state.stream, state.availability_start, window_seconds, archive.path(state.stream), clock)
         for info in state.renditions:
             rendition = Rendition(RenditionInfo(**info), None)  # init read from the archive
             history = state.segments.get(info["name"], {})
@@ -203,7 +205,7 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: IReactorTim
     registry = VideoRegistry()
     window = config["encoder.window_seconds"]
     if archive is not None:
-        for video in load_archive(archive, registry, window):
+        for video in load_archive(archive, registry, window, reactor):
             reactor.callLater(config["ingest.grace_seconds"], end_unless_resumed, archive, registry, video)
         retention = config["archive.retention_hours"] * 3600
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -187,15 +187,19 @@ class LiveVideo:
         availability_start: float,
         window_seconds: float,
         archive_dir: str | None,
+        clock: IReactorTime,
     ) -> None:
         self.stream = stream
         self.availability_start = availability_start
         self.window_seconds = window_seconds
         self.archive_dir = archive_dir
+        #: The clock that stamps each change (``publish_time``).
+        self.clock = clock
         self.renditions: dict[str, Rendition] = {}
         self.ended = False
         #: Why it ended, once it has.
         self.ending: Ending | None = None
+        #: When the manifests last changed (their ``publishTime``).
         self.publish_time = availability_start
         self.failure: str | None = None
         #: Highest segment number complete in every rendition.
@@ -220,7 +224,7 @@ class LiveVideo:
             rendition.timescale = fmp4.timescale(init)
         except fmp4.BoxError:
             pass
-        self.publish_time = time.time()
+        self.publish_time = self.clock.seconds()
         return rendition
 
     # Periods -------------------------------------------------------------
@@ -244,7 +248,7 @@ class LiveVideo:
                 if not seg.complete and not seg.failed:
                     seg.fail()
         self.interrupted = True
-        self.publish_time = time.time()
+        self.publish_time = self.clock.seconds()
 
     def _made_in(self, period: Period) -> bool:
         return any(n >= period.first_number for r in self.renditions.values() for n in r.history)
@@ -267,7 +271,7 @@ class LiveVideo:
         period = Period.after(last, self.next_number())
         self.periods.append(period)
         self.interrupted = False
-        self.publish_time = time.time()
+        self.publish_time = self.clock.seconds()
         return period
 
     def period_of(self, number: int) -> Period:
@@ -353,7 +357,7 @@ class LiveVideo:
         everywhere = min(r.newest for r in self.renditions.values())
         if everywhere > self.complete_through:
             self.complete_through = everywhere
-            self.publish_time = time.time()
+            self.publish_time = self.clock.seconds()
         return seg
 
     def _trim(self, rendition: Rendition) -> None:
@@ -371,7 +375,7 @@ class LiveVideo:
         self.interrupted = False
         self.ended = True
         self.ending = ending
-        self.publish_time = time.time()
+        self.publish_time = self.clock.seconds()
         em.forget(self.stream, self.renditions)
         for rendition in self.renditions.values():
             for seg in rendition.segments.values():
@@ -479,8 +483,8 @@ class Archive:
         return self._run(_read_or_none, self.path(stream, *relative))
 
     def start(self, stream: str) -> Deferred[None]:
-        """Make room for a new broadcast of ``stream`` (an old one is kept aside)."""
-        return self._run(_set_aside, self.path(stream))
+        """Make room for a new broadcast of ``stream`` (an old one is kept aside, named by the time now)."""
+        return self._run(_set_aside, self.path(stream), self.reactor.seconds())
 
     def load_all(self) -> list[ArchiveState]:
         """Every archived video (at startup, before the reactor runs)."""
@@ -546,9 +550,9 @@ def _read_or_none(path: str) -> bytes | None:
         return None
 
 
-def _set_aside(path: str) -> None:
+def _set_aside(path: str, now: float) -> None:
     if os.path.isdir(path):
-        os.replace(path, "%s.%d" % (path, int(time.time() * 1000)))
+        os.replace(path, "%s.%d" % (path, int(now * 1000)))
 
 
 def _expire(directory: str, retention_seconds: float, now: float) -> list[str]:

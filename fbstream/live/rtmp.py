@@ -203,6 +203,7 @@ class RTMPServerProtocol(Protocol, TimeoutMixin):
             time_ms=int(self.factory.reactor.seconds() * 1000),
             max_message_size=self.settings.max_message_size,
             max_chunk_streams=self.settings.max_chunk_streams,
+            clock=self.factory.reactor.seconds,
         )
         self.setTimeout(self.settings.handshake_timeout)
         self.factory.open_connections += 1
@@ -531,7 +532,7 @@ class RTMPClientProtocol(Protocol):
 
     def __init__(self, app: str, tc_url: str, reactor: IReactorTime,
                  on_media: Callable[[MediaMessage], None] | None = None) -> None:
-        self.conn = c.ClientConnection(app, tc_url)
+        self.conn = c.ClientConnection(app, tc_url, clock=reactor.seconds)
         self.reactor = reactor
         self.on_media = on_media
         #: Called with statuses nobody waits for (a server stopping our publish).

@@ -185,11 +185,13 @@ class _Connection(Generic[_E]):
         handshake: ServerHandshake | ClientHandshake,
         max_message_size: int,
         max_chunk_streams: int,
+        clock: Callable[[], float],
     ) -> None:
         self._handshake = handshake
+        #: Seconds now, by whatever clock the owner keeps (its reactor's).
+        self.clock = clock
         #: Control messages (pings, acknowledgements...) the peer may still
         #: send now: a bucket of CONTROL_BURST, refilled at CONTROL_RATE a second.
-        self.clock: Callable[[], float] = time.monotonic
         self._controls = TokenBucket(CONTROL_RATE, CONTROL_BURST)
         self._decoder = ChunkDecoder(max_message_size, max_chunk_streams)
         self._encoder = ChunkEncoder()
@@ -339,8 +341,9 @@ class ServerConnection(_Connection[ServerEvent]):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_chunk_streams: int = DEFAULT_MAX_CHUNK_STREAMS,
         out_chunk_size: int = OUT_CHUNK_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(ServerHandshake(time_ms), max_message_size, max_chunk_streams)
+        super().__init__(ServerHandshake(time_ms), max_message_size, max_chunk_streams, clock)
         # Until it is an accepted publisher, a peer gets a small memory budget:
         # a connection that never gets that far cannot hold megabytes.
         self._publisher_budget = self._decoder.max_pending
@@ -539,8 +542,9 @@ class ClientConnection(_Connection[ClientEvent]):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_chunk_streams: int = DEFAULT_MAX_CHUNK_STREAMS,
         out_chunk_size: int = OUT_CHUNK_SIZE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(ClientHandshake(time_ms), max_message_size, max_chunk_streams)
+        super().__init__(ClientHandshake(time_ms), max_message_size, max_chunk_streams, clock)
         self._app = app
         self._tc_url = tc_url
         self._out_chunk_size = out_chunk_size

@@ -54,15 +54,13 @@ def summarize(seen: dict) -> dict:
     """What a viewer would say of a run: stalls, time stalled, latency, renditions, failures."""
     samples = seen["samples"]
     latencies = sorted(s["latency"] for s in samples if s.get("latency") is not None)
-    renditions = []
+    renditions: list[tuple[str, float]] = []
     for s in samples:
         if s.get("rendition") and (not renditions or renditions[-1][0] != s["rendition"]):
             renditions.append((s["rendition"], round(s["currentTime"], 1)))
     last = samples[-1] if samples else {}
 
-    def pct(q: float) -> float | None:
-        if not latencies:
-            return None
+    def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
 
     return {

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import cast
 
 import pytest
 import pytest_twisted
@@ -24,9 +25,15 @@ from zope.interface import implementer
 
 from fbstream.config import load
 from fbstream.media import IConsumerFactory, IStreamConsumer
+from fbstream.reactors import IReactorRoles
 from fbstream.roles.build import build_role
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: The reactor these tests run on, as the roles take it: tap.makeService
+#: casts it so too (Twisted's declared type of the global reactor lacks some
+#: of the interfaces it provides).
+ROLES_REACTOR = cast(IReactorRoles, reactor)
 
 
 #: Every port free_port() has handed out in this process.
@@ -105,7 +112,7 @@ class StreamTally:
     def __init__(self, stream):
         self.stream = stream
         self.messages = []
-        self.done = defer.Deferred()
+        self.done: defer.Deferred[str] = defer.Deferred()
 
     def media(self, message):
         self.messages.append(message)
@@ -146,6 +153,7 @@ class RunningRole:
         self.http_port = http_port
         self.tallies = tallies
         self.record_dir = record_dir
+        self.base = "http://127.0.0.1:%d" % (http_port,)
 
     def url(self, name, tls=False):
         if tls:
@@ -158,13 +166,12 @@ def start_role(role, overrides, rtmp, rtmps, http, directory):
     # The RTMP engine's tests publish without tokens, into the PoP's own hub.
     base = ["tokens.required=false"] + (["relay.dc_proxies=[]"] if role == "pop" else [])
     cfg = load(role, os.path.join(ROOT, "conf", role + ".toml"), base + list(overrides))[role]
-    service = build_role(cfg, reactor)
+    service = build_role(cfg, ROLES_REACTOR)
     tallies = Tallies()
+    assert service.hub is not None, "%s has no hub" % (role,)
     service.hub.consumer_factories.append(tallies)
     service.startService()
-    running = RunningRole(service, rtmp, rtmps, http, tallies, str(directory))
-    running.base = "http://127.0.0.1:%d" % (http,)
-    return running
+    return RunningRole(service, rtmp, rtmps, http, tallies, str(directory))
 
 
 @pytest.fixture
@@ -280,7 +287,7 @@ def ffmpeg_play(url, path, seconds=3):
 
 
 def sleep(seconds):
-    d = defer.Deferred()
+    d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
 

@@ -36,7 +36,7 @@ PREFIX = "fbs"
 #: The names made here, with the pid of the process that made them.
 _NAME = re.compile(PREFIX + r"-(?:probe-)?(\d+)|" + PREFIX + r"(\d+)[hv]")
 #: The private range the pairs' /30s are taken from: the test's own hosts.
-SUBNET = ipaddress.ip_network("10.213.0.0/16")
+SUBNET = ipaddress.IPv4Network("10.213.0.0/16")
 #: The kernel's timer frequency, for the least burst that can sustain a rate.
 HZ = 250
 #: The least burst, bytes: above one MTU-sized frame, below any chunk.

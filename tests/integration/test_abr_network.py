@@ -77,7 +77,7 @@ def phase_of(samples, start, end):
 
 def changes(samples, origin):
     """The rendition's changes: (seconds after ``origin``, rendition)."""
-    seen = []
+    seen: list[tuple[float, str]] = []
     for s in samples:
         if s.get("rendition") and (not seen or seen[-1][1] != s["rendition"]):
             seen.append((round(s["wall"] - origin, 1), s["rendition"]))

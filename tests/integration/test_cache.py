@@ -10,11 +10,14 @@ import os
 import resource
 import time
 import warnings
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import Protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -23,7 +26,7 @@ from fbstream.cache.metrics import DROPPED_VIEWERS, UPSTREAM_CANCELLED
 from fbstream.config import load
 from fbstream.roles.build import build_role
 
-from .conftest import ROOT, free_port, sleep
+from .conftest import ROLES_REACTOR, ROOT, free_port, sleep
 
 SEGMENT = b"/live/cam/720p/7.m4s"
 BIG = b"/live/cam/720p/9.m4s"
@@ -104,17 +107,20 @@ class FakeEncoder(Resource):
 def path_of_viewers():
     """A fake encoder behind a real origin and a real PoP (proxy + cache layers)."""
     encoder = FakeEncoder()
-    enc_port = reactor.listenTCP(0, Site(encoder), interface="127.0.0.1")
+    # A Site is a ServerFactory; Twisted's annotations refuse it for want of a TypeVar's variance.
+    enc_port = reactor.listenTCP(0, Site(encoder), interface="127.0.0.1")  # type: ignore[arg-type]
+    enc_address = enc_port.getHost()
+    assert isinstance(enc_address, IPv4Address)
     origin_http, pop_http, pop_cache = free_port(), free_port(), free_port()
     origin = build_role(load("origin", os.path.join(ROOT, "conf", "origin.toml"), [
         "http.listen=tcp:%d:interface=127.0.0.1" % (origin_http,),
-        "origin.upstreams=tcp:127.0.0.1:%d" % (enc_port.getHost().port,),
+        "origin.upstreams=tcp:127.0.0.1:%d" % (enc_address.port,),
         # The herds share this process with every tier: on a loaded machine the
         # first byte of a herd's object has taken more than a second, so a
         # lock timeout of 1 s let a second request through. 4 s keeps the
         # blocking-timeout test short and the herds coalesced.
         "cache.lock_timeout=4.0", "cache.upstream_timeout=5.0",
-    ])["origin"], reactor)
+    ])["origin"], ROLES_REACTOR)
     pop = build_role(load("pop", os.path.join(ROOT, "conf", "pop.toml"), [
         "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
         "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop_http,),
@@ -124,7 +130,7 @@ def path_of_viewers():
         "pop.cache_hosts=tcp:127.0.0.1:%d" % (pop_cache,),
         "pop.origins=tcp:127.0.0.1:%d" % (origin_http,),
         "cache.lock_timeout=4.0", "cache.upstream_timeout=5.0", "cache.stall_timeout=1.0",
-    ])["pop"], reactor)
+    ])["pop"], ROLES_REACTOR)
     origin.startService()
     pop.startService()
     yield encoder, origin, pop, "http://127.0.0.1:%d" % (pop_http,)
@@ -178,17 +184,20 @@ def test_a_herd_makes_one_request_per_tier(path_of_viewers, path):
 
 
 class FirstChunk(Protocol):
+    #: The response body's transport: a push producer too, which the test stops.
+    transport: Any
+
     def __init__(self):
-        self.first = None
+        self.first: float | None = None
         self.data = b""
-        self.done = defer.Deferred()
+        self.done: defer.Deferred[list[Failure]] = defer.Deferred()
 
     def dataReceived(self, data):
         if self.first is None:
             self.first = time.monotonic()
         self.data += data
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.done.callback([reason])  # in a list: a Failure passed to callback() would errback
 
 
@@ -301,10 +310,13 @@ def test_urls_outside_the_contract_never_reach_upstream(path_of_viewers):
 class Stalled(Protocol):
     """Asks for an object, then stops reading its socket (a viewer on a dead link)."""
 
+    #: A TCP transport: a push producer too, which the test pauses.
+    transport: Any
+
     def __init__(self, path):
         self.path = path
         self.received = 0
-        self.closed = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self):
         self.transport.write(b"GET %s HTTP/1.1\r\nHost: pop\r\n\r\n" % (self.path,))
@@ -313,7 +325,7 @@ class Stalled(Protocol):
     def dataReceived(self, data):
         self.received += len(data)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed.callback(None)
 
 

@@ -11,13 +11,16 @@ import os
 import re
 import socket
 import subprocess
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
 import treq
 from mpegdash.parser import MPEGDASHParser
 from twisted.internet import defer, reactor, tcp
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IReactorSocket
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.python.failure import Failure
 
 from fbstream.encoder.fmp4 import boxes, decode_time, timescale
 from fbstream.httpbody import MAX_WRITE
@@ -45,6 +48,13 @@ def wait_for_manifest(base, name, timeout=15):
     url = "%s/live/%s/manifest.mpd" % (base, name)
     return eventually(lambda: get(url).addCallback(lambda answer: answer[1] if answer[0].code == 200 else None),
                       timeout, what="the manifest of %s" % (name,))
+
+
+def preload_hint(playlist: bytes) -> tuple[int, int]:
+    """The segment and part an LL-HLS playlist says come next (its ``PRELOAD-HINT``)."""
+    hint = re.search(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s"', playlist)
+    assert hint, playlist
+    return int(hint.group(1)), int(hint.group(2))
 
 
 def frames_of(path):
@@ -88,13 +98,13 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
 
     # While it is live, /metrics has its series.
     response, metrics = yield get(encoder.base + "/metrics")
-    for name in (b'fbstream_encoder_frames_in_total{stream="show"}',
-                 b'fbstream_encoder_frames_out_total{rendition="240p",stream="show"}',
-                 b'fbstream_encoder_segments_total{rendition="audio",stream="show"}',
-                 b'fbstream_encoder_segment_availability_lag_seconds_count{stream="show"}',
-                 b'fbstream_encoder_frame_encode_seconds_count{stream="show"}',
-                 b'fbstream_encoder_dropped_frames_total{stream="show"}'):
-        assert name in metrics, name
+    for series in (b'fbstream_encoder_frames_in_total{stream="show"}',
+                   b'fbstream_encoder_frames_out_total{rendition="240p",stream="show"}',
+                   b'fbstream_encoder_segments_total{rendition="audio",stream="show"}',
+                   b'fbstream_encoder_segment_availability_lag_seconds_count{stream="show"}',
+                   b'fbstream_encoder_frame_encode_seconds_count{stream="show"}',
+                   b'fbstream_encoder_dropped_frames_total{stream="show"}'):
+        assert series in metrics, series
 
     # /time for UTCTiming, and cache headers.
     response, now = yield get(encoder.base + "/time")
@@ -123,7 +133,7 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
 
     # Every rendition: the ladder's size and bitrate, aligned 1 s segments
     # starting with keyframes, the same media time for the same number.
-    starts = {}
+    starts: dict[str, list[float]] = {}
     for name in list(LADDER) + ["audio"]:
         response, init = yield get("%s/live/show/%s/init.mp4" % (encoder.base, name))
         assert response.code == 200
@@ -230,10 +240,13 @@ def test_ffmpeg_publish_survives_an_encoder_restart(tmp_path, source_flv):
 class Unread(Protocol):
     """Asks for a path over HTTP/1.0 (the body ends with the connection), then does not read."""
 
+    #: A TCP transport: a push producer too, which the test pauses.
+    transport: Any
+
     def __init__(self, path):
         self.path = path
         self.received = b""
-        self.closed = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self):
         self.transport.write(b"GET %s HTTP/1.0\r\nHost: encoder\r\n\r\n" % (self.path,))
@@ -242,7 +255,7 @@ class Unread(Protocol):
     def dataReceived(self, data):
         self.received += data
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed.callback(None)
 
 
@@ -253,9 +266,9 @@ def unread_client(port, path):
     sock.connect(("127.0.0.1", port))
     sock.setblocking(False)
     protocol = Unread(path)
-    factory = Factory()
-    factory.buildProtocol = lambda addr: protocol
-    reactor.adoptStreamConnection(sock.fileno(), socket.AF_INET, factory)
+    factory: ServerFactory = ServerFactory()
+    factory.protocol = lambda: protocol
+    cast(IReactorSocket, reactor).adoptStreamConnection(sock.fileno(), socket.AF_INET, factory)
     sock.close()  # the reactor has its own descriptor of it
     return protocol
 
@@ -295,7 +308,7 @@ def test_a_client_that_stops_reading_a_growing_segment_is_paused(fat_encoder):
     # The segment after the one being cut: both viewers wait for it, then
     # are streamed it as it grows.
     response, playlist = yield get(encoder.base + "/live/slow/720p/playlist.m3u8")
-    growing = int(re.search(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.\d+\.m4s"', playlist).group(1))
+    growing, _ = preload_hint(playlist)
     path = b"/live/slow/720p/%d.m4s" % (growing + 1,)
     cap_send_buffers(encoder.http_port)
     slow = unread_client(encoder.http_port, path)

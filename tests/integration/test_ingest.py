@@ -12,7 +12,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 
 from fbstream.rtmp import flv
 from fbstream.rtmp.chunk import ChunkEncoder
@@ -153,10 +155,12 @@ def test_second_publisher_gets_a_clear_error(pop, source_flv):
 class Hostile(Protocol):
     """Completes the handshake, then sends ``payload`` and waits to be closed."""
 
+    transport: ITransport
+
     def __init__(self, payload):
         self.payload = payload
         self.handshake = ClientHandshake()
-        self.closed = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self):
         self.transport.write(self.handshake.bytes_to_send())
@@ -167,7 +171,7 @@ class Hostile(Protocol):
         if self.handshake.receive(data) is not None:
             self.transport.write(self.handshake.bytes_to_send() + self.payload)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed.callback(None)
 
 

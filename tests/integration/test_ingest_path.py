@@ -77,7 +77,7 @@ class Viewer:
         self.loop.stop()
 
     def check_never_lost(self, polls=None):
-        seen = set()
+        seen: set[int] = set()
         for _, numbers, _ in self.polls[:polls]:
             assert numbers == sorted(set(numbers)), "segments out of order or repeated"
             lost = seen - set(numbers)
@@ -295,7 +295,9 @@ def test_an_encoder_restart_keeps_an_interrupted_video_live(dc):
     until = time.monotonic() + 10
     while time.monotonic() < until:
         cache_control, mpd = mpd_at(pop_b, vid)
-        served.append((cache_control, re.search(rb'type="(\w+)"', mpd).group(1).decode()))
+        kind = re.search(rb'type="(\w+)"', mpd)
+        assert kind, mpd
+        served.append((cache_control, kind.group(1).decode()))
         yield sleep(0.5)
     assert {kind for _, kind in served} == {"dynamic"}, served
     assert all("max-age=60" not in cache_control for cache_control, _ in served), served

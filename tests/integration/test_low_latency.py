@@ -13,14 +13,14 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 
 from fbstream.config import load
 from fbstream.roles.build import build_role
 
-from .conftest import ROOT, free_port, pyav_publish, sleep
+from .conftest import ROLES_REACTOR, ROOT, free_port, pyav_publish, sleep
 from .test_cache import herd
-from .test_encoder import get, wait_for_manifest
+from .test_encoder import get, preload_hint, wait_for_manifest
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def viewers_path(encoder):
     origin = build_role(load("origin", os.path.join(ROOT, "conf", "origin.toml"), [
         "http.listen=tcp:%d:interface=127.0.0.1" % (origin_http,),
         "origin.upstreams=tcp:127.0.0.1:%d" % (encoder.http_port,),
-    ])["origin"], reactor)
+    ])["origin"], ROLES_REACTOR)
     pop = build_role(load("pop", os.path.join(ROOT, "conf", "pop.toml"), [
         "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
         "http.listen=tcp:%d:interface=127.0.0.1:backlog=1024" % (pop_http,),
@@ -40,7 +40,7 @@ def viewers_path(encoder):
         "pop.cache_hosts=tcp:127.0.0.1:%d" % (pop_cache,),
         "pop.origins=tcp:127.0.0.1:%d" % (origin_http,),
         "relay.dc_proxies=[]",
-    ])["pop"], reactor)
+    ])["pop"], ROLES_REACTOR)
     origin.startService()
     pop.startService()
     tiers = [origin.caches["origin"], pop.caches["pop-cache"], pop.caches["pop-proxy"]]
@@ -63,9 +63,7 @@ def test_herds_at_the_live_edge_are_held_and_coalesced(encoder, viewers_path):
     # The segment after the newest one started: every viewer is held until
     # it starts, then streamed it as it grows; one request per tier.
     response, playlist = yield get(live + "/360p/playlist.m3u8")
-    hint = re.search(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s"', playlist)
-    assert hint, playlist
-    ahead = int(hint.group(1)) + 1
+    ahead = preload_hint(playlist)[0] + 1
     before = misses(tiers)
     results = yield herd(pop, b"/live/edge/360p/%d.m4s" % (ahead,), 300)
     assert {code for code, _ in results} == {200}
@@ -79,7 +77,7 @@ def test_herds_at_the_live_edge_are_held_and_coalesced(encoder, viewers_path):
     # An LL-HLS blocking reload for the next part: held until the part
     # exists, and every tier sends one request for all of them.
     response, playlist = yield get(live + "/360p/playlist.m3u8")
-    msn, part = (int(v) for v in re.search(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s"', playlist).groups())
+    msn, part = preload_hint(playlist)
     query = b"/live/edge/360p/playlist.m3u8?_HLS_msn=%d&_HLS_part=%d" % (msn, part)
     before = misses(tiers)
     results, reordered = yield defer.gatherResults([

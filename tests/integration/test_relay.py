@@ -14,7 +14,7 @@ from fbstream.media import MediaMessage
 from fbstream.metrics import RELAY_PAUSES
 from fbstream.roles.build import build_role
 
-from .conftest import ROOT, eventually, free_port, sleep, start_role
+from .conftest import ROLES_REACTOR, ROOT, eventually, free_port, sleep, start_role
 
 HEADER = b"\x17\x00\x00\x00\x00\x01\x42\xc0\x1e\xff\xe1\x00\x00\x01\x00\x00"
 MESSAGES = 150
@@ -31,7 +31,7 @@ def test_a_slow_next_hop_pauses_the_broadcaster(tmp_path):
         "rtmp.listen=tcp:%d:interface=127.0.0.1" % (dc_rtmp,),
         "http.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
         "relay.encoders=tcp:127.0.0.1:%d" % (sink_rtmp,)])["dc-proxy"]
-    dc = build_role(cfg, reactor)
+    dc = build_role(cfg, ROLES_REACTOR)
     dc.startService()
     pauses = RELAY_PAUSES.labels(role="dc-proxy")
     before = pauses._value.get()

@@ -10,11 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from .conftest import ROOT, eventually, free_port, run, serving, sleep, tool
 
@@ -198,11 +200,18 @@ def test_slowloris_from_one_address_leaves_the_other_viewers_be(tmp_path, reques
         pytest.skip("runs once, in the default-reactor pass of the suite")
     from twisted.internet import protocol, reactor
 
+    #: Every trickler connected, and those closed.
+    made: list[Trickle] = []
+    closed: list[Trickle] = []
+
     class Trickle(protocol.Protocol):
+        #: A TCP transport, which the test aborts.
+        transport: Any
+
         def connectionMade(self):
             self.open = True
             self.sent = 0
-            self.factory.made.append(self)
+            made.append(self)
             self.send()
 
         def send(self):
@@ -211,9 +220,9 @@ def test_slowloris_from_one_address_leaves_the_other_viewers_be(tmp_path, reques
                 self.sent += 1
                 self.call = reactor.callLater(1.0, self.send)
 
-        def connectionLost(self, reason):
+        def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
             self.open = False
-            self.factory.closed.append(self)
+            closed.append(self)
 
     # 256 per address here (1024 by default) keeps the test's sockets few.
     extra = ("--demo", "--set", "pop.http.max_connections_per_address=256")
@@ -221,13 +230,12 @@ def test_slowloris_from_one_address_leaves_the_other_viewers_be(tmp_path, reques
         pop = "http://127.0.0.1:%d" % (ports["pop"],)
         code = yield wait_for_ok(pop + "/live/demo/manifest.mpd", 40)
         assert code == 200, log.read_text()[-3000:]
-        factory = protocol.ClientFactory()
+        factory: protocol.ClientFactory = protocol.ClientFactory()
         factory.protocol = Trickle
-        factory.made, factory.closed = [], []
         for _ in range(300):
             reactor.connectTCP("127.0.0.1", ports["pop"], factory, bindAddress=("127.0.0.2", 0))
         yield sleep(3)
-        kept = len(factory.made) - len(factory.closed)
+        kept = len(made) - len(closed)
         assert kept <= 256, kept
         # The viewer from another address: the manifest and the newest segment, throughout.
         failures = 0
@@ -242,9 +250,8 @@ def test_slowloris_from_one_address_leaves_the_other_viewers_be(tmp_path, reques
             yield sleep(0.5)
         assert failures == 0
         # Every trickler is gone: cut off at its deadline (or refused at once).
-        assert len(factory.made) >= 256 and len(factory.closed) == len(factory.made), (
-            len(factory.made), len(factory.closed))
-        for trickler in factory.made:
+        assert len(made) >= 256 and len(closed) == len(made), (len(made), len(closed))
+        for trickler in made:
             if trickler.open:
                 trickler.call.cancel()
                 trickler.transport.abortConnection()

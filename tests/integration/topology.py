@@ -39,6 +39,9 @@ class Node:
         self.directory = directory
         self.process = None
         self.http = free_port()
+        #: Where it takes RTMP and RTMPS, if its role does (set by Topology).
+        self.rtmp: int | None = None
+        self.rtmps: int | None = None
 
     def start(self):
         env = dict(os.environ, FBSTREAM_TOKEN_KEYS=TOKEN_KEYS, FBSTREAM_API_KEY=API_KEY, PYTHONPATH=ROOT)
