@@ -11,6 +11,8 @@ The subpackages are layers, and each imports only the ones below it
     roles, demo             each role's services, built from its configuration
                             (roles.build: the builder of each role)
     relay | encoder | cache the roles' engines; none imports another
+    push                    the HTTP/2 push channel between the cache tiers:
+                            a sans-IO core on h2, its Twisted protocols
     live                    the live streams of a process: the hub, ingest,
                             RTMP's Twisted protocols, the live API, the clock
     rtmp | registry         the sans-IO RTMP codec; where videos are recorded
