@@ -106,6 +106,39 @@ POP: dict[str, Setting] = {
     "pop.player_dir": Setting(str, "web/node_modules", "where npm installed dash.js and hls.js for the web page"),
 }
 
+def _push(listen: list[str] | None, upstreams: tuple[str, list[str], str] | None) -> dict[str, Setting]:
+    """The push channel's settings: a publisher's (``listen``), a subscriber's (``upstreams``), or both."""
+    settings = {
+        "push.secret_file": Setting(str, "", "file holding the push channel's shared secret, 16+ characters "
+                                             "(empty: $FBSTREAM_PUSH_SECRET; unset: none, for loopback only)"),
+        "push.tls_cert": Setting(str, "", "PEM certificate: TLS with ALPN h2 on push.listen, and the client "
+                                          "certificate presented upstream (empty: h2 over plain TCP)"),
+        "push.tls_key": Setting(str, "", "PEM private key of push.tls_cert (empty: in the same file)"),
+        "push.tls_ca": Setting(str, "", "PEM CA: subscribers must present a certificate it signed (mutual TLS), "
+                                        "and upstreams are verified against it (empty: no TLS upstream)"),
+        "push.tls_hostname": Setting(str, "", "the name upstream certificates are checked for (empty: the "
+                                              "endpoint's host)"),
+        "push.window": Setting(int, 8 * 1024 * 1024, "HTTP/2 flow-control window a subscriber opens, bytes "
+                                                     "(a segment's worth)"),
+        "push.max_pushes": Setting(int, 256, "pushes open at once on one connection"),
+        "push.ping_interval": Setting(float, 1.0, "seconds between HTTP/2 PINGs on a push connection"),
+        "push.ping_timeout": Setting(float, 4.0, "a push connection whose PING is unanswered this long is dead"),
+        "push.stall_timeout": Setting(float, 5.0, "a push that makes no progress this long is given up "
+                                                  "(the subscriber fetches that object)"),
+    }
+    if listen is not None:
+        settings["push.listen"] = Setting(list, listen, "endpoint strings subscribers of the push channel "
+                                                        "connect to ([]: no push channel)")
+    if upstreams is not None:
+        key, default, help = upstreams
+        settings[key] = Setting(list, default, help)
+        settings["push.idle_timeout"] = Setting(float, 30.0, "a stream no one has asked for this long is "
+                                                             "unsubscribed")
+        settings["push.wait"] = Setting(float, 1.5, "a request for a segment not pushed yet of a stream whose "
+                                                    "pushes flow waits this long for its push, then is fetched")
+    return settings
+
+
 def _relay(timeout: float) -> dict[str, Setting]:
     return {
         "relay.connect_timeout": Setting(float, 5.0, "seconds to reach the next hop before trying another"),
@@ -151,6 +184,9 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "pop": {
         # Broadcasters reach the PoP; behind it, each client carries many of them.
         **_rtmp("tcp:1935", per_address=50), **_http("tcp:8080", per_address=1024), **POP, **CACHE, **_relay(60.0), **API, **TOKENS, **REGISTRY,
+        **_push(None, ("push.origins", [],
+                     "the origins' push endpoints the cache layer subscribes at, one connection each "
+                     "([]: fetch only)")),
         "relay.dc_proxies": Setting(list, ["dc1=tcp:127.0.0.1:1936"],
                                     "<datacenter>=<endpoint> of each dc-proxy, tried in order "
                                     "([]: publish to this PoP's own hub, no relay)"),
@@ -160,13 +196,18 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "relay.encoders": Setting(list, ["tcp:127.0.0.1:1937"], "the encoders' RTMP endpoints (the hash ring)"),
         "relay.virtual_nodes": Setting(int, 160, "points per encoder on the hash ring"),
     },
-    "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082"), **ENCODER, **INGEST, **TOKENS, **REGISTRY},
+    "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082"), **ENCODER, **INGEST, **TOKENS, **REGISTRY,
+                **_push([], None)},
     "origin": {
         **_http("tcp:8083"),
         "origin.upstreams": Setting(list, ["tcp:127.0.0.1:8082"],
                                     "the encoders' HTTP endpoints (when the registry does not know the owner)"),
         **CACHE,
         **REGISTRY,
+        **_push([],
+                ("push.upstreams", [],
+                 "the encoders' push endpoints, each subscribed to for the streams the PoPs subscribe to "
+                 "([]: fetch only)")),
     },
 }
 

@@ -30,6 +30,7 @@ longer than ``stall_timeout`` is dropped (``DROPPED_VIEWERS``).
 from __future__ import annotations
 
 import heapq
+import itertools
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -63,6 +64,14 @@ MAX_EDGES = 10_000
 IMMUTABLE = b"public, max-age=31536000, immutable"
 _MAX_AGE = re.compile(rb"max-age=(\d+)")
 _AGE = re.compile(rb"^\s*(\d+)\s*$")
+#: How much longer than its max-age a pinned object is kept fresh (see
+#: :meth:`CachingResource.pin`): the encoder pushes every manifest at least
+#: once a second, so one not replaced by then means its pushes have stopped
+#: somewhere upstream, and it is fetched again.
+PIN_SLACK = 3.0
+#: What a tier that is pushed to says of a pinned object to the tier in front
+#: (``pinned_uncached``): coalesce requests for it, keep none.
+PINNED_DOWNSTREAM = b"public, max-age=0"
 #: An ``Age`` beyond this is nonsense (a year): taken as "already stale".
 MAX_AGE_HEADER = 365 * 86400
 
@@ -82,7 +91,7 @@ class CacheSettings:
 class CachedObject:
     """An object in the store, or being fetched into it."""
 
-    __slots__ = ("born", "chunks", "code", "complete", "expires", "headers", "key", "size")
+    __slots__ = ("born", "chunks", "code", "complete", "expires", "headers", "key", "size", "version")
 
     def __init__(self, key: bytes, code: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.key = key
@@ -96,6 +105,9 @@ class CachedObject:
         #: with (the time it already spent in caches upstream). A lifetime
         #: counts from here at every tier, so tiers never add up.
         self.born = 0.0
+        #: The order its answer came in at this tier: of two versions of one
+        #: URL, the later answered is the newer (a push may overtake a fetch).
+        self.version = 0
 
     def age(self, now: float) -> int:
         return max(0, int(now - self.born))
@@ -180,6 +192,22 @@ class Store:
             cm.EVICTIONS.labels(tier=self._tier).inc()
         cm.STORED_BYTES.labels(tier=self._tier).set(self.size)
 
+    def holds_newer(self, key: bytes, version: int) -> bool:
+        """Whether the object held under ``key`` is a newer version than ``version``."""
+        obj = self._objects.get(key)
+        return obj is not None and obj.version > version
+
+    def expire(self, key: bytes, lifetime: float, now: float) -> None:
+        """The object held under ``key`` (if any) expires ``lifetime`` after it was born."""
+        obj = self._objects.get(key)
+        if obj is None:
+            return
+        obj.expires = obj.born + lifetime
+        if obj.expires <= now:
+            self._remove(key)
+        elif obj.expires < now + 86400:
+            heapq.heappush(self._expiring, (obj.expires, key))
+
     def purge(self, now: float) -> None:
         """Remove what has expired of the short-lived objects."""
         expiring = self._expiring
@@ -235,6 +263,11 @@ class Viewer:
             request.setHeader(name, value)
         request.setHeader(b"x-cache", b"%s %s" % (self.status, self.cache.tier.encode()))
         request.setHeader(b"age", b"%d" % (obj.age(self.cache.clock.seconds()),))
+        if self.cache.pinned_uncached and self.cache.pinned(obj.key):
+            # Kept fresh here by pushes, replaced the moment a new version
+            # comes: a tier in front (the PoP's proxy layer) must ask again
+            # each time, never keep a version for its max-age.
+            request.setHeader(b"cache-control", PINNED_DOWNSTREAM)
         if obj.complete:
             request.setHeader(b"content-length", b"%d" % (obj.size,))
         self.body = BodyProducer(request, obj, self._body_ended, sent=self.cache.m_bytes_served.inc,
@@ -300,11 +333,28 @@ class Fetch:
         self._lock_timer: Any = None
         self._idle_timer: Any = None
         self._timed_out: set[int] = set()
+        self._wait_timer: Any = None
         self.done = False
+        #: Its answer was pushed by the tier upstream: it is stored whether
+        #: or not anyone is reading it (no viewer leaving cancels it).
+        self.pushed = False
 
-    def start(self) -> None:
+    def start(self, wait: float = 0.0) -> None:
+        """
+        Fetch the object; after ``wait`` seconds if its push may come first
+        (a segment of a stream whose pushes flow, asked for a moment before
+        the push reaches this tier): it is fetched only if the push does not.
+        """
+        if wait > 0:
+            self._wait_timer = self.cache.clock.callLater(wait, self._waited)
+            return
         self._attempt()
         self._lock_timer = self.cache.clock.callLater(self.cache.settings.lock_timeout, self._lock_expired)
+
+    def _waited(self) -> None:
+        self._wait_timer = None
+        if self.obj is None and not self.done:
+            self.start()
 
     def _attempt(self) -> None:
         cache = self.cache
@@ -337,14 +387,19 @@ class Fetch:
         if self.done or self.obj is not None:
             response.deliverBody(_Discard())  # the other attempt won
             return
-        if self._lock_timer is not None and self._lock_timer.active():
-            self._lock_timer.cancel()
-        headers = [
-            (name.lower(), value)
-            for name, values in response.headers.getAllRawHeaders()
-            if name.lower() in PASSED_HEADERS
-            for value in values
-        ]
+        all_headers = [(name.lower(), value) for name, values in response.headers.getAllRawHeaders()
+                       for value in values]
+        response.deliverBody(self.answered(response.code, all_headers))
+
+    def answered(self, code: int, all_headers: list[tuple[bytes, bytes]]) -> _Body:
+        """
+        The object's status and headers came (from a fetch, or pushed): it
+        is this answer from now on. Returns what its body is fed to.
+        """
+        for timer in (self._lock_timer, self._wait_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        headers = [(name, value) for name, value in all_headers if name in PASSED_HEADERS]
         self.growing = any(n == b"x-fbstream-segment" and v == b"growing" for n, v in headers)
         # A growing segment is passed on as growing (no-store); once it is
         # complete it is stored, and served, as the immutable object it is.
@@ -352,10 +407,11 @@ class Fetch:
             stored = [(n, v) for n, v in headers if n not in (b"cache-control", b"x-fbstream-segment")]
         else:
             stored = headers
-        self.obj = CachedObject(self.key, response.code, headers)
-        if response.code == 404:
-            self.cache.learn_edge(self.key, response.headers.getRawHeaders(LIVE_EDGE_HEADER) or [])
-        self.obj.born = self.cache.clock.seconds() - _age_of(response.headers.getRawHeaders(b"age") or [])
+        self.obj = CachedObject(self.key, code, headers)
+        if code == 404:
+            self.cache.learn_edge(self.key, [v for n, v in all_headers if n == LIVE_EDGE_HEADER])
+        self.obj.born = self.cache.clock.seconds() - _age_of([v for n, v in all_headers if n == b"age"])
+        self.obj.version = next(self.cache.versions)
         self._stored_headers = stored
         # Only now that this answer is the object: a cancelled attempt's
         # errback runs at once, and seeing no object and no other attempt
@@ -369,7 +425,7 @@ class Fetch:
         self._reset_idle()
         for viewer in list(self.viewers):
             viewer.headers(self.obj)
-        response.deliverBody(body)
+        return body
 
     def _attempt_failed(self, failure: Failure, d: Deferred[Any]) -> None:
         if self.done or self.obj is not None:
@@ -424,9 +480,19 @@ class Fetch:
             stored.size = obj.size
             stored.complete = True
             stored.born = obj.born
+            stored.version = obj.version
             stored.expires = obj.born + lifetime
-            if stored.expires > self.cache.clock.seconds():  # not already stale upstream
-                self.cache.store.put(stored, self.cache.clock.seconds())
+            now = self.cache.clock.seconds()
+            if self.pushed and not self.growing and self.cache.pinned(self.key):
+                # A pushed manifest or playlist is fresh for as long as its
+                # stream's pushes flow: the next version replaces it. When
+                # they stop, its own lifetime counts again (unpin).
+                self.cache.pin(self.key, lifetime)
+                stored.expires = now + lifetime + PIN_SLACK
+            # Not already stale upstream, nor older than the version held
+            # (a push may have overtaken this fetch).
+            if stored.expires > now and not self.cache.store.holds_newer(self.key, stored.version):
+                self.cache.store.put(stored, now)
         self.cache._fetch_done(self)
         for viewer in list(self.viewers):
             viewer.more()
@@ -455,7 +521,7 @@ class Fetch:
         self._cancel_all()
 
     def _cancel_all(self) -> None:
-        for timer in (self._lock_timer, self._idle_timer):
+        for timer in (self._lock_timer, self._idle_timer, self._wait_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         for d in self._attempts:
@@ -501,6 +567,24 @@ class CachingResource(Resource):
         self.m_coalesced = cm.COALESCED.labels(tier=tier)
         self.m_bytes_served = cm.BYTES_SERVED.labels(tier=tier)
         self.m_bytes_upstream = cm.BYTES_UPSTREAM.labels(tier=tier)
+        #: Told the stream id of every request for a stream's objects (the
+        #: push channel subscribes to what viewers ask for).
+        self.asked: Callable[[str], None] | None = None
+        #: Whether a stream's pushes flow now (None: no push channel).
+        self.pushing: Callable[[str], bool] | None = None
+        #: How long a request for a segment of such a stream waits for its
+        #: push before it is fetched (``push.wait``).
+        self.push_wait = 0.0
+        #: Whether the tier in front is told to keep no pinned object (the
+        #: PoP's cache layer: its proxy layer would hold a playlist version
+        #: for its whole max-age while newer ones are pushed behind it).
+        self.pinned_uncached = False
+        #: Stream -> its pinned versions' paths and own lifetimes.
+        self._pins: OrderedDict[bytes, dict[bytes, float]] = OrderedDict()
+        #: Numbers the answers in the order they come (CachedObject.version).
+        self.versions = itertools.count(1)
+        #: Stream -> the newest segment number pushed here.
+        self._pushed_edge: OrderedDict[bytes, int] = OrderedDict()
 
     def render_GET(self, request: Request) -> bytes | int:
         self.m_requests.inc()
@@ -509,6 +593,8 @@ class CachingResource(Resource):
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"not a playback URL\n"
+        if self.asked is not None and path.count(b"/") >= 3:
+            self.asked(path.split(b"/", 3)[2].decode())
         if path.endswith(b"/playlist.m3u8"):
             # An LL-HLS blocking reload is its own object: every viewer
             # blocked on the same part shares one request upstream.
@@ -532,7 +618,8 @@ class CachingResource(Resource):
             viewer = Viewer(self, request, b"MISS")
             viewer.fetch = fetch
             fetch.viewers.append(viewer)
-            fetch.start()
+            fetch.start(self.push_wait if media is not None and self._push_coming(media.group(1), int(media.group(2)))
+                        else 0.0)
         else:
             self.m_coalesced.inc()
             viewer = Viewer(self, request, b"COALESCED")
@@ -574,12 +661,81 @@ class CachingResource(Resource):
         while len(self.edges) > MAX_EDGES:
             self.edges.popitem(last=False)
 
+    def pushed(self, path: bytes, code: int, headers: list[tuple[bytes, bytes]]) -> Fetch | None:
+        """
+        The tier upstream pushed ``path``'s answer: it becomes the object
+        exactly as a fetch's answer would (read while it is written, stored
+        once whole). It answers a fetch of it still waiting for its first
+        byte; it is refused (None) if the object is held already, or a fetch
+        of it is already reading another answer. A manifest or playlist
+        version replaces the one held.
+        """
+        if not PLAYBACK_PATH.match(path):
+            return None
+        now = self.clock.seconds()
+        versioned = path.endswith((b".mpd", b".m3u8"))
+        if not versioned and self.store.get(path, now) is not None:
+            return None
+        fetch = self.fetches.get(path)
+        if fetch is not None and (fetch.obj is not None or fetch.done):
+            if not versioned:
+                return None
+            # A newer version than the one being fetched: read beside it
+            # (no viewer joins it), and stored once whole, replacing it.
+            fetch = Fetch(self, path)
+            fetch.pushed = True
+            return fetch
+        if fetch is None:
+            if len(self.fetches) >= self.settings.max_fetches:
+                return None
+            fetch = self.fetches[path] = Fetch(self, path)
+        fetch.pushed = True
+        media = MEDIA_PATH.match(path)
+        if media is not None:
+            stream, number = media.group(1), int(media.group(2))
+            self._pushed_edge[stream] = max(number, self._pushed_edge.get(stream, 0))
+            self._pushed_edge.move_to_end(stream)
+            while len(self._pushed_edge) > MAX_EDGES:
+                self._pushed_edge.popitem(last=False)
+        return fetch
+
+    def _push_coming(self, stream: bytes, number: int) -> bool:
+        """
+        Whether segment ``number`` of ``stream`` will be pushed here: its
+        pushes flow, and it is newer than any pushed yet (an older one not
+        held was made before the subscription, and is fetched at once).
+        """
+        if self.pushing is None or not self.pushing(stream.decode()):
+            return False
+        return number > self._pushed_edge.get(stream, 0)
+
+    def pinned(self, path: bytes) -> bool:
+        """Whether ``path`` is a manifest or playlist of a stream whose pushes flow (see :attr:`pushing`)."""
+        if not path.endswith((b".mpd", b".m3u8")) or self.pushing is None or path.count(b"/") < 3:
+            return False
+        return self.pushing(path.split(b"/", 3)[2].decode())
+
+    def pin(self, path: bytes, lifetime: float) -> None:
+        stream = path.split(b"/", 3)[2]
+        pins = self._pins.setdefault(stream, {})
+        pins[path] = lifetime
+        self._pins.move_to_end(stream)
+        while len(self._pins) > MAX_EDGES:
+            oldest = next(iter(self._pins))
+            self.unpin(oldest.decode())
+
+    def unpin(self, stream: str) -> None:
+        """``stream``'s pushes stopped: its pinned versions live their own lifetimes again (fetched once stale)."""
+        now = self.clock.seconds()
+        for path, lifetime in self._pins.pop(stream.encode(), {}).items():
+            self.store.expire(path, lifetime, now)
+
     def _left(self, viewer: Viewer) -> None:
         """A viewer is gone; if it was the last one of an unfinished fetch, cancel it."""
         fetch = viewer.fetch
         if fetch is not None and viewer in fetch.viewers:
             fetch.viewers.remove(viewer)
-            if not fetch.viewers and not fetch.done:
+            if not fetch.viewers and not fetch.done and not fetch.pushed:
                 fetch.cancel()
 
     def _fetch_done(self, fetch: Fetch) -> None:

@@ -22,6 +22,7 @@ from fbstream.diskio import ThreadPoolService
 from fbstream.encoder import metrics as em
 from fbstream.encoder.ladder import VideoRendition, parse_rungs
 from fbstream.encoder.ownership import Broadcasts
+from fbstream.encoder.push import EncoderPushSource
 from fbstream.encoder.store import Archive, LiveVideo, Period, Rendition
 from fbstream.encoder.transcode import RenditionInfo, Transcoder, TranscoderSettings
 from fbstream.encoder.web import LiveEdge, LiveResource, VideoRegistry
@@ -30,6 +31,7 @@ from fbstream.endings import Ending, EndKind
 from fbstream.live.clock import TimeResource
 from fbstream.live.hub import LiveStream
 from fbstream.media import IConsumerFactory
+from fbstream.push.channel import PushHub
 from fbstream.reactors import IReactorTimeFromThreads
 
 
@@ -72,7 +74,7 @@ class EncoderConsumers:
                               self.archive.path(name) if self.archive else None, self.reactor)
             if self.archive is not None:
                 self.archive.start(name)
-            self.registry.videos[name] = video
+            self.registry.put(video)
             return video
 
         period = None
@@ -81,7 +83,7 @@ class EncoderConsumers:
             video, period, known = self.broadcasts.video_for(name, make)
         else:
             video = make(self.reactor.seconds())
-        self.registry.videos[name] = video
+        self.registry.put(video)
         em.LIVE_VIDEOS.inc()
 
         def refused(reason: str) -> None:
@@ -159,7 +161,7 @@ def load_archive(archive: Archive, registry: VideoRegistry, window_seconds: floa
             video.renditions[info["name"]] = rendition
         if state.periods:
             video.periods = [Period(**p) for p in state.periods]
-        registry.videos[state.stream] = video
+        registry.put(video)
         if state.ended:
             video.ended = True
             video.ending = Ending(EndKind.ARCHIVED, "archived")
@@ -189,7 +191,7 @@ def settings_from(config: RoleConfig) -> TranscoderSettings:
 
 def build_encoder(parent: MultiService, config: RoleConfig, reactor: IReactorTimeFromThreads, root: Resource,
                   broadcasts: Callable[[Callable[[str], Deferred[None]]], Broadcasts] | None = None,
-                  ) -> EncoderConsumers:
+                  push: PushHub | None = None) -> EncoderConsumers:
     """
     Add the encoder's pools, archive and resources; return its consumer
     factory, with the ownership of its broadcasts made by ``broadcasts``.
@@ -230,10 +232,13 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: IReactorTim
     # Held long enough for the furthest segment allowed to start on time,
     # and for an encoder as far behind as its backlog bound lets it fall.
     edge = LiveEdge(hold, config["encoder.max_held"], hold + 1 + config["encoder.max_lag_ms"] / 1000)
-    root.putChild(b"live", LiveResource(
+    resource = LiveResource(
         registry, archive, reactor, config["encoder.chunk_ms"],
         target_latency=config["encoder.target_latency"], edge=edge,
         part_hold_back=config["encoder.part_hold_back"], stall_timeout=config["encoder.stall_timeout"],
-    ))
+    )
+    root.putChild(b"live", resource)
+    if push is not None:
+        EncoderPushSource(push, registry, resource, reactor)
     root.putChild(b"time", TimeResource(reactor))
     return consumers

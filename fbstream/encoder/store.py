@@ -7,6 +7,7 @@ and the archive on disk that outlives the broadcast and the process.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import shutil
@@ -27,6 +28,21 @@ from fbstream.encoder.transcode import SEGMENT_MS, RenditionInfo, SegmentClock
 from fbstream.endings import Ending
 from fbstream.httpbody import IGrowingBody
 from fbstream.reactors import IReactorTimeFromThreads
+
+
+class Change(enum.Enum):
+    """What changed in a :class:`LiveVideo` (see :meth:`LiveVideo.watch`)."""
+
+    #: A chunk was cut: the segment grew by a part, its playlist changed.
+    CHUNK = "chunk"
+    #: A segment is complete.
+    SEGMENT = "segment"
+    #: A rendition's init segment (its number is the period's index).
+    INIT = "init"
+    #: A period began or ended (the broadcaster left or came back).
+    PERIOD = "period"
+    #: The broadcast is over.
+    END = "end"
 
 
 @implementer(IGrowingBody)
@@ -210,6 +226,25 @@ class LiveVideo:
         self._waiting: dict[tuple[str, int], list[Callable[[Segment | None], None]]] = {}
         #: Rendition -> callbacks waiting for a part of it (see when_part).
         self._part_waiting: dict[str, list[tuple[int, int | None, Callable[[], None]]]] = {}
+        #: Told of every change a viewer could see (see :meth:`watch`).
+        self._watchers: list[Callable[[Change, str | None, int], None]] = []
+
+    def watch(self, watcher: Callable[[Change, str | None, int], None]) -> None:
+        """
+        Call ``watcher(change, rendition, number)`` on every change of what
+        the video serves: a chunk cut (``number``'s segment grew by a part),
+        a segment complete, an init segment, a period begun or ended, the
+        end. (The push channel offers each new version from here.)
+        """
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Callable[[Change, str | None, int], None]) -> None:
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
+    def _changed(self, change: Change, name: str | None = None, number: int = 0) -> None:
+        for watcher in list(self._watchers):
+            watcher(change, name, number)
 
     # Fed by the stream's worker (on the reactor thread) -------------------
 
@@ -225,6 +260,7 @@ class LiveVideo:
         except fmp4.BoxError:
             pass
         self.publish_time = self.clock.seconds()
+        self._changed(Change.INIT, info.name, period)
         return rendition
 
     # Periods -------------------------------------------------------------
@@ -249,6 +285,7 @@ class LiveVideo:
                     seg.fail()
         self.interrupted = True
         self.publish_time = self.clock.seconds()
+        self._changed(Change.PERIOD)
 
     def _made_in(self, period: Period) -> bool:
         return any(n >= period.first_number for r in self.renditions.values() for n in r.history)
@@ -272,6 +309,7 @@ class LiveVideo:
         self.periods.append(period)
         self.interrupted = False
         self.publish_time = self.clock.seconds()
+        self._changed(Change.PERIOD)
         return period
 
     def period_of(self, number: int) -> Period:
@@ -288,6 +326,7 @@ class LiveVideo:
             for callback in self._waiting.pop((name, number), []):
                 callback(seg)
             self._parts_changed(rendition)
+            self._changed(Change.CHUNK, name, number)
 
     def has_part(self, name: str, number: int, part: int | None) -> bool:
         """
@@ -358,6 +397,7 @@ class LiveVideo:
         if everywhere > self.complete_through:
             self.complete_through = everywhere
             self.publish_time = self.clock.seconds()
+        self._changed(Change.SEGMENT, name, number)
         return seg
 
     def _trim(self, rendition: Rendition) -> None:
@@ -389,6 +429,7 @@ class LiveVideo:
         for entries in parts.values():
             for _, _, part_callback in entries:
                 part_callback()
+        self._changed(Change.END)
 
     # Read by the web resources -------------------------------------------
 

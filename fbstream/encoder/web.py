@@ -74,20 +74,47 @@ class VideoRegistry:
 
     def __init__(self) -> None:
         self.videos: dict[str, LiveVideo] = {}
+        #: Told of every video put in (see :meth:`put`).
+        self.on_put: list[Callable[[LiveVideo], None]] = []
 
     def get(self, stream: str) -> LiveVideo | None:
         return self.videos.get(stream)
 
+    def put(self, video: LiveVideo) -> None:
+        """Serve ``video`` under its stream id (a new broadcast, or one loaded from the archive)."""
+        known = self.videos.get(video.stream) is video
+        self.videos[video.stream] = video
+        if not known:
+            for callback in list(self.on_put):
+                callback(video)
+
+
+#: The headers of a growing segment beside its type (see the module's docstring).
+GROWING = [(b"cache-control", b"no-store"), (b"x-fbstream-segment", b"growing")]
+MPD_TYPE = b"application/dash+xml"
+TEXT_TYPE = b"text/plain; charset=utf-8"
+#: Why a manifest is a 404 before the video is published (see ``LiveResource.min_segments``).
+STARTING = "the stream is starting"
+M3U8_TYPE = b"application/vnd.apple.mpegurl"
+
+
+def typed(content_type: bytes, cache: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers every answer of the encoder carries: its type and how long caches keep it."""
+    return [(b"content-type", content_type), (b"cache-control", cache), (b"access-control-allow-origin", b"*")]
+
+
+def media_type(rendition: Rendition) -> bytes:
+    return b"video/mp4" if rendition.info.kind == "video" else b"audio/mp4"
+
 
 def _headers(request: Request, content_type: bytes, cache: bytes) -> None:
-    request.setHeader(b"content-type", content_type)
-    request.setHeader(b"cache-control", cache)
-    request.setHeader(b"access-control-allow-origin", b"*")
+    for name, value in typed(content_type, cache):
+        request.setHeader(name, value)
 
 
 def _error(request: Request, code: int, message: str, cache: bytes = b"public, max-age=1") -> bytes:
     request.setResponseCode(code)
-    _headers(request, b"text/plain; charset=utf-8", cache)
+    _headers(request, TEXT_TYPE, cache)
     return message.encode() + b"\n"
 
 
@@ -152,7 +179,7 @@ class LiveResource(Resource):
         rendition = video.renditions.get(parts[1].decode())
         if rendition is None:
             return _error(request, 404, "no such rendition")
-        kind = b"video/mp4" if rendition.info.kind == "video" else b"audio/mp4"
+        kind = media_type(rendition)
         if parts[2] == b"playlist.m3u8":
             return self._playlist(request, video, rendition)
         part = PART.match(parts[2])
@@ -219,16 +246,29 @@ class LiveResource(Resource):
     def _manifest_cache(self, video: LiveVideo) -> bytes:
         return b"public, max-age=60" if video.ended else b"public, max-age=1"
 
-    def _manifest(self, request: Request, video: LiveVideo, kind: str) -> bytes:
-        if not video.renditions or (not video.ended and video.complete_through < self.min_segments):
-            return _error(request, 404, "the stream is starting")
+    def published(self, video: LiveVideo) -> bool:
+        """Whether ``video``'s manifests are out (see ``min_segments``)."""
+        return bool(video.renditions) and (video.ended or video.complete_through >= self.min_segments)
+
+    def manifest(self, video: LiveVideo, kind: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers and body of the DASH manifest (``dash``) or the HLS master playlist, as served now."""
         if kind == "dash":
-            _headers(request, b"application/dash+xml", self._manifest_cache(video))
-            return manifest.mpd(
-                video, self.clock.seconds(), target_latency=self.target_latency, chunk_ms=self.chunk_ms
-            )
-        _headers(request, b"application/vnd.apple.mpegurl", self._manifest_cache(video))
-        return manifest.master_playlist(video)
+            body = manifest.mpd(video, self.clock.seconds(), target_latency=self.target_latency,
+                                chunk_ms=self.chunk_ms)
+            return typed(MPD_TYPE, self._manifest_cache(video)), body
+        return typed(M3U8_TYPE, self._manifest_cache(video)), manifest.master_playlist(video)
+
+    def playlist(self, video: LiveVideo, rendition: Rendition) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers and body of a media playlist reloaded without blocking, as served now."""
+        return typed(M3U8_TYPE, self._manifest_cache(video)), self._media_playlist(video, rendition)
+
+    def _manifest(self, request: Request, video: LiveVideo, kind: str) -> bytes:
+        if not self.published(video):
+            return _error(request, 404, STARTING)
+        headers, body = self.manifest(video, kind)
+        for name, value in headers:
+            request.setHeader(name, value)
+        return body
 
     def _from_archive(self, request: Request, video: LiveVideo, relative: tuple[str, ...], kind: bytes) -> bytes | int:
         if self.archive is None:
@@ -268,8 +308,10 @@ class LiveResource(Resource):
         """
         directives = playlist_query(request.args or {})
         if directives is None or video.ended:
-            _headers(request, b"application/vnd.apple.mpegurl", self._manifest_cache(video))
-            return self._media_playlist(video, rendition)
+            headers, body = self.playlist(video, rendition)
+            for name, value in headers:
+                request.setHeader(name, value)
+            return body
         msn, part = directives
         if msn > self._edge(video) + self.edge.hold_segments:
             return _error(request, 400, "_HLS_msn %d is too far ahead of the live edge" % (msn,), NOT_YET)
@@ -284,7 +326,7 @@ class LiveResource(Resource):
     def _blocked_playlist(self, request: Request, video: LiveVideo, rendition: Rendition) -> bytes:
         # What a blocking reload gets stays true of the part it asked for: a
         # cache may answer the same question with it for a while.
-        _headers(request, b"application/vnd.apple.mpegurl", b"public, max-age=2")
+        _headers(request, M3U8_TYPE, b"public, max-age=2")
         return self._media_playlist(video, rendition)
 
     def _media_playlist(self, video: LiveVideo, rendition: Rendition) -> bytes:
@@ -382,8 +424,10 @@ class LiveResource(Resource):
 
     def _stream(self, request: Request, seg: Segment, kind: bytes) -> int:
         """Send what the segment holds, then each chunk as it is cut, as fast as the client reads."""
-        _headers(request, kind, b"no-store")
-        request.setHeader(b"x-fbstream-segment", b"growing")
+        request.setHeader(b"content-type", kind)
+        request.setHeader(b"access-control-allow-origin", b"*")
+        for name, value in GROWING:
+            request.setHeader(name, value)
 
         def changed(s: Segment) -> None:
             if s.failed:

@@ -128,6 +128,10 @@ def check_secrets(configs: dict[str, RoleConfig]) -> None:
             process.token_keys(config)
         elif config.role == "pop" and process.api_key(config) is not None:
             process.token_keys(config, required=True)
+        if "push.secret_file" in config.values:
+            from fbstream.push.service import check_push
+
+            check_push(config)
 
 
 def registry_for(config: RoleConfig, process: Process, service: RoleService) -> IRegistry:
@@ -235,8 +239,33 @@ def build_pop(config: RoleConfig, process: Process) -> RoleService:
             listen_rtmp(service, config, process, hub, None)
         service.hub = hub
     service.caches = pop_caches(service, config, process.reactor, root)
+    if config["push.origins"] and "pop-cache" in service.caches:
+        subscribe_pushes(service, config, process, service.caches["pop-cache"])
     service.site = listen_http(service, config, process, root)
     return service
+
+
+def subscribe_pushes(service: RoleService, config: RoleConfig, process: Process, cache: Any) -> None:
+    """
+    The PoP's cache layer subscribes to the streams its viewers ask for, each
+    at one origin (the same for every cache host: a ring of ``push.origins``).
+    """
+    from fbstream.cache.push import CachePushSink
+    from fbstream.cache.ring import HashRing
+    from fbstream.push.service import push_clients
+
+    origins = config["push.origins"]
+    clients = push_clients(service, config, process.reactor, cache.tier, origins, CachePushSink(cache))
+    ring = HashRing(clients, origins)
+
+    def asked(stream: str) -> None:
+        next(ring.walk(stream.encode())).want(stream)
+
+    def pushing(stream: str) -> bool:
+        return next(ring.walk(stream.encode())).pushing(stream)
+
+    cache.asked, cache.pushing, cache.push_wait = asked, pushing, config["push.wait"]
+    cache.pinned_uncached = True
 
 
 def build_dc_proxy(config: RoleConfig, process: Process) -> RoleService:
@@ -267,7 +296,13 @@ def build_encoder(config: RoleConfig, process: Process) -> RoleService:
                           config["encoder.advertise_http"], config["ingest.grace_seconds"],
                           config["ingest.takeover_silence"], config["ingest.claim_wait"], idle=idle)
 
-    encoder = encoder_parts(service, config, process.reactor, root, broadcasts)
+    push = None
+    if config["push.listen"]:
+        from fbstream.push.service import listen_push, push_hub
+
+        push = push_hub(config, process.reactor, "encoder")
+        listen_push(service, config, process.reactor, push)
+    encoder = encoder_parts(service, config, process.reactor, root, broadcasts, push=push)
     assert encoder.broadcasts is not None
     Stop(encoder.broadcasts.stop).setServiceParent(service)
     hub = hub_for(config, consumers + [encoder])
@@ -285,7 +320,21 @@ def build_origin(config: RoleConfig, process: Process) -> RoleService:
     service = RoleService(config.role)
     root = http_root()
     registry = registry_for(config, process, service)
-    service.caches = {"origin": origin_cache(service, config, process.reactor, root, registry)}
+    cache = origin_cache(service, config, process.reactor, root, registry)
+    service.caches = {"origin": cache}
+    if config["push.listen"]:
+        # Pushed to by the encoders for the streams the PoPs subscribe to,
+        # and pushing on to the PoPs what comes.
+        from fbstream.cache.push import CachePushSink, RelaySource
+        from fbstream.push.service import listen_push, push_clients, push_hub
+
+        hub = push_hub(config, process.reactor, "origin")
+        sink = CachePushSink(cache, relay=hub)
+        clients = push_clients(service, config, process.reactor, "origin", config["push.upstreams"], sink)
+        hub.source = RelaySource(sink, clients)
+        cache.pushing = lambda stream: any(client.pushing(stream) for client in clients)
+        cache.push_wait = config["push.wait"]
+        listen_push(service, config, process.reactor, hub)
     service.site = listen_http(service, config, process, root)
     return service
 

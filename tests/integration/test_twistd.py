@@ -51,14 +51,16 @@ def wait_for_ok(url, seconds):
 
 @contextlib.contextmanager
 def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, pop_interfaces=("127.0.0.1",),
-                     stderr=None):
+                     stderr=None, push=True):
     """
     ``twistd fbstream --role=all`` on free ports, running; yields its ports and
     log file, and stops it (SIGTERM) afterwards. The PoP's viewers' HTTP
     listens on each of ``pop_interfaces``, on the same port. ``stderr``: a
     path for the process's standard error (where the login link goes).
+    ``push``: the push channel between the tiers (else TTL pulls only).
     """
-    ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin", "cache")}
+    ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin", "cache",
+                                          "encoder-push", "origin-push")}
     dc_rtmp, encoder_rtmp = free_port(), free_port()
     args = [twistd(), "-n", "--pidfile=", "--logfile=%s" % (tmp_path / "twistd.log",)]
     if reactor == "asyncio":
@@ -78,6 +80,13 @@ def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, p
         "--set", "pop.pop.cache_hosts=tcp:127.0.0.1:%d" % (ports["cache"],),
         "--set", "pop.pop.origins=tcp:127.0.0.1:%d" % (ports["origin"],),
         "--set", "origin.origin.upstreams=tcp:127.0.0.1:%d" % (ports["encoder"],),
+        # The push channel: encoder -> origin -> the PoP's cache layer.
+        "--set", ("encoder.push.listen=tcp:%d:interface=127.0.0.1" % (ports["encoder-push"],)) if push
+        else "encoder.push.listen=[]",
+        "--set", ("origin.push.listen=tcp:%d:interface=127.0.0.1" % (ports["origin-push"],)) if push
+        else "origin.push.listen=[]",
+        "--set", "origin.push.upstreams=tcp:127.0.0.1:%d" % (ports["encoder-push"],),
+        "--set", ("pop.push.origins=tcp:127.0.0.1:%d" % (ports["origin-push"],)) if push else "pop.push.origins=[]",
         "--set", "pop.pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),),
         # The URLs the live API gives out, on the ports it really has.
         "--set", "pop.api.rtmp_url=rtmp://127.0.0.1:%d/live" % (ports["rtmp"],),
@@ -176,7 +185,8 @@ def test_all_role_runs_the_demo_and_serves_metrics(all_role):
 )
 def test_usage_errors_are_not_tracebacks(argv, message):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FBSTREAM_")}
-    result = subprocess.run([twistd(), "fbstream", *argv], capture_output=True, timeout=60, env=env)
+    env["PYTHONPATH"] = ROOT  # the working tree's code, whatever copy of it is installed
+    result = subprocess.run([twistd(), "fbstream", *argv], capture_output=True, timeout=60, env=env, cwd=ROOT)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
     assert b"Traceback" not in result.stderr
