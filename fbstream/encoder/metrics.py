@@ -18,6 +18,11 @@ DROPPED_FRAMES = Counter(
     "Video frames dropped because transcoding fell behind",
     ["stream"],
 )
+SHED_FRAMES = Counter(
+    "fbstream_encoder_shed_frames",
+    "Video frames left out (every other one) while transcoding was catching up with real time",
+    ["stream"],
+)
 ENCODE_SECONDS = Histogram(
     "fbstream_encoder_frame_encode_seconds",
     "Time to scale and encode one frame into every rendition",
@@ -41,7 +46,7 @@ ARCHIVE_LOST = Counter(
 )
 
 #: The series labelled by stream alone, and by stream and rendition.
-_BY_STREAM = (FRAMES_IN, DROPPED_FRAMES, ENCODE_SECONDS, AVAILABILITY_LAG)
+_BY_STREAM = (FRAMES_IN, DROPPED_FRAMES, SHED_FRAMES, ENCODE_SECONDS, AVAILABILITY_LAG)
 _BY_RENDITION = (FRAMES_OUT, SEGMENTS)
 
 

@@ -105,6 +105,8 @@ class StreamEncoder:
         stream = video.stream
         self.m_frames_in = em.FRAMES_IN.labels(stream=stream)
         self.m_dropped = em.DROPPED_FRAMES.labels(stream=stream)
+        self.m_shed = em.SHED_FRAMES.labels(stream=stream)
+        self._shed_seen = 0
         self.m_encode = em.ENCODE_SECONDS.labels(stream=stream)
         self.m_lag = em.AVAILABILITY_LAG.labels(stream=stream)
         #: Fires once the publish is fully transcoded (or failed).
@@ -240,6 +242,9 @@ class StreamEncoder:
                     em.FRAMES_OUT.labels(stream=self.video.stream, rendition=name).inc(tx.frames_out - frames_out)
             self.m_encode.observe((tx.encode_seconds - seconds) / (tx.frames_out - frames_out))
         self._seen = (tx.frames_in, tx.frames_out, tx.encode_seconds)
+        if tx.frames_shed > self._shed_seen:
+            self.m_shed.inc(tx.frames_shed - self._shed_seen)
+            self._shed_seen = tx.frames_shed
 
     def _finish(self) -> None:
         self._finished = True
