@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from fbstream.demo import publish
-from fbstream.encoder.fmp4 import boxes, decode_time, sample_count, timescale
+from fbstream.encoder.fmp4 import boxes, decode_time, duration, sample_count, timescale
 from fbstream.encoder.ladder import DEFAULT_RUNGS, parse_rungs, plan
 from fbstream.encoder.transcode import (
     Chunk,
@@ -301,3 +301,38 @@ def test_audio_a_reconnect_stamps_24_days_ahead_is_bounded_work(tmp_path):
     inits, ends = summary(out)
     numbers = [e.number for e in ends["240p"]] + [e.number for e in ends["audio"]]
     assert max(numbers) <= 19 + 10, max(numbers)
+
+
+def part_durations(out, rendition):
+    """Each segment's part durations in seconds, from the chunks' own ``trun`` s."""
+    scale = {o.info.name: timescale(o.data) for o in out if isinstance(o, InitSegment)}[rendition]
+    parts = collections.defaultdict(list)
+    for o in out:
+        if isinstance(o, Chunk) and o.rendition == rendition:
+            parts[o.number].append(duration(o.data) / scale)
+    return parts
+
+
+@pytest.mark.parametrize("shedding", [False, True], ids=["every-frame", "shedding"])
+def test_no_segment_ends_on_a_short_part(tmp_path, shedding):
+    # hls.js counts a segment buffered when what is missing of it is shorter
+    # than its 0.2 s buffer padding, and then never loads the last part: a
+    # stall. So part k ends by k·chunk_ms into its segment, and the last
+    # part lasts at least chunk_ms, whether or not the encoder sheds frames.
+    messages = source(tmp_path, "parts", duration=4, gop=60, size="320x240")
+    tx = Transcoder(TranscoderSettings(parse_rungs(["240:300"])))
+    tx.shedding = shedding
+    out = []
+    for message in messages:
+        out += tx.feed(message)
+    out += tx.finish()
+    ends = {e.number: e for e in out if isinstance(e, SegmentEnd) and e.rendition == "240p"}
+    for rendition in ("240p", "audio"):
+        parts = part_durations(out, rendition)
+        for number, durations in parts.items():
+            if number == max(parts) or number not in ends:
+                continue  # the stream's end cuts its last segment short
+            assert len(durations) >= 3, (rendition, number, durations)
+            ends_of_parts = [sum(durations[: i + 1]) for i in range(len(durations) - 1)]
+            assert all(end <= 0.25 * (i + 1) + 1e-6 for i, end in enumerate(ends_of_parts)), (rendition, number, durations)
+            assert durations[-1] >= 0.25 - 1e-6, (rendition, number, durations)

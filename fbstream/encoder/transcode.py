@@ -7,15 +7,14 @@ it :class:`~fbstream.media.MediaMessage` s and it returns what they produced
 
 How segments are cut: media time starts at the stream's first coded message
 and segment *n* covers ``[(n-1)·d, n·d)``. Each rendition has one persistent
-encoder (libx264 with a zerolatency configuration, or AAC), and each segment
-gets a short-lived PyAV mp4 muxer with ``frag_discont`` so its fragments carry
-their absolute decode time. A video frame that starts a new segment is forced
-to be an IDR frame in every rendition, so the segments of all renditions are
-aligned and each starts with a keyframe whatever GOP the broadcaster sends. The
-muxer of segment *n* is closed the moment segment *n+1* starts, which writes
-its last fragment at once. Within a segment the muxer cuts a fragment
-(``moof``+``mdat``, a "chunk") every ``chunk_ms``, so the segment can be
-delivered while it grows.
+encoder (libx264 with a zerolatency configuration, or AAC). A video frame that
+starts a new segment is forced to be an IDR frame in every rendition, so the
+segments of all renditions are aligned and each starts with a keyframe whatever
+GOP the broadcaster sends. A segment is written a part at a time (a fragment,
+``moof``+``mdat``, a "chunk", an LL-HLS part, about every ``chunk_ms``), so it
+can be delivered while it grows: each part by its own short-lived PyAV mp4
+muxer with ``frag_discont``, so its fragment carries its absolute decode time,
+closed the moment the next part's first frame arrives, which writes it at once.
 """
 
 from __future__ import annotations
@@ -153,26 +152,66 @@ MUX_OPTIONS = {
 
 
 class _SegmentMuxer:
-    """One mp4 muxer writing one segment of one rendition."""
+    """
+    One segment of one rendition, written a part (a CMAF chunk, one
+    ``moof``+``mdat``) at a time, each part by its own short-lived mp4 muxer.
 
-    def __init__(self, template: Any, chunk_ms: int) -> None:
-        import av
+    We choose where parts are cut rather than libavformat's ``frag_duration``,
+    which cuts at the first frame at or past ``chunk_ms`` from the part's
+    start and leaves whatever remains for the last part: 0.2 s at 30 fps, and
+    less when the encoder sheds frames under load. A last part shorter than
+    hls.js's 0.2 s buffer padding gets the segment counted as buffered
+    without it when the playlist completing the segment arrives while the
+    part before is loading, and hls.js never asks for it: a stall on the hole.
+    So part *k* ends before the frame that reaches past ``start + k·chunk_ms``,
+    and the last part lasts at least ``chunk_ms``.
+    """
 
-        self.sink = _Sink()
-        options = dict(MUX_OPTIONS, frag_duration=str(chunk_ms * 1000))
-        self.container = av.open(self.sink, "w", format="mp4", options=options)
-        self.stream = self.container.add_stream_from_template(template)
-        self.stream.time_base = template.time_base
-        self.stream.codec_context.extradata = template.codec_context.extradata
+    def __init__(self, template: Any, chunk_ms: int, start_ms: int, segment_ms: int = SEGMENT_MS) -> None:
+        self.template = template
         self.splitter = FragmentSplitter()
+        ticks = template.time_base
+        self.step = int(Fraction(chunk_ms, 1000) / ticks)
+        self.cut_at = int(Fraction(start_ms, 1000) / ticks) + self.step
+        #: No cut leaves less than a whole chunk_ms after it (a 300 ms chunk
+        #: makes parts of 0.3, 0.3 and 0.4 s).
+        self.last_cut = int(Fraction(start_ms + segment_ms, 1000) / ticks) - self.step
+        self.parts = 0
+        self.sink = _Sink()
+        self.container: Any = None
+        self.stream: Any = None
 
     def mux(self, packet: Any) -> list[bytes]:
+        """Mux ``packet``, whose ``duration`` is known; returns the parts it completed."""
+        chunks: list[bytes] = []
+        start = int(packet.pts)
+        if self.container is not None and self.cut_at <= self.last_cut and start + int(packet.duration or 0) > self.cut_at:
+            chunks = self._cut()
+            self.cut_at += self.step
+            while self.cut_at <= start:
+                self.cut_at += self.step  # past a gap
+        if self.container is None:
+            self._open()
         packet.stream = self.stream
         self.container.mux(packet)
-        return self.splitter.feed(self.sink.take())
+        return chunks + self.splitter.feed(self.sink.take())
 
     def close(self) -> list[bytes]:
+        return self._cut() if self.container is not None else []
+
+    def _open(self) -> None:
+        import av
+
+        self.parts += 1
+        options = dict(MUX_OPTIONS, fragment_index=str(self.parts))
+        self.container = av.open(self.sink, "w", format="mp4", options=options)
+        self.stream = self.container.add_stream_from_template(self.template)
+        self.stream.time_base = self.template.time_base
+        self.stream.codec_context.extradata = self.template.codec_context.extradata
+
+    def _cut(self) -> list[bytes]:
         self.container.close()
+        self.container = self.stream = None
         return self.splitter.feed(self.sink.take())
 
 
@@ -194,7 +233,7 @@ class _Rendition:
 
     def _roll(self, number: int, start_ms: int, out: list[Output]) -> None:
         self._close(start_ms, out)
-        self.muxer = _SegmentMuxer(self.template, self.chunk_ms)
+        self.muxer = _SegmentMuxer(self.template, self.chunk_ms, start_ms)
         self.number = number
         self.start_ms = start_ms
         self.frames = 0
