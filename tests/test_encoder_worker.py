@@ -44,6 +44,23 @@ class BacklogTests(SynchronousTestCase):
         # After a drop, video resumes only on a keyframe.
         self.assertEqual(pending[0].payload[0], 0x17)
 
+    def test_the_further_behind_the_more_frames_are_shed(self):
+        # Each batch the pool finishes, the worker looks at how much video
+        # waited meanwhile: half the frames go past 0.5 s of it, two thirds
+        # past 1 s, three quarters past 1.5 s, and all are kept again once
+        # it is back under 0.3 s.
+        at = 0
+        self.worker.media(frame(at, key=True))  # the first batch, in flight
+        levels = []
+        for waited_ms in (700, 1100, 1600, 700, 100):
+            for _ in range(waited_ms // 33):
+                at += 33
+                self.worker.media(frame(at))
+            on_result, f, args, kw = self.pool.jobs.pop(0)
+            on_result(True, f(*args, **kw))  # done: the next batch is taken
+            levels.append(self.worker.transcoder.shedding)
+        self.assertEqual(levels, [1, 2, 3, 3, 0])
+
     def test_refused_input_stops_the_publisher(self):
         self.worker.media(MediaMessage(9, 0, b"\x90hvc1\x01\x02\x03"))
         self.pool.run_all()

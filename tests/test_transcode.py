@@ -234,19 +234,22 @@ def test_video_dropped_while_behind_leaves_no_hole(tmp_path):
     assert [e.frames for e in ends["240p"]][1:3] == [6, 1]
 
 
-def test_shedding_halves_the_frames_but_keeps_every_segment_start(tmp_path):
+@pytest.mark.parametrize("level", [1, 3])
+def test_shedding_leaves_frames_out_but_keeps_every_segment_start(tmp_path, level):
     messages = source(tmp_path, "shed", duration=4, gop=60, size="320x240", audio=False)
     tx = Transcoder(TranscoderSettings(parse_rungs(["240:300"])))
-    tx.shedding = True
+    tx.shedding = level
     out = []
     for message in messages:
         out += tx.feed(message)
     out += tx.finish()
     ends = summary(out)[1]["240p"]
     assert [e.number for e in ends] == [1, 2, 3, 4]
-    # 30 frames a second in, 15 out: each segment still starts on a keyframe.
-    assert all(14 <= e.frames <= 16 for e in ends), [e.frames for e in ends]
-    assert tx.frames_shed >= 55
+    # 30 frames a second in, one in level + 1 out (15, or 8): each segment
+    # still starts on a keyframe.
+    kept = 30 / (level + 1)
+    assert all(kept - 1 <= e.frames <= kept + 1 for e in ends), [e.frames for e in ends]
+    assert tx.frames_shed >= 4 * (30 - kept) - 5
     chunks = collections.defaultdict(list)
     for o in out:
         if isinstance(o, Chunk):
@@ -313,7 +316,7 @@ def part_durations(out, rendition):
     return parts
 
 
-@pytest.mark.parametrize("shedding", [False, True], ids=["every-frame", "shedding"])
+@pytest.mark.parametrize("shedding", [0, 1, 3], ids=["every-frame", "half", "a-quarter"])
 def test_no_segment_ends_on_a_short_part(tmp_path, shedding):
     # hls.js counts a segment buffered when what is missing of it is shorter
     # than its 0.2 s buffer padding, and then never loads the last part: a

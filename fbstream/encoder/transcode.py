@@ -504,9 +504,10 @@ class Transcoder:
         self.decode_errors = 0
         self.encode_seconds = 0.0
         #: Set (by the stream's worker, between batches) while the encoder
-        #: is behind real time: half the frames are left out.
-        self.shedding = False
-        self._shed = False
+        #: is behind real time: *n* frames of every *n+1* are left out (0:
+        #: none; True is 1, half the frames).
+        self.shedding = 0
+        self._since_kept = 0
         self.frames_shed = 0
         self._last_video_ms = 0
         #: Audio that arrived before the first video frame fixed the origin.
@@ -639,13 +640,14 @@ class Transcoder:
             # segment is missing or starts late for a player.
             self._still_video(newest + 1, media_ms, [(r, r.last_frame) for r in self.videos], out)
         elif self.shedding and number == newest:
-            # Behind real time: every other frame inside a segment is left
-            # out (half the frame rate, half the work) rather than letting
-            # the viewers' segments come late.
-            self._shed = not self._shed
-            if self._shed:
+            # Behind real time: frames inside a segment are left out (half
+            # the frame rate and half the work, or a third, or a quarter)
+            # rather than letting the viewers' segments come late.
+            if self._since_kept < int(self.shedding):
+                self._since_kept += 1
                 self.frames_shed += 1
                 return
+        self._since_kept = 0
         self._last_video_ms = max(self._last_video_ms, media_ms)
         began = time.perf_counter()
         for rendition in self.videos:

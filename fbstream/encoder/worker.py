@@ -46,9 +46,13 @@ _RECEIPTS = 600
 #: time: it sheds frames until the wait is back under SHED_UNTIL_MS. A viewer
 #: at the 1.2 s target latency holds about a second of media, so shedding
 #: starts while half of that is left: a moment at half the frame rate instead
-#: of a stall.
+#: of a stall. Each further SHED_AFTER_MS of wait sheds more (a third of the
+#: frames kept, then a quarter): on a machine too busy for half the work the
+#: wait would otherwise grow until max_lag_ms drops whole seconds of video.
 SHED_AFTER_MS = 500
 SHED_UNTIL_MS = 300
+#: At most one frame in this many plus one is kept while shedding.
+MOST_SHED = 3
 
 
 def _video_span(messages: list[MediaMessage]) -> int:
@@ -187,16 +191,21 @@ class StreamEncoder:
         # the transcoder is: past half a second it sheds frames until it is
         # back within SHED_UNTIL_MS.
         behind = _video_span(batch)
-        if behind > SHED_AFTER_MS or (self.transcoder.shedding and behind > SHED_UNTIL_MS):
-            if not self.transcoder.shedding:
-                # Media that waited less than it spans came in a burst: the
-                # publisher was late (or the link to it), not only this worker.
-                waited = round((self.reactor.seconds() - self._waiting_since) * 1000)
-                self.log.warn("{stream}: transcoding is {behind} ms behind (the oldest frame waited {waited} ms); "
-                              "encoding half the frames", stream=self.video.stream, behind=behind, waited=waited)
-            self.transcoder.shedding = True
+        level = int(self.transcoder.shedding)
+        if behind > SHED_AFTER_MS:
+            wanted = max(level, min(MOST_SHED, behind // SHED_AFTER_MS))
+        elif level and behind > SHED_UNTIL_MS:
+            wanted = level
         else:
-            self.transcoder.shedding = False
+            wanted = 0
+        if wanted > level:
+            # Media that waited less than it spans came in a burst: the
+            # publisher was late (or the link to it), not only this worker.
+            waited = round((self.reactor.seconds() - self._waiting_since) * 1000)
+            self.log.warn("{stream}: transcoding is {behind} ms behind (the oldest frame waited {waited} ms); "
+                          "encoding one frame in {n}", stream=self.video.stream, behind=behind, waited=waited,
+                          n=wanted + 1)
+        self.transcoder.shedding = wanted
         d = deferToThreadPool(self.reactor, self.pool, self._work, batch, finishing)
         d.addCallbacks(self._done, self._failed, callbackArgs=(finishing,))
 
