@@ -135,7 +135,9 @@ def _push(listen: list[str] | None, upstreams: tuple[str, list[str], str] | None
         settings["push.idle_timeout"] = Setting(float, 30.0, "a stream no one has asked for this long is "
                                                              "unsubscribed")
         settings["push.wait"] = Setting(float, 1.5, "a request for a segment not pushed yet of a stream whose "
-                                                    "pushes flow waits this long for its push, then is fetched")
+                                                    "pushes flow, or an LL-HLS blocking reload no pushed playlist "
+                                                    "version answers yet, waits this long for its push, then is "
+                                                    "fetched")
     return settings
 
 

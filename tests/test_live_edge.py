@@ -21,6 +21,7 @@ from fbstream.encoder.store import LiveVideo
 from fbstream.encoder.transcode import RenditionInfo
 from fbstream.encoder.web import LiveEdge, LiveResource, VideoRegistry
 from fbstream.endings import Ending, EndKind
+from fbstream.live.blocking import HLS_EDGE_HEADER
 from tests.web_helpers import Request
 
 VIDEO = RenditionInfo("360p", "video", "avc1.64001e", 600_000, 640, 360, "30", timescale=1000)
@@ -343,6 +344,26 @@ class LowLatencyHLS(LiveCase):
         self.assertFalse(whole.finished)
         self.video.segment_end("360p", 2, 1000, 1000)
         self.assertIn("#EXTINF:1.000,\n2.m4s", whole.body().decode())
+
+    def test_each_playlist_version_says_which_blocking_reloads_it_answers(self) -> None:
+        self.assertIsNone(self.get("360p/playlist.m3u8").header(HLS_EDGE_HEADER))  # nothing made: nothing said
+        for n in (1, 2, 3):
+            self.cut("360p", n)
+        self.cut("360p", 4, parts=2, complete=False)
+        self.assertEqual(self.get("360p/playlist.m3u8").header(HLS_EDGE_HEADER), b"1-3 4.2")
+        blocked = self.get("360p/playlist.m3u8?_HLS_msn=4&_HLS_part=1")
+        self.assertEqual((blocked.header(HLS_EDGE_HEADER), blocked.header(b"cache-control")),
+                         (b"1-3 4.2", b"public, max-age=2"))
+        self.video.segment_end("360p", 4, 3000, 1000)
+        self.assertEqual(self.get("360p/playlist.m3u8").header(HLS_EDGE_HEADER), b"1-4")
+        # Segment 5 never made (an encoder behind drops it): what is named
+        # complete starts after the gap, where has_part holds again.
+        self.cut("360p", 6)
+        self.assertEqual(self.get("360p/playlist.m3u8").header(HLS_EDGE_HEADER), b"6-6")
+        self.video.end(Ending(EndKind.PUBLISH_ENDED, "ended"))
+        ended = self.get("360p/playlist.m3u8?_HLS_msn=9")
+        self.assertEqual((ended.header(HLS_EDGE_HEADER), ended.header(b"cache-control")),
+                         (b"end", b"public, max-age=60"))
 
     def test_a_blocking_reload_too_far_ahead_is_refused(self) -> None:
         self.cut("360p", 1)

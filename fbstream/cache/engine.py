@@ -25,6 +25,12 @@ which keeps only its position in the object's chunk list, so a slow viewer
 costs no memory beyond its transport's bounded buffer: its transport pauses
 it (producer and consumer) and it resumes where it was; one paused for
 longer than ``stall_timeout`` is dropped (``DROPPED_VIEWERS``).
+
+An LL-HLS blocking playlist reload is its own object, fetched as any other,
+except at a tier a stream's pushes flow to: there the playlist version held
+answers it if it says it can (:mod:`fbstream.live.blocking`), a HIT; one it
+cannot yet answer waits (coalesced, at most ``max_blocked`` at once, for
+``push_wait``) for a pushed version that can, then is fetched.
 """
 
 from __future__ import annotations
@@ -51,11 +57,12 @@ from zope.interface import implementer
 from fbstream.cache import metrics as cm
 from fbstream.config import default
 from fbstream.httpbody import BodyProducer, IGrowingBody, Outcome
+from fbstream.live.blocking import BLOCKED_CACHE_CONTROL, HLS_EDGE_HEADER, PlaylistEdge, edge_of
 from fbstream.live.urls import LIVE_EDGE_HEADER, MEDIA_PATH, PLAYBACK_PATH, playlist_key, playlist_query
 
 #: Response headers passed from upstream to viewers (and kept in the cache).
 PASSED_HEADERS = (b"content-type", b"cache-control", b"x-fbstream-segment", b"access-control-allow-origin",
-                  LIVE_EDGE_HEADER)
+                  LIVE_EDGE_HEADER, HLS_EDGE_HEADER)
 #: Segments past the live edge a tier lets through upstream: the encoder's
 #: own margin (encoder.hold_segments, 2) and one for the clock.
 PAST_EDGE_MARGIN = 3
@@ -74,6 +81,9 @@ PIN_SLACK = 3.0
 PINNED_DOWNSTREAM = b"public, max-age=0"
 #: An ``Age`` beyond this is nonsense (a year): taken as "already stale".
 MAX_AGE_HEADER = 365 * 86400
+#: LL-HLS blocking reloads a tier holds at once waiting for a pushed
+#: playlist version to answer them (more are fetched at once, as without pushes).
+MAX_BLOCKED = 4096
 
 
 @attrs.define
@@ -427,6 +437,18 @@ class Fetch:
             viewer.headers(self.obj)
         return body
 
+    def answer_with(self, obj: CachedObject) -> None:
+        """
+        Answered at once by ``obj``, whole, which this tier holds (a blocking
+        playlist reload by a pushed version of the playlist): as if fetched.
+        """
+        age = (b"age", b"%d" % (obj.age(self.cache.clock.seconds()),))
+        body = self.answered(obj.code, obj.headers + [age])
+        assert self.obj is not None
+        self.obj.chunks.extend(obj.chunks)
+        self.obj.size = obj.size
+        self._body_ended(body, Failure(ResponseDone()))
+
     def _attempt_failed(self, failure: Failure, d: Deferred[Any]) -> None:
         if self.done or self.obj is not None:
             return
@@ -493,6 +515,7 @@ class Fetch:
             # (a push may have overtaken this fetch).
             if stored.expires > now and not self.cache.store.holds_newer(self.key, stored.version):
                 self.cache.store.put(stored, now)
+                self.cache._new_version(stored)
         self.cache._fetch_done(self)
         for viewer in list(self.viewers):
             viewer.more()
@@ -585,6 +608,11 @@ class CachingResource(Resource):
         self.versions = itertools.count(1)
         #: Stream -> the newest segment number pushed here.
         self._pushed_edge: OrderedDict[bytes, int] = OrderedDict()
+        #: Playlist -> the blocking reloads of it waiting for a version that
+        #: answers them (their keys and directives), at most ``max_blocked``.
+        self._blocked: dict[bytes, dict[bytes, tuple[int, int | None]]] = {}
+        self._n_blocked = 0
+        self.max_blocked = MAX_BLOCKED
 
     def render_GET(self, request: Request) -> bytes | int:
         self.m_requests.inc()
@@ -595,15 +623,20 @@ class CachingResource(Resource):
             return b"not a playback URL\n"
         if self.asked is not None and path.count(b"/") >= 3:
             self.asked(path.split(b"/", 3)[2].decode())
+        playlist, directives = path, None
         if path.endswith(b"/playlist.m3u8"):
             # An LL-HLS blocking reload is its own object: every viewer
             # blocked on the same part shares one request upstream.
-            path = playlist_key(path, playlist_query(request.args or {}))
+            directives = playlist_query(request.args or {})
+            path = playlist_key(path, directives)
         now = self.clock.seconds()
         media = MEDIA_PATH.match(path)
         if media is not None and self._past_the_edge(media.group(1), int(media.group(2)), now, request):
             return b"segment %s is not available yet\n" % (media.group(2),)
-        obj = self.store.get(path, now)
+        answer, later = None, False
+        if directives is not None and self.pinned(playlist):
+            answer, later = self._blocked_reload(playlist, path, directives, now)
+        obj = answer if answer is not None else self.store.get(path, now)
         if obj is not None:
             self.m_hits.inc()
             Viewer(self, request, b"HIT").headers(obj)
@@ -618,8 +651,11 @@ class CachingResource(Resource):
             viewer = Viewer(self, request, b"MISS")
             viewer.fetch = fetch
             fetch.viewers.append(viewer)
-            fetch.start(self.push_wait if media is not None and self._push_coming(media.group(1), int(media.group(2)))
-                        else 0.0)
+            if media is not None:
+                pushed = self._push_coming(media.group(1), int(media.group(2)))
+            else:
+                pushed = later and directives is not None and self._block(playlist, path, directives)
+            fetch.start(self.push_wait if pushed else 0.0)
         else:
             self.m_coalesced.inc()
             viewer = Viewer(self, request, b"COALESCED")
@@ -709,6 +745,65 @@ class CachingResource(Resource):
             return False
         return number > self._pushed_edge.get(stream, 0)
 
+    def _blocked_reload(self, playlist: bytes, key: bytes, directives: tuple[int, int | None],
+                        now: float) -> tuple[CachedObject | None, bool]:
+        """
+        A blocking reload (``key``) of a playlist whose pushes flow, as the
+        version of it held here says: the answer, if that version satisfies
+        it; else whether a later version may (then it waits for one to be
+        pushed). A version that says nothing of it leaves it to upstream.
+        """
+        held = self.store.get(playlist, now)
+        edge = edge_of(held.headers) if held is not None and held.code == 200 else None
+        if held is None or edge is None:
+            return None, False
+        msn, part = directives
+        if edge.satisfies(msn, part):
+            return self._blocked_answer(held, key, edge), False
+        return None, edge.later(msn)
+
+    def _blocked_answer(self, held: CachedObject, key: bytes, edge: PlaylistEdge) -> CachedObject:
+        """
+        ``held``, a playlist version, as the answer to the blocking reload
+        ``key``: with the lifetime the encoder's blocked answer would have
+        (not the held one's, pinned or not), or, the broadcast over, the
+        playlist's own (the encoder then ignores the directives).
+        """
+        headers = held.headers
+        if not edge.ended:
+            headers = [(n, v) for n, v in headers if n != b"cache-control"] + [(b"cache-control", BLOCKED_CACHE_CONTROL)]
+        obj = CachedObject(key, held.code, headers)
+        obj.chunks, obj.size, obj.complete = held.chunks, held.size, True
+        obj.born, obj.expires, obj.version = held.born, held.expires, held.version
+        return obj
+
+    def _block(self, playlist: bytes, key: bytes, directives: tuple[int, int | None]) -> bool:
+        """Whether the blocking reload ``key`` may wait for a playlist version to answer it (it then does)."""
+        if self._n_blocked >= self.max_blocked:
+            return False
+        self._blocked.setdefault(playlist, {})[key] = directives
+        self._n_blocked += 1
+        return True
+
+    def _unblock(self, key: bytes) -> None:
+        playlist = key.split(b"?", 1)[0]
+        waiting = self._blocked.get(playlist)
+        if waiting is not None and waiting.pop(key, None) is not None:
+            self._n_blocked -= 1
+            if not waiting:
+                del self._blocked[playlist]
+
+    def _new_version(self, obj: CachedObject) -> None:
+        """A new version of ``obj.key`` is held: the blocking reloads waiting that it satisfies are answered."""
+        waiting = self._blocked.get(obj.key)
+        edge = edge_of(obj.headers) if waiting and obj.code == 200 else None
+        if waiting is None or edge is None:
+            return
+        for key, (msn, part) in list(waiting.items()):
+            fetch = self.fetches.get(key)
+            if fetch is not None and fetch.obj is None and not fetch.done and edge.satisfies(msn, part):
+                fetch.answer_with(self._blocked_answer(obj, key, edge))
+
     def pinned(self, path: bytes) -> bool:
         """Whether ``path`` is a manifest or playlist of a stream whose pushes flow (see :attr:`pushing`)."""
         if not path.endswith((b".mpd", b".m3u8")) or self.pushing is None or path.count(b"/") < 3:
@@ -741,3 +836,4 @@ class CachingResource(Resource):
     def _fetch_done(self, fetch: Fetch) -> None:
         if self.fetches.get(fetch.key) is fetch:
             del self.fetches[fetch.key]
+            self._unblock(fetch.key)

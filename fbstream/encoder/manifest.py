@@ -18,6 +18,7 @@ from xml.etree import ElementTree as ET
 
 from fbstream.encoder.store import LiveVideo, Period, Rendition, Segment
 from fbstream.encoder.transcode import SEGMENT_MS
+from fbstream.live.blocking import PlaylistEdge
 from fbstream.live.clock import iso_time
 
 NS = "urn:mpeg:dash:schema:mpd:2011"
@@ -265,6 +266,24 @@ def media_playlist(video: LiveVideo, rendition: Rendition, part_hold_back: float
     if video.ended:
         lines.append("#EXT-X-ENDLIST")
     return ("\n".join(lines) + "\n").encode()
+
+
+def playlist_edge(video: LiveVideo, rendition: Rendition) -> PlaylistEdge:
+    """
+    What the media playlist served now satisfies of blocking reloads, as
+    :meth:`LiveVideo.has_part` decides them: the complete segments it lists
+    (back to the first gap), and the newest segment if it is being made.
+    """
+    if video.ended:
+        return PlaylistEdge(ended=True)
+    last = first = rendition.newest
+    window = int(video.window_seconds * 1000 // SEGMENT_MS)
+    while last and first - 1 in rendition.history and last - first + 1 < window:
+        first -= 1
+    growing = rendition.segments[max(rendition.segments)] if rendition.segments else None
+    if growing is None or growing.complete:
+        return PlaylistEdge(first, last)
+    return PlaylistEdge(first, last, growing.number, len(growing.chunks))
 
 
 def _growing(video: LiveVideo, rendition: Rendition, numbers: list[int]) -> Segment | None:

@@ -9,7 +9,8 @@ have fetched:
 
 - each segment from its first chunk, growing as the encoder cuts the rest
   (``X-FBStream-Segment: growing``), and each chunk as its LL-HLS part;
-- after every chunk, the new version of that rendition's media playlist;
+- after every chunk, the new version of that rendition's media playlist
+  (saying which blocking reloads it answers, :mod:`fbstream.live.blocking`);
 - the DASH manifest and the HLS master playlist once the video is
   published, and again whenever they change (a period begun or ended, the
   end, the first time each new segment number is started);

@@ -33,6 +33,7 @@ from fbstream.encoder import metrics as em
 from fbstream.encoder.fmp4 import chunks_of
 from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
 from fbstream.httpbody import BodyProducer, Outcome
+from fbstream.live.blocking import BLOCKED_CACHE_CONTROL, HLS_EDGE_HEADER
 from fbstream.live.clock import iso_time
 from fbstream.live.urls import INIT, LIVE_EDGE_HEADER, PART, RENDITION, SEGMENT, STREAM_ID, playlist_query
 
@@ -258,9 +259,19 @@ class LiveResource(Resource):
             return typed(MPD_TYPE, self._manifest_cache(video)), body
         return typed(M3U8_TYPE, self._manifest_cache(video)), manifest.master_playlist(video)
 
-    def playlist(self, video: LiveVideo, rendition: Rendition) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        """The headers and body of a media playlist reloaded without blocking, as served now."""
-        return typed(M3U8_TYPE, self._manifest_cache(video)), self._media_playlist(video, rendition)
+    def playlist(self, video: LiveVideo, rendition: Rendition,
+                 cache: bytes | None = None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """
+        The headers and body of a media playlist as served now, reloaded
+        without blocking unless ``cache`` says a blocked answer's lifetime.
+        Each version says what it satisfies of blocking reloads
+        (:mod:`fbstream.live.blocking`), for the caches in front to answer them.
+        """
+        headers = typed(M3U8_TYPE, cache or self._manifest_cache(video))
+        edge = manifest.playlist_edge(video, rendition).header()
+        if edge is not None:
+            headers.append((HLS_EDGE_HEADER, edge))
+        return headers, manifest.media_playlist(video, rendition, self.part_hold_back, self.chunk_ms)
 
     def _manifest(self, request: Request, video: LiveVideo, kind: str) -> bytes:
         if not self.published(video):
@@ -308,10 +319,7 @@ class LiveResource(Resource):
         """
         directives = playlist_query(request.args or {})
         if directives is None or video.ended:
-            headers, body = self.playlist(video, rendition)
-            for name, value in headers:
-                request.setHeader(name, value)
-            return body
+            return self._answer_playlist(request, video, rendition)
         msn, part = directives
         if msn > self._edge(video) + self.edge.hold_segments:
             return _error(request, 400, "_HLS_msn %d is too far ahead of the live edge" % (msn,), NOT_YET)
@@ -324,13 +332,14 @@ class LiveResource(Resource):
         )
 
     def _blocked_playlist(self, request: Request, video: LiveVideo, rendition: Rendition) -> bytes:
-        # What a blocking reload gets stays true of the part it asked for: a
-        # cache may answer the same question with it for a while.
-        _headers(request, M3U8_TYPE, b"public, max-age=2")
-        return self._media_playlist(video, rendition)
+        return self._answer_playlist(request, video, rendition, BLOCKED_CACHE_CONTROL)
 
-    def _media_playlist(self, video: LiveVideo, rendition: Rendition) -> bytes:
-        return manifest.media_playlist(video, rendition, self.part_hold_back, self.chunk_ms)
+    def _answer_playlist(self, request: Request, video: LiveVideo, rendition: Rendition,
+                         cache: bytes | None = None) -> bytes:
+        headers, body = self.playlist(video, rendition, cache)
+        for name, value in headers:
+            request.setHeader(name, value)
+        return body
 
     def _part(self, request: Request, video: LiveVideo, rendition: Rendition, number: int, index: int,
               kind: bytes) -> bytes | int:

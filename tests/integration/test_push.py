@@ -5,7 +5,8 @@ HTTP/2 on loopback sockets; h2 with prior knowledge and a shared secret, and
 TLS with ALPN h2 and client certificates. ``nghttp`` (nghttp2's client, which
 nobody here wrote) subscribes to the origin beside the PoP and is pushed
 the manifests as the PoP is. A viewer (the ffmpeg tool's HLS reader) plays from the PoP,
-and the PoP's cache layer asks the origin for nothing of that stream.
+and LL-HLS blocking reloads for the next part are answered there, while the
+PoP's cache layer asks the origin for nothing of that stream.
 """
 
 from __future__ import annotations
@@ -50,6 +51,28 @@ def ok_within(url: str, seconds: float) -> int | None:
             pass
         time.sleep(0.5)
     return code
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def next_part_reloads(pop: str, count: int) -> list[tuple[str, bytes]]:
+    """
+    ``count`` LL-HLS blocking reloads at the PoP, each for the part its
+    playlist hints at next (not cut yet when asked): each reload and what
+    it was answered.
+    """
+    master = get(pop + "/live/demo/master.m3u8").decode()
+    media = pop + "/live/demo/" + next(line for line in master.splitlines() if line.endswith("playlist.m3u8"))
+    answers = []
+    for _ in range(count):
+        hint = re.search(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s"', get(media))
+        assert hint is not None, "no preload hint: the stream is over?"
+        query = "?_HLS_msn=%d&_HLS_part=%d" % (int(hint.group(1)), int(hint.group(2)))
+        answers.append((query, get(media + query)))
+    return answers
 
 
 def nghttp(url: str, *args: str, seconds: float = 4.0, secret: str = SECRET) -> str:
@@ -97,7 +120,9 @@ def test_pushes_reach_the_pop_and_its_cache_layer_fetches_nothing_while_a_viewer
         try:
             time.sleep(6)  # the viewer reaches the live edge; every object from here on is pushed
             before = metrics(ports["pop"])
-            time.sleep(10)
+            started = time.monotonic()
+            reloads = next_part_reloads(pop, 8)
+            time.sleep(max(0.0, 10 - (time.monotonic() - started)))
             after = metrics(ports["pop"])
         finally:
             viewer.kill()
@@ -110,6 +135,12 @@ def test_pushes_reach_the_pop_and_its_cache_layer_fetches_nothing_while_a_viewer
             value(before, "fbstream_push_received_total", "pop-cache") + 100, why
         assert value(after, "fbstream_cache_upstream_fetches_total", "pop-cache") == \
             value(before, "fbstream_cache_upstream_fetches_total", "pop-cache"), why
+        # Each blocking reload for the next part was answered with a playlist
+        # that has it: from the pushed versions, since nothing was fetched.
+        for query, playlist in reloads:
+            msn, part = re.findall(r"=(\d+)", query)
+            assert b'URI="%s.%s.m4s"' % (msn.encode(), part.encode()) in playlist or \
+                b"\n%s.m4s" % (msn.encode(),) in playlist, (query, playlist[-600:], why)
         # One subscriber (the PoP's cache layer) at each hop, each subscribed to the demo.
         for tier in ("encoder", "origin"):
             assert value(after, "fbstream_push_subscribers", tier) == 1.0, why
