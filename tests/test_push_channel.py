@@ -252,6 +252,37 @@ class HubTests(ChannelCase):
         self.assertGreaterEqual(pm.DROPPED.labels(tier="origin")._value.get() - dropped, 3)
         self.assertEqual(len(fast_sink.bodies), self.settings.max_pushes + 4)
 
+    def test_a_subscriber_that_reads_nothing_is_let_go_buffers_and_all(self) -> None:
+        self.subscribed()
+        link = self.connector.link
+        link.reading = False  # nor does it answer our pings
+        while not link.server_transport.disconnecting:
+            self.clock.advance(0.5)
+            link.pump()
+        # Its subscriptions end with the ping timeout; the goodbye waits in
+        # its transport, behind whatever it has not read, for a while.
+        self.assertEqual(self.hub.subscribers, {})
+        self.assertEqual(self.hub.connections, {link.server})
+        self.clock.advance(self.settings.ping_timeout - 0.1)
+        self.assertFalse(link.server_transport.disconnected)
+        # No longer: a peer that reads nothing would keep it for ever.
+        self.clock.advance(0.2)
+        self.assertTrue(link.server_transport.disconnected)
+        link.server.connectionLost(Failure(ConnectionRefusedError("aborted")))
+        self.assertEqual(self.hub.connections, set())
+
+    def test_a_connection_that_closes_in_time_is_not_cut(self) -> None:
+        self.settings = ChannelSettings(last_stream_id=4)
+        self.hub.settings = self.settings
+        self.subscribed()
+        link = self.connector.link
+        while not link.server_transport.disconnecting:  # our GOAWAY: the stream ids ran out
+            self.hub.offer(whole("cam", MPD, 200, MPD_HEADERS, b"v", latest_wins=False, made=0.0))
+            link.pump()
+        link.server.connectionLost(Failure(ConnectionRefusedError("closed")))  # it went, goodbye sent
+        self.clock.advance(self.settings.ping_timeout * 2)
+        self.assertFalse(link.server_transport.disconnected)
+
     def test_a_push_that_makes_no_progress_is_given_up(self) -> None:
         sink, body, offer = self.pushing_a_segment()
         link = self.connector.link
