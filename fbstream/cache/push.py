@@ -3,13 +3,18 @@ A cache tier on the push channel (:mod:`fbstream.push`): pushed answers go
 into its :class:`~fbstream.cache.engine.CachingResource` as fetched ones
 would, and at the origin, which is pushed to by the encoders and pushes to
 the PoPs, each is offered on to the subscribers of its stream as it comes in.
+
+A push reset upstream before its object is whole (given up there, or its
+connection lost) is fetched instead for whoever reads it here, the relay's
+subscribers included (:meth:`~fbstream.cache.engine.Fetch.reset`): what
+the relay offers on is the object this tier holds, so the next hop's push
+of it just goes on growing from the fetch, as its viewers' responses do.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
@@ -24,34 +29,34 @@ MAX_REMEMBERED = 64
 
 
 class _Target:
-    """One pushed body on its way into the cache (and on to the next hop)."""
+    """One pushed body on its way into the cache (and, read by the relay, on to the next hop)."""
 
-    def __init__(self, fetch: Fetch, body: _Body, offer: Offer | None) -> None:
+    def __init__(self, fetch: Fetch, body: _Body) -> None:
         self.fetch = fetch
         self.body = body
-        self.offer = offer
 
     def data(self, data: bytes) -> None:
         self.fetch._data(self.body, data)
-        if self.offer is not None:
-            self.offer.grew()
 
     def end(self) -> None:
         self.fetch._body_ended(self.body, Failure(ResponseDone()))
-        if self.offer is not None:
-            self.offer.grew()
 
     def fail(self) -> None:
-        self.fetch._body_ended(self.body, Failure(ConnectionLost("the push was reset")))
-        if self.offer is not None:
-            self.offer.fail()
+        self.fetch.reset(self.body)
 
 
 class _RelayReader:
-    """Reads a fetch for the relay, as a viewer does: tells the offer its object grew, or failed."""
+    """
+    Reads a fetch for the relay, as a viewer does: tells the offer its
+    object grew, or failed. It reads while the offer is being pushed.
+    """
 
     def __init__(self, offer: Offer) -> None:
         self.offer = offer
+
+    @property
+    def reading(self) -> bool:
+        return self.offer.watched
 
     def headers(self, obj: CachedObject) -> None:
         self.offer.grew()
@@ -85,10 +90,9 @@ class CachePushSink:
             return None
         self.m_received.inc()
         body = fetch.answered(code, headers)
-        offer = None
         if relaying and fetch.obj is not None:
-            offer = self._offer(stream, fetch.obj, headers)
-        return _Target(fetch, body, offer)
+            fetch.viewers.append(_RelayReader(self._offer(stream, fetch.obj, headers)))
+        return _Target(fetch, body)
 
     def _offer(self, stream: str, obj: CachedObject, headers: list[tuple[bytes, bytes]]) -> Offer:
         """Offer ``obj`` on to the relay's subscribers, stamped as the push that brought it was."""
@@ -118,7 +122,7 @@ class CachePushSink:
             return
         fetch = self.cache.fetches.get(path)
         if fetch is not None and fetch.obj is not None and not fetch.done:
-            fetch.viewers.append(_RelayReader(self._offer(stream, fetch.obj, headers)))  # type: ignore[arg-type]
+            fetch.viewers.append(_RelayReader(self._offer(stream, fetch.obj, headers)))
 
     def _remember(self, offer: Offer) -> None:
         kept = self.remembered.setdefault(offer.stream, OrderedDict())

@@ -77,6 +77,11 @@ class Offer:
         if watcher in self._watchers:
             self._watchers.remove(watcher)
 
+    @property
+    def watched(self) -> bool:
+        """Whether it is being pushed (a push of it is open on some connection)."""
+        return bool(self._watchers)
+
 
 @implementer(IGrowingBody)
 class Complete:

@@ -226,8 +226,8 @@ class RawSubscriber:
         now = time.monotonic()
         for event in self.h2.receive_data(data):
             if isinstance(event, h2.events.PushedStreamReceived):
-                path = dict(event.headers).get(b":path", b"").decode()
-                self.open[event.pushed_stream_id] = [path, 0.0, []]
+                path = dict(event.headers or []).get(b":path", b"").decode()
+                self.open[event.pushed_stream_id or 0] = [path, 0.0, []]
             elif isinstance(event, h2.events.ResponseReceived):
                 if event.stream_id == 1:
                     self.status = dict(event.headers).get(b":status")
@@ -358,3 +358,51 @@ def test_a_subscriber_that_stops_reading_delays_no_push_to_another(tmp_path):
         assert not missing, figures + "\n" + why
         assert lags[-1] < 1.0, figures + "\n" + why
         assert arrival_gaps[-1] < made_gaps[-1] + 0.5, figures + "\n" + why
+
+
+def test_a_segment_read_at_the_pop_when_its_push_is_cut_goes_on_from_a_fetch(tmp_path):
+    """
+    A viewer reads, at the PoP, the segment the encoder is making, pushed
+    there; the PoP's push connection is cut under it (``ss -K``, as a link
+    that died). The PoP fetches the segment from the origin instead and the
+    viewer's response goes on from the byte it had reached: whole, and the
+    encoder's bytes, as if it had never been pushed.
+    """
+    env = dict(os.environ, FBSTREAM_PUSH_SECRET=SECRET)
+    with all_role_process(tmp_path, env=env) as (ports, log):
+        pop = "http://127.0.0.1:%d" % (ports["pop"],)
+        assert ok_within(pop + "/live/demo/manifest.mpd", 40) == 200, log.read_text()[-3000:]
+        deadline = time.monotonic() + 30
+        while value(metrics(ports["pop"]), "fbstream_push_received_total", "pop-cache") < 20:
+            assert time.monotonic() < deadline, "no pushes reached the PoP\n" + log.read_text()[-3000:]
+            time.sleep(0.5)
+        for _ in range(3):  # the cut must come while the segment still grows: once in a while it is too late
+            with urllib.request.urlopen(pop + "/live/demo/720p/playlist.m3u8", timeout=10) as response:
+                number = part_hint(response.read())[0]
+            path = "/live/demo/720p/%d.m4s" % (number,)
+            read: list[bytes | Exception] = []
+
+            def viewer(path: str = path, read: list = read) -> None:
+                try:
+                    with urllib.request.urlopen(pop + path, timeout=20) as response:
+                        read.append(response.read())
+                except Exception as e:  # an aborted body: IncompleteRead, a reset
+                    read.append(e)
+
+            thread = threading.Thread(target=viewer, daemon=True)
+            thread.start()
+            time.sleep(0.4)  # its push has begun, and the viewer has its first chunks
+            cut = subprocess.run([tool("ss"), "-K", "dst", "127.0.0.1", "dport", "=", ":%d" % (ports["origin-push"],)],
+                                 capture_output=True, text=True)
+            assert cut.returncode == 0, cut.stderr
+            thread.join(20)
+            if "the push of %s was reset" % (path,) in log.read_text():
+                break
+        why = "server log:\n" + log.read_text()[-4000:]
+        assert "pop-cache: the push of %s was reset" % (path,) in log.read_text(), why
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (ports["encoder"], path), timeout=10) as response:
+            made = response.read()
+        assert read and isinstance(read[0], bytes), "%r\n%s" % (read, why)
+        assert len(made) > 10_000 and read[0] == made, "the viewer read %d bytes of the encoder's %d\n%s" % (
+            len(read[0]), len(made), why)
+        assert "%s failed" % (path,) not in log.read_text(), why
