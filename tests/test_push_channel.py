@@ -11,6 +11,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -636,6 +637,51 @@ class CachePushTests(SynchronousTestCase):
         for viewer in viewers:
             viewer.leave()
         self.assertEqual(self.upstream.cancelled, [SEG])
+
+    def lag(self) -> tuple[float, float]:
+        """How many push lags this tier observed, and their sum."""
+        labels = {"tier": "origin"}
+        return (REGISTRY.get_sample_value("fbstream_push_lag_seconds_count", labels) or 0.0,
+                REGISTRY.get_sample_value("fbstream_push_lag_seconds_sum", labels) or 0.0)
+
+    def test_the_push_lag_of_a_whole_object_runs_until_it_is_held_whole(self) -> None:
+        count, total = self.lag()
+        made = (b"x-fbstream-made", b"%.3f" % (self.clock.seconds() - 0.05,))
+        target = self.sink.pushed("cam", MPD, 200, MPD_HEADERS + [made])
+        assert target is not None
+        self.clock.advance(0.1)
+        target.data(b"<MPD")
+        self.assertEqual(self.lag(), (count, total))  # its headers and a part of it: not servable yet
+        self.clock.advance(0.1)
+        target.data(b"/>")
+        target.end()
+        self.assertEqual(self.lag()[0], count + 1)
+        self.assertAlmostEqual(self.lag()[1] - total, 0.25, places=3)
+        self.assertEqual(self.get(MPD).body(), b"<MPD/>")  # held: a hit
+
+    def test_the_push_lag_of_a_growing_segment_runs_until_its_first_chunk_is_held(self) -> None:
+        count, total = self.lag()
+        made = (b"x-fbstream-made", b"%.3f" % (self.clock.seconds(),))
+        target = self.sink.pushed("cam", SEG, 200, SEG_HEADERS + [made])
+        assert target is not None
+        self.clock.advance(0.02)
+        self.assertEqual(self.lag(), (count, total))
+        target.data(b"moof1")
+        self.assertEqual(self.lag()[0], count + 1)
+        self.assertAlmostEqual(self.lag()[1] - total, 0.02, places=3)
+        self.clock.advance(1.0)  # the rest of the segment: the same version, not observed again
+        target.data(b"moof2")
+        target.end()
+        self.assertEqual(self.lag()[0], count + 1)
+
+    def test_a_push_reset_before_it_is_held_has_no_lag(self) -> None:
+        count, _ = self.lag()
+        made = (b"x-fbstream-made", b"%.3f" % (self.clock.seconds(),))
+        target = self.sink.pushed("cam", MPD, 200, MPD_HEADERS + [made])
+        assert target is not None
+        target.data(b"<MPD")
+        target.fail()
+        self.assertEqual(self.lag()[0], count)
 
     def test_the_relay_offers_what_comes_to_its_own_subscribers_and_remembers_the_current(self) -> None:
         upstream_clients: list[Any] = []

@@ -21,7 +21,7 @@ from twisted.web.client import ResponseDone
 from fbstream.cache.engine import CachedObject, CachingResource, Fetch, _Body
 from fbstream.push import metrics as pm
 from fbstream.push.channel import IPushTarget, Offer, PushClient, PushHub
-from fbstream.push.core import MADE_HEADER
+from fbstream.push.core import made_at
 
 #: Objects a relay remembers per stream for new subscribers (manifests,
 #: playlists, init segments and the segments still growing).
@@ -29,20 +29,38 @@ MAX_REMEMBERED = 64
 
 
 class _Target:
-    """One pushed body on its way into the cache (and, read by the relay, on to the next hop)."""
+    """
+    One pushed body on its way into the cache (and, read by the relay, on
+    to the next hop). Its push lag is observed once this tier holds the
+    object: whole, or a segment still growing from its first chunk on, for
+    that is when each is first served here (a growing segment's version is
+    made, and stamped, as the encoder cuts that chunk).
+    """
 
-    def __init__(self, fetch: Fetch, body: _Body) -> None:
+    def __init__(self, sink: CachePushSink, fetch: Fetch, body: _Body, made: float) -> None:
+        self.sink = sink
         self.fetch = fetch
         self.body = body
+        #: When its version was made (0: not said, or its lag observed already).
+        self.made = made
 
     def data(self, data: bytes) -> None:
         self.fetch._data(self.body, data)
+        if self.fetch.growing:
+            self._held()
 
     def end(self) -> None:
         self.fetch._body_ended(self.body, Failure(ResponseDone()))
+        self._held()
 
     def fail(self) -> None:
         self.fetch.reset(self.body)
+
+    def _held(self) -> None:
+        obj = self.fetch.obj
+        if self.made and obj is not None and (obj.complete or (self.fetch.growing and obj.size)):
+            self.sink.m_lag.observe(max(0.0, self.sink.cache.clock.seconds() - self.made))
+            self.made = 0.0
 
 
 class _RelayReader:
@@ -80,6 +98,7 @@ class CachePushSink:
         #: Stream -> path -> the newest offer of it still worth sending a new subscriber.
         self.remembered: dict[str, OrderedDict[bytes, Offer]] = {}
         self.m_received = pm.RECEIVED.labels(tier=cache.tier)
+        self.m_lag = pm.LAG.labels(tier=cache.tier)
 
     def pushed(self, stream: str, path: bytes, code: int, headers: list[tuple[bytes, bytes]]) -> IPushTarget | None:
         fetch = self.cache.pushed(path, code, headers)
@@ -92,18 +111,13 @@ class CachePushSink:
         body = fetch.answered(code, headers)
         if relaying and fetch.obj is not None:
             fetch.viewers.append(_RelayReader(self._offer(stream, fetch.obj, headers)))
-        return _Target(fetch, body)
+        return _Target(self, fetch, body, made_at(headers))
 
     def _offer(self, stream: str, obj: CachedObject, headers: list[tuple[bytes, bytes]]) -> Offer:
         """Offer ``obj`` on to the relay's subscribers, stamped as the push that brought it was."""
         assert self.relay is not None
-        made = next((v for n, v in headers if n == MADE_HEADER), b"0")
-        try:
-            stamp = float(made)
-        except ValueError:
-            stamp = 0.0
         offer = Offer(stream, obj.key, obj.code, obj.headers, obj, latest_wins=obj.key.endswith((b".mpd", b".m3u8")),
-                      made=stamp)
+                      made=made_at(headers))
         self._remember(offer)
         self.relay.offer(offer)
         return offer

@@ -19,7 +19,6 @@ version wins.
 from __future__ import annotations
 
 import random
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -509,9 +508,6 @@ class SubscriberProtocol(_ChannelProtocol):
                     self.core.refuse(event.push_id)
                 else:
                     self.targets[event.push_id] = target
-                    made = _made(event.headers)
-                    if made:
-                        pm.LAG.labels(tier=client.tier).observe(max(0.0, time.time() - made))
             elif isinstance(event, wire.PushData):
                 target = self.targets.get(event.push_id)
                 if target is not None:
@@ -533,16 +529,6 @@ class SubscriberProtocol(_ChannelProtocol):
             elif isinstance(event, wire.Closed):
                 self.log.info("{tier}: push channel to {upstream} closed: {reason}", tier=client.tier,
                               upstream=client.description, reason=event.reason)
-
-
-def _made(headers: list[tuple[bytes, bytes]]) -> float:
-    for name, value in headers:
-        if name == wire.MADE_HEADER:
-            try:
-                return float(value)
-            except ValueError:
-                return 0.0
-    return 0.0
 
 
 #: Seconds before a stream whose subscription was refused is asked for again.

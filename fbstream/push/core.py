@@ -66,6 +66,17 @@ MADE_HEADER = b"x-fbstream-made"
 MAX_HEADER_BYTES = 16 * 1024
 
 
+def made_at(headers: Iterable[tuple[bytes, bytes]]) -> float:
+    """When a pushed object's version was made, as its :data:`MADE_HEADER` says (0: it does not)."""
+    for name, value in headers:
+        if name == MADE_HEADER:
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
 @attrs.frozen
 class ChannelSettings:
     """How one push connection is sized and watched (the ``push.*`` settings)."""
