@@ -7,7 +7,8 @@ nobody here wrote) subscribes to the origin beside the PoP and is pushed
 the manifests as the PoP is. A viewer (the ffmpeg tool's HLS reader) plays from the PoP,
 and the PoP's cache layer asks the origin for nothing of that stream. A
 subscriber written on h2 that stops reading its socket delays no push to
-another.
+another. A viewer reading a segment pushed to the PoP reads it whole when
+the PoP's push connection is cut under it.
 """
 
 from __future__ import annotations
