@@ -122,7 +122,8 @@ def _push(listen: list[str] | None, upstreams: tuple[str, list[str], str] | None
                                                      "(a segment's worth)"),
         "push.max_pushes": Setting(int, 256, "pushes open at once on one connection"),
         "push.ping_interval": Setting(float, 1.0, "seconds between HTTP/2 PINGs on a push connection"),
-        "push.ping_timeout": Setting(float, 4.0, "a push connection whose PING is unanswered this long is dead"),
+        "push.ping_timeout": Setting(float, 4.0, "a push connection whose PING is unanswered this long is dead "
+                                                 "(and one not closed this long after our goodbye is cut)"),
         "push.stall_timeout": Setting(float, 5.0, "a push that makes no progress this long is given up "
                                                   "(the subscriber fetches that object)"),
     }

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -16,7 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from fbstream.cache.engine import CacheSettings, CachingResource
+from fbstream.cache.engine import CacheSettings, CachingResource, _Held
 from fbstream.cache.push import CachePushSink, RelaySource
 from fbstream.httpbody import IGrowingBody
 from fbstream.push import metrics as pm
@@ -251,6 +254,37 @@ class HubTests(ChannelCase):
         self.assertEqual(len(slow.server.waiting), self.settings.max_pushes)
         self.assertGreaterEqual(pm.DROPPED.labels(tier="origin")._value.get() - dropped, 3)
         self.assertEqual(len(fast_sink.bodies), self.settings.max_pushes + 4)
+
+    def test_a_subscriber_that_reads_nothing_is_let_go_buffers_and_all(self) -> None:
+        self.subscribed()
+        link = self.connector.link
+        link.reading = False  # nor does it answer our pings
+        while not link.server_transport.disconnecting:
+            self.clock.advance(0.5)
+            link.pump()
+        # Its subscriptions end with the ping timeout; the goodbye waits in
+        # its transport, behind whatever it has not read, for a while.
+        self.assertEqual(self.hub.subscribers, {})
+        self.assertEqual(self.hub.connections, {link.server})
+        self.clock.advance(self.settings.ping_timeout - 0.1)
+        self.assertFalse(link.server_transport.disconnected)
+        # No longer: a peer that reads nothing would keep it for ever.
+        self.clock.advance(0.2)
+        self.assertTrue(link.server_transport.disconnected)
+        link.server.connectionLost(Failure(ConnectionRefusedError("aborted")))
+        self.assertEqual(self.hub.connections, set())
+
+    def test_a_connection_that_closes_in_time_is_not_cut(self) -> None:
+        self.settings = ChannelSettings(last_stream_id=4)
+        self.hub.settings = self.settings
+        self.subscribed()
+        link = self.connector.link
+        while not link.server_transport.disconnecting:  # our GOAWAY: the stream ids ran out
+            self.hub.offer(whole("cam", MPD, 200, MPD_HEADERS, b"v", latest_wins=False, made=0.0))
+            link.pump()
+        link.server.connectionLost(Failure(ConnectionRefusedError("closed")))  # it went, goodbye sent
+        self.clock.advance(self.settings.ping_timeout * 2)
+        self.assertFalse(link.server_transport.disconnected)
 
     def test_a_push_that_makes_no_progress_is_given_up(self) -> None:
         sink, body, offer = self.pushing_a_segment()
@@ -509,10 +543,145 @@ class CachePushTests(SynchronousTestCase):
         assert target is not None
         target.data(b"half")
         target.fail()
+        self.assertEqual(self.upstream.paths, [])  # no one reads it: dropped, not fetched
         viewer = self.get(SEG)
         self.assertEqual(self.upstream.paths, [SEG])  # fetched as if never pushed
         self.upstream.answer(Streamed(GROWING)).send(b"whole")
         self.assertEqual(viewer.body(), b"whole")
+
+    def reset_while_read(self) -> tuple[Viewer, Viewer, Viewer]:
+        """
+        A growing segment pushed, read by a viewer who has all of it so far,
+        one paused after its first chunk and one paused before any; then its
+        push is reset upstream.
+        """
+        target = self.sink.pushed("cam", SEG, 200, SEG_HEADERS)
+        assert target is not None
+        empty = self.get(SEG)
+        empty.producer.pauseProducing()  # its transport is full
+        target.data(b"moof1")
+        ahead, behind = self.get(SEG), self.get(SEG)
+        behind.producer.pauseProducing()
+        target.data(b"moof2")
+        target.fail()
+        self.assertEqual([v.body() for v in (ahead, behind, empty)], [b"moof1moof2", b"moof1", b""])
+        return ahead, behind, empty
+
+    def test_a_reset_push_is_fetched_once_for_its_viewers_who_each_go_on_from_where_they_were(self) -> None:
+        viewers = self.reset_while_read()
+        self.assertEqual(self.upstream.paths, [SEG])  # one fetch, however many read it
+        self.assertFalse(any(v.finished or v.aborted for v in viewers))
+        # The object from its first byte: what is held is checked and
+        # skipped, whatever the pieces; the rest continues it.
+        body = self.upstream.answer(Streamed(GROWING))
+        body.send(b"moof1mo")
+        body.send(b"of2moof3")
+        for viewer in viewers[1:]:
+            viewer.producer.resumeProducing()
+        joined = self.get(SEG)  # meanwhile: it reads what is held, then the rest as it comes
+        self.assertEqual(joined.body(), b"moof1moof2moof3")
+        body.send(b"moof4")
+        body.end()
+        for viewer in (*viewers, joined):
+            self.assertEqual(viewer.body(), b"moof1moof2moof3moof4")
+            self.assertTrue(viewer.finished)
+            self.assertFalse(viewer.aborted)
+        later = self.get(SEG)
+        self.assertEqual((later.body(), later.header(b"x-cache")), (b"moof1moof2moof3moof4", b"HIT origin"))
+        self.assertEqual(self.upstream.paths, [SEG])
+
+    def test_the_fetch_of_a_reset_push_may_find_it_complete(self) -> None:
+        viewers = self.reset_while_read()
+        whole_segment = Streamed({b"content-type": [b"video/mp4"],
+                                  b"cache-control": [b"public, max-age=31536000, immutable"]})
+        self.upstream.answer(whole_segment).send(b"moof1moof2moof3")
+        for viewer in viewers[1:]:
+            viewer.producer.resumeProducing()
+        whole_segment.end()
+        for viewer in viewers:
+            self.assertEqual(viewer.body(), b"moof1moof2moof3")
+            self.assertTrue(viewer.finished)
+
+    def test_a_reset_push_whose_fetch_fails_fails_its_viewers_as_a_failed_fetch_does(self) -> None:
+        for how in ("refused", "404", "another body", "shorter"):
+            self.setUp()
+            ahead, behind, empty = self.reset_while_read()
+            if how == "refused":
+                self.upstream.requests[-1][1].errback(ConnectionRefusedError())
+            elif how == "404":
+                self.upstream.answer(Streamed(GROWING, code=404)).send(b"no such segment")
+            else:
+                body = self.upstream.answer(Streamed(GROWING))
+                body.send(b"moof1" if how == "shorter" else b"moofAmoofB")
+                if how == "shorter":
+                    body.end()
+            # Cut short, each of them: never a body taken for whole.
+            for viewer in (ahead, behind, empty):
+                self.assertTrue(viewer.aborted, how)
+                self.assertFalse(viewer.finished, how)
+            self.assertIsNone(self.cache.store.get(SEG, self.clock.seconds()), how)
+
+    def test_a_manifest_whose_push_was_reset_before_its_body_is_the_version_fetched(self) -> None:
+        target = self.sink.pushed("cam", MPD, 200, MPD_HEADERS)
+        assert target is not None
+        viewer = self.get(MPD)
+        target.fail()  # a newer version overtook it upstream
+        newer = self.upstream.answer(Streamed({b"content-type": [b"application/dash+xml"],
+                                               b"cache-control": [b"public, max-age=1"]}))
+        newer.send(b"<MPD v2/>")
+        newer.end()
+        self.assertEqual((viewer.body(), viewer.finished), (b"<MPD v2/>", True))
+
+    def test_the_fetch_of_a_reset_push_is_cancelled_when_its_last_viewer_leaves(self) -> None:
+        viewers = self.reset_while_read()
+        for viewer in viewers:
+            viewer.leave()
+        self.assertEqual(self.upstream.cancelled, [SEG])
+
+    def lag(self) -> tuple[float, float]:
+        """How many push lags this tier observed, and their sum."""
+        labels = {"tier": "origin"}
+        return (REGISTRY.get_sample_value("fbstream_push_lag_seconds_count", labels) or 0.0,
+                REGISTRY.get_sample_value("fbstream_push_lag_seconds_sum", labels) or 0.0)
+
+    def test_the_push_lag_of_a_whole_object_runs_until_it_is_held_whole(self) -> None:
+        count, total = self.lag()
+        made = (b"x-fbstream-made", b"%.3f" % (self.clock.seconds() - 0.05,))
+        target = self.sink.pushed("cam", MPD, 200, MPD_HEADERS + [made])
+        assert target is not None
+        self.clock.advance(0.1)
+        target.data(b"<MPD")
+        self.assertEqual(self.lag(), (count, total))  # its headers and a part of it: not servable yet
+        self.clock.advance(0.1)
+        target.data(b"/>")
+        target.end()
+        self.assertEqual(self.lag()[0], count + 1)
+        self.assertAlmostEqual(self.lag()[1] - total, 0.25, places=3)
+        self.assertEqual(self.get(MPD).body(), b"<MPD/>")  # held: a hit
+
+    def test_the_push_lag_of_a_growing_segment_runs_until_its_first_chunk_is_held(self) -> None:
+        count, total = self.lag()
+        made = (b"x-fbstream-made", b"%.3f" % (self.clock.seconds(),))
+        target = self.sink.pushed("cam", SEG, 200, SEG_HEADERS + [made])
+        assert target is not None
+        self.clock.advance(0.02)
+        self.assertEqual(self.lag(), (count, total))
+        target.data(b"moof1")
+        self.assertEqual(self.lag()[0], count + 1)
+        self.assertAlmostEqual(self.lag()[1] - total, 0.02, places=3)
+        self.clock.advance(1.0)  # the rest of the segment: the same version, not observed again
+        target.data(b"moof2")
+        target.end()
+        self.assertEqual(self.lag()[0], count + 1)
+
+    def test_a_push_reset_before_it_is_held_has_no_lag(self) -> None:
+        count, _ = self.lag()
+        made = (b"x-fbstream-made", b"%.3f" % (self.clock.seconds(),))
+        target = self.sink.pushed("cam", MPD, 200, MPD_HEADERS + [made])
+        assert target is not None
+        target.data(b"<MPD")
+        target.fail()
+        self.assertEqual(self.lag()[0], count)
 
     def test_the_relay_offers_what_comes_to_its_own_subscribers_and_remembers_the_current(self) -> None:
         upstream_clients: list[Any] = []
@@ -580,9 +749,85 @@ class RelayHeldTests(CachePushTests):
         self.assertEqual(b"".join(offer.body.chunks), b"moof1moof2")
 
 
+@given(st.binary(max_size=64), st.data())
+def test_a_body_read_again_is_checked_and_skipped_up_to_the_bytes_held_in_any_pieces(body: bytes, data: Any) -> None:
+    held = data.draw(st.integers(0, len(body)))
+    cuts = sorted(data.draw(st.lists(st.integers(0, held), max_size=4)))
+    chunks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, held])]  # as the push brought them
+    for byte_at_a_time in (False, True):
+        reading = _Held(list(chunks), held)
+        pieces = [body[i:i + 1] for i in range(len(body))] if byte_at_a_time else [body[:3], body[3:]]
+        past = [reading.past(piece) for piece in pieces]
+        assert None not in past
+        assert b"".join(p for p in past if p is not None) == body[held:]
+        assert reading.left == 0
+    if held:
+        changed = bytes([body[held - 1] ^ 1])
+        assert _Held(list(chunks), held).past(body[:held - 1] + changed) is None
+
+
 class _Recorder:
     def __init__(self) -> None:
         self.offers: list[Offer] = []
 
     def offer(self, offer: Offer) -> None:
         self.offers.append(offer)
+
+
+class RelayedResetTests(ChannelCase):
+    """
+    The origin's push of a segment is reset upstream (by the encoder) while
+    the origin pushes it on to a PoP whose viewer reads it: real caches at
+    both, joined by the push channel.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.origin_upstream = Upstream()
+        origin = CachingResource("origin", self.origin_upstream, self.clock, CacheSettings())
+        self.origin_sink = CachePushSink(origin, relay=self.hub)
+        self.hub.source = RelaySource(self.origin_sink, [])
+        self.pop_upstream = Upstream()
+        self.pop = CachingResource("pop-cache", self.pop_upstream, self.clock, CacheSettings())
+        self.subscribed(CachePushSink(self.pop))
+        self.link = self.connector.link
+
+    def reset_at_the_origin(self) -> Viewer:
+        """The segment's first chunk at the origin and on at the PoP, read there; then the encoder's push is reset."""
+        target = self.origin_sink.pushed("cam", SEG, 200, SEG_HEADERS)
+        assert target is not None
+        target.data(b"moof1")
+        self.link.pump()
+        viewer = Viewer(SEG)
+        self.pop.render(viewer)
+        self.assertEqual(viewer.body(), b"moof1")
+        target.fail()
+        self.link.pump()
+        return viewer
+
+    def test_the_pops_push_goes_on_from_the_origins_fetch(self) -> None:
+        viewer = self.reset_at_the_origin()
+        self.assertEqual(self.origin_upstream.paths, [SEG])
+        body = self.origin_upstream.answer(Streamed(GROWING))
+        body.send(b"moof1moof2")
+        self.link.pump()
+        self.assertEqual(viewer.body(), b"moof1moof2")
+        body.end()
+        self.link.pump()
+        self.assertTrue(viewer.finished)
+        self.assertFalse(viewer.aborted)
+        # The PoP never knew: its push went on, and it fetched nothing.
+        self.assertEqual(self.pop_upstream.paths, [])
+        self.assertEqual(self.pop.store.get(SEG, self.clock.seconds()).chunks, [b"moof1moof2"])  # type: ignore[union-attr]
+
+    def test_if_the_origins_fetch_fails_the_pop_fetches_for_its_viewer(self) -> None:
+        viewer = self.reset_at_the_origin()
+        self.origin_upstream.requests[-1][1].errback(ConnectionRefusedError())
+        self.link.pump()
+        # The PoP's push is reset in turn: it fetches, from the byte its viewer reached.
+        self.assertEqual(self.pop_upstream.paths, [SEG])
+        body = self.pop_upstream.answer(Streamed(GROWING))
+        body.send(b"moof1moof2")
+        body.end()
+        self.assertEqual(viewer.body(), b"moof1moof2")
+        self.assertTrue(viewer.finished)

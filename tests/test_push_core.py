@@ -133,6 +133,31 @@ def test_unsubscribing_resets_the_parent_and_stops_pushes_for_that_stream():
     assert pub.push("other", b"/live/other/manifest.mpd", 200, HEADERS) is not None
 
 
+def test_pushes_in_flight_when_the_subscriber_leaves_a_stream_cost_it_nothing_else():
+    # RFC 9113 section 5.1: a PUSH_PROMISE that crosses our RST_STREAM of its
+    # parent still reserves the promised stream, whose response and body
+    # follow and are dropped; the other subscriptions go on.
+    pub, sub, _, _ = subscribed()
+    sub.subscribe("other")
+    exchange(pub, sub)
+    sub.unsubscribe("cam")  # not yet at the publisher...
+    crossing = pub.push("cam", b"/live/cam/720p/8.m4s", 200, [(b"x-fbstream-segment", b"growing")])
+    pub.send(crossing, b"moof", end=True)
+    other = pub.push("other", b"/live/other/manifest.mpd", 200, HEADERS)
+    pub.send(other, b"<MPD/>", end=True)
+    seen_sub = sub.receive(pub.data_to_send())  # ...as these cross it
+    assert not any(isinstance(e, Closed) for e in seen_sub), seen_sub
+    assert [e.path for e in seen_sub if isinstance(e, PushStarted)] == [b"/live/other/manifest.mpd"]
+    assert seen_sub[-1] == PushEnded(other)
+    seen_pub, _ = exchange(pub, sub)
+    assert Unsubscribed("cam") in seen_pub
+    assert sub.closed is None and pub.closed is None
+    again = pub.push("other", b"/live/other/manifest.mpd", 200, HEADERS)
+    pub.send(again, b"<MPD v2/>", end=True)
+    _, seen_sub = exchange(pub, sub)
+    assert seen_sub[-1] == PushEnded(again)
+
+
 def test_a_refused_push_is_cancelled_at_the_publisher():
     pub, sub, _, _ = subscribed()
     push = pub.push("cam", b"/live/cam/720p/8.m4s", 200, [])

@@ -31,6 +31,12 @@ except at a tier a stream's pushes flow to: there the playlist version held
 answers it if it says it can (:mod:`fbstream.live.blocking`), a HIT; one it
 cannot yet answer waits (coalesced, at most ``max_blocked`` at once, for
 ``push_wait``) for a pushed version that can, then is fetched.
+
+An object pushed by the tier upstream (:meth:`CachingResource.pushed`) is
+read the same way. If its push is reset before it is whole, whoever is
+reading it carries on from a fetch of it, as if it had never been pushed:
+the bytes held already are read again, checked and skipped, and each
+reader goes on from the byte it reached (:meth:`Fetch.reset`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+from typing import Protocol as TypingProtocol
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
@@ -239,11 +246,31 @@ class Store:
         return len(self._objects)
 
 
+class Reader(TypingProtocol):
+    """What reads a fetch as it comes: a :class:`Viewer`, or a relay offering it on (:mod:`fbstream.cache.push`)."""
+
+    def headers(self, obj: CachedObject) -> None:
+        """The object's status and headers are known."""
+
+    def more(self) -> None:
+        """The object grew or completed."""
+
+    def fail(self, code: int, message: str) -> None:
+        """The object will never be complete."""
+
+    @property
+    def reading(self) -> bool:
+        """Whether the object's bytes are still wanted (a fetch is made again for them)."""
+
+
 class Viewer:
     """
     One request for an object: waiting for its headers, then streamed it by
     a :class:`BodyProducer` (which drops it if it stops reading).
     """
+
+    #: A viewer reads until it leaves the fetch.
+    reading = True
 
     def __init__(self, cache: CachingResource, request: Request, status: bytes) -> None:
         self.cache = cache
@@ -327,6 +354,37 @@ class _Body(Protocol):
         self.fetch._body_ended(self, reason)
 
 
+class _Held:
+    """
+    The bytes an object holds already, as a fetch reads them again: each
+    byte up to ``size`` must be the one held, and is skipped; what follows
+    continues the object.
+    """
+
+    def __init__(self, chunks: list[bytes], size: int) -> None:
+        self.chunks = chunks
+        #: Bytes held not read again yet.
+        self.left = size
+        self._chunk = 0
+        self._offset = 0
+
+    def past(self, data: bytes) -> bytes | None:
+        """What of ``data`` lies beyond the bytes held (b"" if nothing), or None if it differs from them."""
+        view = memoryview(data)
+        while self.left and view:
+            chunk = self.chunks[self._chunk]
+            n = min(len(chunk) - self._offset, len(view), self.left)
+            if memoryview(chunk)[self._offset:self._offset + n] != view[:n]:
+                return None
+            view = view[n:]
+            self.left -= n
+            self._offset += n
+            if self._offset >= len(chunk):
+                self._chunk += 1
+                self._offset = 0
+        return data if len(view) == len(data) else view.tobytes()
+
+
 class Fetch:
     """One object being fetched from upstream for every viewer waiting on it."""
 
@@ -335,7 +393,7 @@ class Fetch:
     def __init__(self, cache: CachingResource, key: bytes) -> None:
         self.cache = cache
         self.key = key
-        self.viewers: list[Viewer] = []
+        self.viewers: list[Reader] = []
         self.obj: CachedObject | None = None
         self.growing = False
         self._attempts: list[Deferred[Any]] = []
@@ -348,6 +406,8 @@ class Fetch:
         #: Its answer was pushed by the tier upstream: it is stored whether
         #: or not anyone is reading it (no viewer leaving cancels it).
         self.pushed = False
+        #: After its push was reset, what it held, as its fetch reads it again.
+        self._held: _Held | None = None
 
     def start(self, wait: float = 0.0) -> None:
         """
@@ -394,11 +454,14 @@ class Fetch:
             self._attempt()
 
     def _response(self, response: Any) -> None:
-        if self.done or self.obj is not None:
+        if self.done or self._winner is not None:
             response.deliverBody(_Discard())  # the other attempt won
             return
         all_headers = [(name.lower(), value) for name, values in response.headers.getAllRawHeaders()
                        for value in values]
+        if self._held is not None:
+            response.deliverBody(self._refetched(response.code, all_headers))
+            return
         response.deliverBody(self.answered(response.code, all_headers))
 
     def answered(self, code: int, all_headers: list[tuple[bytes, bytes]]) -> _Body:
@@ -423,15 +486,15 @@ class Fetch:
         self.obj.born = self.cache.clock.seconds() - _age_of([v for n, v in all_headers if n == b"age"])
         self.obj.version = next(self.cache.versions)
         self._stored_headers = stored
+        body = _Body(self)
+        self._winner = body
         # Only now that this answer is the object: a cancelled attempt's
-        # errback runs at once, and seeing no object and no other attempt
+        # errback runs at once, and seeing no answer and no other attempt
         # it would fail every waiter (a 502 whenever the lock timeout had
         # let a second request through, that is, on a loaded machine).
         for other in self._attempts:
             if not other.called:
                 other.cancel()
-        body = _Body(self)
-        self._winner = body
         self._reset_idle()
         for viewer in list(self.viewers):
             viewer.headers(self.obj)
@@ -449,8 +512,45 @@ class Fetch:
         self.obj.size = obj.size
         self._body_ended(body, Failure(ResponseDone()))
 
+    def reset(self, body: _Body) -> None:
+        """
+        The pushed answer ``body`` was reset upstream (a push given up, or
+        its connection lost): it will never be complete. Whoever reads it
+        carries on from a fetch of the object, one for them all: the bytes
+        held already are read again, checked and skipped (an object's bytes
+        are the same at every tier), and each reader goes on from the byte
+        it reached. An object no one reads is dropped (the next request
+        for it fetches it).
+        """
+        if body is not self._winner or self.done or self.obj is None:
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        if not any(reader.reading for reader in self.viewers):
+            self._abandon("the push was reset")
+            return
+        self.log.info("{tier}: the push of {key} was reset after {size} bytes: fetched instead, for the {n} reading it",
+                      tier=self.cache.tier, key=self.key.decode("latin-1"), size=self.obj.size, n=len(self.viewers))
+        self.pushed = False  # fetched now: its last viewer leaving cancels it
+        self._winner = None
+        self._held = _Held(self.obj.chunks, self.obj.size)
+        self._attempt()
+
+    def _refetched(self, code: int, all_headers: list[tuple[bytes, bytes]]) -> Protocol:
+        """The fetch of an object whose push was reset answered: what its body is fed to."""
+        assert self.obj is not None
+        if code != self.obj.code:
+            self._fail(502, "fetched after its push was reset, it answered %d, not %d" % (code, self.obj.code))
+            return _Discard()
+        # This answer is the object's now: as old, and as new, as it says.
+        self.obj.born = self.cache.clock.seconds() - _age_of([v for n, v in all_headers if n == b"age"])
+        self.obj.version = next(self.cache.versions)
+        self._winner = _Body(self)
+        self._reset_idle()
+        return self._winner
+
     def _attempt_failed(self, failure: Failure, d: Deferred[Any]) -> None:
-        if self.done or self.obj is not None:
+        if self.done or self._winner is not None:
             return
         if any(not other.called for other in self._attempts if other is not d):
             return  # the other attempt may still answer
@@ -476,6 +576,14 @@ class Fetch:
         if body is not self._winner or self.done or self.obj is None:
             return
         self._reset_idle()
+        if self._held is not None and self._held.left:
+            past = self._held.past(data)
+            if past is None:
+                self._fail(502, "fetched after its push was reset, it is not the object pushed")
+                return
+            if not past:
+                return
+            data = past
         self.obj.chunks.append(data)
         self.obj.size += len(data)
         self.cache.m_bytes_upstream.inc(len(data))
@@ -489,6 +597,9 @@ class Fetch:
             self._idle_timer.cancel()
         if not reason.check(ResponseDone):
             self._fail(502, "upstream body failed: %s" % (reason.getErrorMessage(),))
+            return
+        if self._held is not None and self._held.left:
+            self._fail(502, "fetched after its push was reset, it is shorter than the object pushed")
             return
         obj = self.obj
         obj.complete = True
@@ -535,12 +646,19 @@ class Fetch:
         self._cancel_all()
 
     def cancel(self) -> None:
-        """Nobody wants the object any more: stop fetching it."""
+        """Nobody reads the object any more: stop fetching it."""
         if self.done:
             return
-        self.done = True
         cm.UPSTREAM_CANCELLED.labels(tier=self.cache.tier).inc()
+        self._abandon("no one reads it")
+
+    def _abandon(self, message: str) -> None:
+        """Give the object up; a reader left that reads no more (a relay's offer not being pushed) fails."""
+        self.done = True
         self.cache._fetch_done(self)
+        for reader in list(self.viewers):
+            reader.fail(502, message)
+        self.viewers = []
         self._cancel_all()
 
     def _cancel_all(self) -> None:
@@ -826,11 +944,11 @@ class CachingResource(Resource):
             self.store.expire(path, lifetime, now)
 
     def _left(self, viewer: Viewer) -> None:
-        """A viewer is gone; if it was the last one of an unfinished fetch, cancel it."""
+        """A viewer is gone; if it was the last one reading an unfinished fetch, cancel it."""
         fetch = viewer.fetch
         if fetch is not None and viewer in fetch.viewers:
             fetch.viewers.remove(viewer)
-            if not fetch.viewers and not fetch.done and not fetch.pushed:
+            if not fetch.done and not fetch.pushed and not any(reader.reading for reader in fetch.viewers):
                 fetch.cancel()
 
     def _fetch_done(self, fetch: Fetch) -> None:

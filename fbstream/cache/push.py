@@ -3,20 +3,25 @@ A cache tier on the push channel (:mod:`fbstream.push`): pushed answers go
 into its :class:`~fbstream.cache.engine.CachingResource` as fetched ones
 would, and at the origin, which is pushed to by the encoders and pushes to
 the PoPs, each is offered on to the subscribers of its stream as it comes in.
+
+A push reset upstream before its object is whole (given up there, or its
+connection lost) is fetched instead for whoever reads it here, the relay's
+subscribers included (:meth:`~fbstream.cache.engine.Fetch.reset`): what
+the relay offers on is the object this tier holds, so the next hop's push
+of it just goes on growing from the fetch, as its viewers' responses do.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
 from fbstream.cache.engine import CachedObject, CachingResource, Fetch, _Body
 from fbstream.push import metrics as pm
 from fbstream.push.channel import IPushTarget, Offer, PushClient, PushHub
-from fbstream.push.core import MADE_HEADER
+from fbstream.push.core import made_at
 
 #: Objects a relay remembers per stream for new subscribers (manifests,
 #: playlists, init segments and the segments still growing).
@@ -24,34 +29,52 @@ MAX_REMEMBERED = 64
 
 
 class _Target:
-    """One pushed body on its way into the cache (and on to the next hop)."""
+    """
+    One pushed body on its way into the cache (and, read by the relay, on
+    to the next hop). Its push lag is observed once this tier holds the
+    object: whole, or a segment still growing from its first chunk on, for
+    that is when each is first served here (a growing segment's version is
+    made, and stamped, as the encoder cuts that chunk).
+    """
 
-    def __init__(self, fetch: Fetch, body: _Body, offer: Offer | None) -> None:
+    def __init__(self, sink: CachePushSink, fetch: Fetch, body: _Body, made: float) -> None:
+        self.sink = sink
         self.fetch = fetch
         self.body = body
-        self.offer = offer
+        #: When its version was made (0: not said, or its lag observed already).
+        self.made = made
 
     def data(self, data: bytes) -> None:
         self.fetch._data(self.body, data)
-        if self.offer is not None:
-            self.offer.grew()
+        if self.fetch.growing:
+            self._held()
 
     def end(self) -> None:
         self.fetch._body_ended(self.body, Failure(ResponseDone()))
-        if self.offer is not None:
-            self.offer.grew()
+        self._held()
 
     def fail(self) -> None:
-        self.fetch._body_ended(self.body, Failure(ConnectionLost("the push was reset")))
-        if self.offer is not None:
-            self.offer.fail()
+        self.fetch.reset(self.body)
+
+    def _held(self) -> None:
+        obj = self.fetch.obj
+        if self.made and obj is not None and (obj.complete or (self.fetch.growing and obj.size)):
+            self.sink.m_lag.observe(max(0.0, self.sink.cache.clock.seconds() - self.made))
+            self.made = 0.0
 
 
 class _RelayReader:
-    """Reads a fetch for the relay, as a viewer does: tells the offer its object grew, or failed."""
+    """
+    Reads a fetch for the relay, as a viewer does: tells the offer its
+    object grew, or failed. It reads while the offer is being pushed.
+    """
 
     def __init__(self, offer: Offer) -> None:
         self.offer = offer
+
+    @property
+    def reading(self) -> bool:
+        return self.offer.watched
 
     def headers(self, obj: CachedObject) -> None:
         self.offer.grew()
@@ -75,6 +98,7 @@ class CachePushSink:
         #: Stream -> path -> the newest offer of it still worth sending a new subscriber.
         self.remembered: dict[str, OrderedDict[bytes, Offer]] = {}
         self.m_received = pm.RECEIVED.labels(tier=cache.tier)
+        self.m_lag = pm.LAG.labels(tier=cache.tier)
 
     def pushed(self, stream: str, path: bytes, code: int, headers: list[tuple[bytes, bytes]]) -> IPushTarget | None:
         fetch = self.cache.pushed(path, code, headers)
@@ -85,21 +109,15 @@ class CachePushSink:
             return None
         self.m_received.inc()
         body = fetch.answered(code, headers)
-        offer = None
         if relaying and fetch.obj is not None:
-            offer = self._offer(stream, fetch.obj, headers)
-        return _Target(fetch, body, offer)
+            fetch.viewers.append(_RelayReader(self._offer(stream, fetch.obj, headers)))
+        return _Target(self, fetch, body, made_at(headers))
 
     def _offer(self, stream: str, obj: CachedObject, headers: list[tuple[bytes, bytes]]) -> Offer:
         """Offer ``obj`` on to the relay's subscribers, stamped as the push that brought it was."""
         assert self.relay is not None
-        made = next((v for n, v in headers if n == MADE_HEADER), b"0")
-        try:
-            stamp = float(made)
-        except ValueError:
-            stamp = 0.0
         offer = Offer(stream, obj.key, obj.code, obj.headers, obj, latest_wins=obj.key.endswith((b".mpd", b".m3u8")),
-                      made=stamp)
+                      made=made_at(headers))
         self._remember(offer)
         self.relay.offer(offer)
         return offer
@@ -118,7 +136,7 @@ class CachePushSink:
             return
         fetch = self.cache.fetches.get(path)
         if fetch is not None and fetch.obj is not None and not fetch.done:
-            fetch.viewers.append(_RelayReader(self._offer(stream, fetch.obj, headers)))  # type: ignore[arg-type]
+            fetch.viewers.append(_RelayReader(self._offer(stream, fetch.obj, headers)))
 
     def _remember(self, offer: Offer) -> None:
         kept = self.remembered.setdefault(offer.stream, OrderedDict())

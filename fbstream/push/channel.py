@@ -19,7 +19,6 @@ version wins.
 from __future__ import annotations
 
 import random
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +75,11 @@ class Offer:
     def unwatch(self, watcher: Callable[[], None]) -> None:
         if watcher in self._watchers:
             self._watchers.remove(watcher)
+
+    @property
+    def watched(self) -> bool:
+        """Whether it is being pushed (a push of it is open on some connection)."""
+        return bool(self._watchers)
 
 
 @implementer(IGrowingBody)
@@ -187,6 +191,11 @@ class _ChannelProtocol(Protocol):
     What both ends' protocols do alike: move bytes between the transport and
     the sans-IO core, tick the core (pings) on the clock, and close the
     transport once the core is closed.
+
+    Closing waits for what the transport still holds to be sent (the
+    GOAWAY saying why last), but only for ``ping_timeout``: a peer that does
+    not read, the very one whose pings went unanswered, would otherwise
+    keep the connection, its buffers and its place open for ever.
     """
 
     core: wire.Publisher | wire.Subscriber
@@ -195,6 +204,7 @@ class _ChannelProtocol(Protocol):
         self.clock = clock
         self._tick_every = tick_every
         self._ticker: LoopingCall | None = None
+        self._closing: IDelayedCall | None = None
 
     def _started(self) -> None:
         # Pushes are many small writes that must leave at once: no Nagle
@@ -218,6 +228,8 @@ class _ChannelProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(Exception("lost"))) -> None:  # noqa: B008
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
         if self.core.closed is None:
             self._handle(self.core.close("the connection was lost: %s" % (reason.getErrorMessage(),)))
         self._lost()
@@ -230,8 +242,15 @@ class _ChannelProtocol(Protocol):
         data = self.core.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
-        if self.core.closed is not None and self.transport is not None:
+        if self.core.closed is not None and self.transport is not None and self._closing is None:
             self.transport.loseConnection()
+            self._closing = self.clock.callLater(self.core.settings.ping_timeout, self._abort)
+
+    def _abort(self) -> None:
+        """The peer has not taken what was left to send it, our goodbye included: cut the connection."""
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def _handle(self, events: list[wire.Event]) -> None:
         raise NotImplementedError
@@ -489,9 +508,6 @@ class SubscriberProtocol(_ChannelProtocol):
                     self.core.refuse(event.push_id)
                 else:
                     self.targets[event.push_id] = target
-                    made = _made(event.headers)
-                    if made:
-                        pm.LAG.labels(tier=client.tier).observe(max(0.0, time.time() - made))
             elif isinstance(event, wire.PushData):
                 target = self.targets.get(event.push_id)
                 if target is not None:
@@ -513,16 +529,6 @@ class SubscriberProtocol(_ChannelProtocol):
             elif isinstance(event, wire.Closed):
                 self.log.info("{tier}: push channel to {upstream} closed: {reason}", tier=client.tier,
                               upstream=client.description, reason=event.reason)
-
-
-def _made(headers: list[tuple[bytes, bytes]]) -> float:
-    for name, value in headers:
-        if name == wire.MADE_HEADER:
-            try:
-                return float(value)
-            except ValueError:
-                return 0.0
-    return 0.0
 
 
 #: Seconds before a stream whose subscription was refused is asked for again.

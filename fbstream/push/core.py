@@ -50,6 +50,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
+from hyperframe.frame import Frame, PushPromiseFrame, RstStreamFrame
 
 from fbstream.live.urls import PLAYBACK_PATH, STREAM_ID
 
@@ -62,6 +64,17 @@ SUBSCRIPTION_TYPE = b"application/x-fbstream-push"
 MADE_HEADER = b"x-fbstream-made"
 #: Headers a pushed request or response may carry at most (bytes, in all).
 MAX_HEADER_BYTES = 16 * 1024
+
+
+def made_at(headers: Iterable[tuple[bytes, bytes]]) -> float:
+    """When a pushed object's version was made, as its :data:`MADE_HEADER` says (0: it does not)."""
+    for name, value in headers:
+        if name == MADE_HEADER:
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 0.0
 
 
 @attrs.frozen
@@ -179,12 +192,33 @@ Event = (Subscribed | Unsubscribed | PushCancelled | Writable | Accepted | Rejec
          | PushEnded | PushReset | GoingAway | Closed)
 
 
+class _H2Connection(h2.connection.H2Connection):
+    """
+    h2's connection, mended on one point of RFC 9113 section 5.1: a
+    PUSH_PROMISE received on a stream we have reset (a subscription left
+    while a push of it was on its way) still reserves the promised stream,
+    whose frames are then dropped. h2 refuses the promise without reserving
+    it, so it takes the pushed response that follows for a request the
+    publisher opened, and the whole connection ends in a protocol error.
+    """
+
+    def _receive_push_promise_frame(self, frame: PushPromiseFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        frames, events = super()._receive_push_promise_frame(frame)
+        promised = frame.promised_stream_id
+        if promised not in self.streams and any(isinstance(f, RstStreamFrame) and f.stream_id == promised
+                                                for f in frames):
+            # Reserved, and reset by us: what follows on it is a stream error, answered and dropped.
+            self.highest_inbound_stream_id = max(self.highest_inbound_stream_id, promised)
+            self._closed_streams[promised] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+        return frames, events
+
+
 class _Connection:
     """What both ends share: the h2 connection, pings, and closing with a reason."""
 
     def __init__(self, client_side: bool, settings: ChannelSettings) -> None:
         self.settings = settings
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+        self.h2 = _H2Connection(h2.config.H2Configuration(
             client_side=client_side, header_encoding=None, validate_inbound_headers=True,
         ))
         self.closed: str | None = None
