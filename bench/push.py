@@ -589,6 +589,14 @@ def measure_processes(reactor: Any, directory: str, etcd_url: str, source: str, 
 
         yield DeferredList([host(i) for i in range(pops)])
         elapsed = time.monotonic() - began
+        for node in dc.nodes():
+            if node.process is None or node.process.poll() is not None:
+                raise RuntimeError("%s exited while measured; see %s" % (
+                    node.name, os.path.join(dc.directory, node.name + ".log")))
+        for name, publisher in zip(names, dc.publishers):
+            if publisher.poll() is not None:
+                raise RuntimeError("the publisher of %s exited while measured; see %s" % (
+                    name, os.path.join(dc.directory, name + ".ffmpeg.log")))
         cpu = {name: (cpu_seconds(pid) - cpu0[name]) / elapsed for name, pid in pids.items()}
         origin1 = yield metrics_of(getter, dc.url(dc.origin))
         encoder1 = yield metrics_of(getter, encoder)
