@@ -175,7 +175,7 @@ class PushHub:
 class _Push:
     """One offer being pushed on one connection: where its body is read up to."""
 
-    __slots__ = ("chunk", "id", "moved", "offer", "offset")
+    __slots__ = ("chunk", "id", "moved", "offer", "offset", "watcher")
 
     def __init__(self, push_id: int, offer: Offer, now: float) -> None:
         self.id = push_id
@@ -184,6 +184,8 @@ class _Push:
         self.offset = 0
         #: When it last sent anything (or began): the stall clock.
         self.moved = now
+        #: What its offer calls when its body grows.
+        self.watcher: Callable[[], None] = lambda: None
 
 
 class _ChannelProtocol(Protocol):
@@ -270,6 +272,8 @@ class PublisherProtocol(_ChannelProtocol):
         self.hub = hub
         self.core: wire.Publisher = wire.Publisher(hub.settings, secret=hub.secret)
         self.pushes: dict[int, _Push] = {}
+        #: The open push of each manifest and playlist, by path (the one a newer version supersedes).
+        self.latest: dict[bytes, _Push] = {}
         #: Offers that could not be pushed yet, in order, by path (a newer
         #: version of a manifest or playlist replaces the one waiting).
         self.waiting: dict[bytes, Offer] = {}
@@ -308,9 +312,9 @@ class PublisherProtocol(_ChannelProtocol):
     def offer(self, offer: Offer) -> None:
         """Push ``offer`` now if this connection can; a latest-wins one otherwise waits (replacing an older one)."""
         if offer.latest_wins:
-            for push in list(self.pushes.values()):
-                if push.offer.path == offer.path and not self._sent_all(push):
-                    self._give_up(push, superseded=True)
+            older = self.latest.get(offer.path)
+            if older is not None and not self._sent_all(older):
+                self._give_up(older, superseded=True)
             self.waiting.pop(offer.path, None)
         # Manifests and playlists go first, ahead of media waiting (they are
         # small, and what every viewer's next request depends on); media in
@@ -334,12 +338,27 @@ class PublisherProtocol(_ChannelProtocol):
             return False
         push = self.pushes[push_id] = _Push(push_id, offer, self.hub.clock.seconds())
         pm.SENT.labels(tier=self.hub.tier).inc()
-        offer.watch(self._grew)
+        push.watcher = lambda: self._grew(push)
+        offer.watch(push.watcher)
+        if offer.latest_wins:
+            self.latest[offer.path] = push
         self._send(push)
         return True
 
-    def _grew(self) -> None:
-        self._pump()
+    def _grew(self, push: _Push) -> None:
+        """
+        ``push``'s body grew (or completed, or failed): send what is new of
+        it, and only of it (a connection carries a push per rendition per
+        stream: every push's every chunk rescanning all of them costs the
+        square of the streams); if that ended it, its place goes to what
+        waits.
+        """
+        if self.pushes.get(push.id) is not push or self.paused:
+            return
+        self._send(push)
+        if push.id not in self.pushes and self.waiting:
+            self._start_waiting(latest_wins=True)
+            self._start_waiting(latest_wins=False)
         self._flush()
 
     def _pump(self) -> None:
@@ -409,7 +428,9 @@ class PublisherProtocol(_ChannelProtocol):
 
     def _forget(self, push: _Push) -> None:
         self.pushes.pop(push.id, None)
-        push.offer.unwatch(self._grew)
+        if self.latest.get(push.offer.path) is push:
+            del self.latest[push.offer.path]
+        push.offer.unwatch(push.watcher)
 
     def _tick(self) -> None:
         now = self.hub.clock.seconds()
