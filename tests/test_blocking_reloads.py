@@ -260,6 +260,20 @@ class AtTheCache(SynchronousTestCase):
         self.assertEqual(self.upstream.paths, [key(7, 5), key(8, 1)])
         self.assertEqual(self.upstream.cancelled, [])  # the one who left was never fetched
 
+    def test_one_waiting_is_fetched_the_moment_the_pushes_stop(self) -> None:
+        self.version(b"1-6 7.2", b"v1")
+        waiting = self.reload(7, 2)
+        self.clock.advance(0.3)
+        self.assertEqual(self.upstream.paths, [])
+        self.flowing.clear()  # the channel is down: no version will come to answer it
+        self.sink.stopped("cam")
+        self.assertEqual(self.upstream.paths, [key(7, 2)])
+        fetched = self.upstream.answer(Streamed({b"content-type": [b"application/vnd.apple.mpegurl"],
+                                                 b"cache-control": [BLOCKED]}))
+        fetched.send(b"v2")
+        fetched.end()
+        self.assertEqual(self.answer(waiting), (1, b"v2", BLOCKED, b"MISS pop-cache"))
+
     def test_once_the_broadcast_is_over_every_reload_gets_the_playlist_as_it_is(self) -> None:
         self.version(b"end", b"ended", cache=b"public, max-age=60")
         self.assertEqual(self.answer(self.reload(99, 0)), (1, b"ended", b"public, max-age=60", b"HIT pop-cache"))

@@ -400,6 +400,22 @@ class ClientTests(ChannelCase):
         self.connector.link.pump()
         self.assertTrue(client.pushing("cam") and client.pushing("other"))
 
+    def test_a_segment_waiting_for_its_push_is_fetched_the_moment_the_connection_is_lost(self) -> None:
+        # The origin pushing it was killed: the push a viewer waits for will not come.
+        upstream = Upstream()
+        cache = CachingResource("pop-cache", upstream, self.clock, CacheSettings())
+        client = self.subscribed(CachePushSink(cache))
+        cache.pushing, cache.push_wait = client.pushing, 1.5
+        viewer = Viewer(SEG)
+        cache.render(viewer)
+        self.clock.advance(0.2)
+        self.assertEqual(upstream.paths, [])
+        self.connector.down = True
+        self.connector.link.close()
+        self.assertEqual(upstream.paths, [SEG])
+        upstream.answer(Streamed(GROWING)).send(b"moof1")
+        self.assertEqual(viewer.body(), b"moof1")
+
     def test_a_publisher_that_stops_answering_pings_is_left(self) -> None:
         client = self.subscribed()
         link = self.connector.link
@@ -537,6 +553,26 @@ class CachePushTests(SynchronousTestCase):
         self.assertEqual(self.upstream.paths, [])
         self.clock.advance(0.2)
         self.assertEqual(self.upstream.paths, [other])
+
+    def test_what_waits_for_a_push_is_fetched_the_moment_its_stream_s_pushes_stop(self) -> None:
+        flowing = {"cam", "other"}
+        self.cache.pushing = lambda stream: stream in flowing
+        self.cache.push_wait = 1.5
+        other = b"/live/other/720p/7.m4s"
+        waiting, elsewhere = self.get(SEG), self.get(other)
+        self.clock.advance(0.3)
+        self.assertEqual(self.upstream.paths, [])
+        flowing.discard("cam")
+        self.sink.stopped("cam")
+        self.assertEqual(self.upstream.paths, [SEG])
+        self.upstream.answer(Streamed(GROWING)).send(b"moof1")
+        self.assertEqual(waiting.body(), b"moof1")
+        # Another stream's pushes flow on: its segment waits its time for them.
+        self.clock.advance(1.1)
+        self.assertEqual(self.upstream.paths, [SEG])
+        self.clock.advance(0.2)
+        self.assertEqual(self.upstream.paths, [SEG, other])
+        self.assertEqual(elsewhere.body(), b"")
 
     def test_a_reset_push_fails_no_one_who_has_not_started_and_stores_nothing(self) -> None:
         target = self.sink.pushed("cam", SEG, 200, SEG_HEADERS)

@@ -30,7 +30,9 @@ An LL-HLS blocking playlist reload is its own object, fetched as any other,
 except at a tier a stream's pushes flow to: there the playlist version held
 answers it if it says it can (:mod:`fbstream.live.blocking`), a HIT; one it
 cannot yet answer waits (coalesced, at most ``max_blocked`` at once, for
-``push_wait``) for a pushed version that can, then is fetched.
+``push_wait``) for a pushed version that can, then is fetched. So does a
+segment asked for a moment before its push; either is fetched at once if
+its stream's pushes stop meanwhile (:meth:`CachingResource.pushes_stopped`).
 
 An object pushed by the tier upstream (:meth:`CachingResource.pushed`) is
 read the same way. If its push is reset before it is whole, whoever is
@@ -425,6 +427,12 @@ class Fetch:
         self._wait_timer = None
         if self.obj is None and not self.done:
             self.start()
+
+    def stop_waiting(self) -> None:
+        """The push it waits for will not come (its stream's pushes stopped): fetch it now."""
+        if self._wait_timer is not None and self._wait_timer.active():
+            self._wait_timer.cancel()
+            self._waited()
 
     def _attempt(self) -> None:
         cache = self.cache
@@ -942,6 +950,24 @@ class CachingResource(Resource):
         now = self.clock.seconds()
         for path, lifetime in self._pins.pop(stream.encode(), {}).items():
             self.store.expire(path, lifetime, now)
+
+    def pushes_stopped(self, stream: str) -> None:
+        """
+        ``stream``'s pushes stopped (its channel went down, or it was
+        unsubscribed): its pinned versions are unpinned, and unless another
+        channel pushes it, what waits for a push of it (a segment asked for
+        a moment before its push, a blocking reload for a pushed version)
+        is fetched now rather than once its wait is over, for that push
+        will not come. (Its viewers would wait up to ``push_wait`` on a
+        segment the player needs now: a stall, when an origin dies.)
+        """
+        self.unpin(stream)
+        if self.pushing is not None and self.pushing(stream):
+            return
+        prefix = b"/live/%s/" % (stream.encode(),)
+        for key, fetch in list(self.fetches.items()):
+            if key.startswith(prefix):
+                fetch.stop_waiting()
 
     def _left(self, viewer: Viewer) -> None:
         """A viewer is gone; if it was the last one reading an unfinished fetch, cancel it."""

@@ -155,7 +155,7 @@ class CachePushSink:
 
     def stopped(self, stream: str) -> None:
         """``stream``'s pushes stopped (the channel is down, or it was unsubscribed)."""
-        self.cache.unpin(stream)
+        self.cache.pushes_stopped(stream)
 
     def current(self, stream: str) -> list[Offer]:
         return [o for o in self.remembered.get(stream, {}).values() if not o.failed]

@@ -3,7 +3,10 @@ Open the PoP's page in headless Chromium (Debian's, driven by Playwright; no
 browser is downloaded) and watch the player the way a viewer does: print one
 JSON object with what it saw every second, every request that failed, and a
 summary (stalls, seconds stalled, latency, renditions played). Run as a
-separate process by the browser tests and by ``bench/playback.py``.
+separate process by the browser tests and by ``bench/playback.py``. The
+first frame playing is printed at once, on a line of its own
+(``{"playing": <wall clock>}``), for a test that acts on the viewer while it
+watches; the result is always the last line.
 
     python -m tests.integration.browser URL SECONDS [SCREENSHOT]
     python -m tests.integration.browser --go-live LOGIN-LINK TITLE
@@ -25,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -84,7 +88,8 @@ def summarize(seen: dict) -> dict:
     }
 
 
-def watch(url: str, seconds: float, screenshot: str | None = None, console_path: str | None = None) -> dict:
+def watch(url: str, seconds: float, screenshot: str | None = None, console_path: str | None = None,
+          playing: Callable[[], None] | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
     samples = []
@@ -114,6 +119,8 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
             first_frame = page.evaluate("window.fbstreamStats && window.fbstreamStats.firstFrame")
             if first_frame is not None:
                 first_frame = round(first_frame, 2)
+                if playing is not None:
+                    playing()
                 break
             time.sleep(0.1)
         began = time.monotonic()
@@ -175,8 +182,12 @@ def main(argv: list[str]) -> None:
     if argv[1] == "--go-live":
         sys.stdout.write(json.dumps(go_live(argv[2], argv[3])) + "\n")
         return
+    def playing() -> None:
+        sys.stdout.write(json.dumps({"playing": time.time()}) + "\n")
+        sys.stdout.flush()
+
     seen = watch(argv[1], float(argv[2]), argv[3] if len(argv) > 3 else None,
-                 os.environ.get("FBSTREAM_BROWSER_CONSOLE"))
+                 os.environ.get("FBSTREAM_BROWSER_CONSOLE"), playing)
     sys.stdout.write(json.dumps(seen) + "\n")
 
 

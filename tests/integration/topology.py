@@ -5,6 +5,7 @@ role, an etcd server, each on free ports, each killable.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,11 @@ from .test_twistd import twistd
 
 TOKEN_KEYS = "k1:" + "5e" * 32
 API_KEY = "test-api-key"
+
+
+def endpoints(ports):
+    """The loopback endpoints of ``ports`` (``json.dumps`` makes them a list setting)."""
+    return ["tcp:127.0.0.1:%d" % (port,) for port in ports]
 
 
 def http(method, url, body=None, key=API_KEY):
@@ -42,6 +48,15 @@ class Node:
         #: Where it takes RTMP and RTMPS, if its role does (set by Topology).
         self.rtmp: int | None = None
         self.rtmps: int | None = None
+        #: Where it takes push subscribers, if it does (see :meth:`push_listen`).
+        self.push: int | None = None
+
+    def push_listen(self, push):
+        """The settings that open its push channel on a port of its own (none without ``push``)."""
+        if not push:
+            return []
+        self.push = free_port()
+        return ["--set", "push.listen=tcp:%d:interface=127.0.0.1" % (self.push,)]
 
     def start(self):
         env = dict(os.environ, FBSTREAM_TOKEN_KEYS=TOKEN_KEYS, FBSTREAM_API_KEY=API_KEY, PYTHONPATH=ROOT)
@@ -76,16 +91,23 @@ class Node:
 
 
 class Topology:
-    """2 PoPs, 2 dc-proxies, 3 encoders, an origin, on one etcd."""
+    """
+    A data center on one etcd: by default 2 PoPs, 2 dc-proxies, 3 encoders
+    and an origin. With ``push``, the push channel runs between the tiers:
+    each encoder and origin listens for subscribers, each origin subscribes
+    at every encoder, and each PoP's cache layer at the origins (one per
+    stream, by the ring of :meth:`push_origins`).
+    """
 
-    def __init__(self, directory, etcd_url, tls, lease=3.0, grace=30.0):
+    def __init__(self, directory, etcd_url, tls, lease=3.0, grace=30.0, *,
+                 encoders=3, dc_proxies=2, origins=1, pops=2, push=False):
         self.directory = str(directory)
         key, cert = tls
         prefix = "/t%d" % (free_port(),)
         registry = ["registry.backend=etcd", "registry.etcd=%s" % (etcd_url,),
                     "registry.prefix=%s" % (prefix,), "registry.lease_seconds=%s" % (lease,)]
-        self.encoder_rtmp = [free_port() for _ in range(3)]
-        self.dc_rtmp = [free_port() for _ in range(2)]
+        self.encoder_rtmp = [free_port() for _ in range(encoders)]
+        self.dc_rtmp = [free_port() for _ in range(dc_proxies)]
         self.encoders = []
         for i, port in enumerate(self.encoder_rtmp):
             node = Node("encoder%d" % (i,), "encoder", [], self.directory)
@@ -99,6 +121,7 @@ class Topology:
                 "--set", "ingest.grace_seconds=%s" % (grace,),
                 "--set", "ingest.claim_wait=%s" % (lease * 3,),
                 *[a for r in registry for a in ("--set", r)],
+                *node.push_listen(push),
             ]
             self.encoders.append(node)
         ring = "relay.encoders=[%s]" % (",".join('"tcp:127.0.0.1:%d"' % p for p in self.encoder_rtmp),)
@@ -109,11 +132,19 @@ class Topology:
                          "--set", "relay.connect_timeout=2"], self.directory)
             node.rtmp = port
             self.dc_proxies.append(node)
-        self.origin = Node("origin", "origin", [
-            "--set", "origin.upstreams=tcp:127.0.0.1:%d" % (self.encoders[0].http,),
-            *[a for r in registry for a in ("--set", r)]], self.directory)
+        self.origins = []
+        for i in range(origins):
+            node = Node("origin" if origins == 1 else "origin%d" % (i,), "origin", [], self.directory)
+            node.args = [
+                "--set", "origin.upstreams=tcp:127.0.0.1:%d" % (self.encoders[0].http,),
+                *[a for r in registry for a in ("--set", r)],
+                *node.push_listen(push)]
+            if push:
+                node.args += ["--set", "push.upstreams=%s" % (json.dumps(endpoints(e.push for e in self.encoders)),)]
+            self.origins.append(node)
+        self.origin = self.origins[0]
         self.pops = []
-        for i in range(2):
+        for i in range(pops):
             rtmp, rtmps, cache = free_port(), free_port(), free_port()
             # Each PoP tries its "own" dc-proxy first.
             order = self.dc_rtmp if i == 0 else self.dc_rtmp[::-1]
@@ -124,19 +155,30 @@ class Topology:
                 "--set", dcs, "--set", "relay.connect_timeout=2",
                 "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
                 "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
-                "--set", "pop.origins=tcp:127.0.0.1:%d" % (self.origin.http,),
+                "--set", "pop.origins=%s" % (json.dumps(endpoints(o.http for o in self.origins)),),
                 "--set", "pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),),
                 *[a for r in registry for a in ("--set", r)]], self.directory)
+            if push:
+                node.args += ["--set", "push.origins=%s" % (json.dumps(self.push_origins()),)]
             node.rtmp = rtmp
             node.rtmps = rtmps
             self.pops.append(node)
 
+    def push_origins(self):
+        """The PoPs' ``push.origins``: the origins' push endpoints, as the PoPs' ring names them."""
+        return endpoints(o.push for o in self.origins)
+
     def nodes(self):
-        return [*self.encoders, *self.dc_proxies, self.origin, *self.pops]
+        return [*self.encoders, *self.dc_proxies, *self.origins, *self.pops]
 
     def start(self):
-        for node in self.nodes():
-            node.start()
+        """Start every node; if one fails, stop those started and fail."""
+        try:
+            for node in self.nodes():
+                node.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self):
