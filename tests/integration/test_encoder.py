@@ -171,7 +171,11 @@ def test_live_dash_hls_and_replay(encoder, tmp_path):
         assert len(frames) == made
         seconds = counts["video_packets"] / 30  # the media time, shed frames or not
         measured = sum(f[2] for f in frames) * 8 / seconds
-        assert abs(measured - bitrate) <= 0.2 * bitrate, (name, measured)
+        # Never over the rung's bitrate (what players' estimates rely on);
+        # under it by no more than the frames left out take away (x264
+        # spends their bits on the frames kept, so rather less).
+        kept = made / counts["video_packets"]
+        assert 0.8 * bitrate * kept <= measured <= 1.2 * bitrate, (name, measured, kept)
         keys = [f[0] for f in frames if f[1]]
         assert keys == [float(k) for k in range(len(keys))], keys
     for name in LADDER:
