@@ -58,9 +58,11 @@ ENCODER = [("subs", "fbstream_push_subscriptions", "encoder")]
 
 
 @pytest.fixture
-def dc(tmp_path, etcd, tls_files):
+def dc(request, tmp_path, etcd, tls_files):
+    # Under the reactor this pytest run uses: the suite runs once per reactor.
+    reactor = request.config.getoption("reactor", "default")
     topology = Topology(tmp_path, etcd.url, tls_files, encoders=1, dc_proxies=1, origins=2, pops=1,
-                        push=True).start()
+                        push=True, reactor="asyncio" if reactor == "asyncio" else "default").start()
     yield topology
     topology.stop()
 

@@ -50,6 +50,8 @@ class Node:
         self.rtmps: int | None = None
         #: Where it takes push subscribers, if it does (see :meth:`push_listen`).
         self.push: int | None = None
+        #: The reactor its twistd runs ("asyncio", or the platform's default).
+        self.reactor = "default"
 
     def push_listen(self, push):
         """The settings that open its push channel on a port of its own (none without ``push``)."""
@@ -62,7 +64,7 @@ class Node:
         env = dict(os.environ, FBSTREAM_TOKEN_KEYS=TOKEN_KEYS, FBSTREAM_API_KEY=API_KEY, PYTHONPATH=ROOT)
         log = open(os.path.join(self.directory, self.name + ".log"), "ab")
         self.process = subprocess.Popen(
-            [twistd(), "-n", "--pidfile=", "fbstream",
+            [twistd(), "-n", "--pidfile=", *(["--reactor=asyncio"] if self.reactor == "asyncio" else []), "fbstream",
              "--role", self.role, "--config", os.path.join(ROOT, "conf", self.role + ".toml"),
              "--set", "http.listen=tcp:%d:interface=127.0.0.1" % (self.http,), *self.args],
             cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -100,8 +102,9 @@ class Topology:
     """
 
     def __init__(self, directory, etcd_url, tls, lease=3.0, grace=30.0, *,
-                 encoders=3, dc_proxies=2, origins=1, pops=2, push=False):
+                 encoders=3, dc_proxies=2, origins=1, pops=2, push=False, reactor="default"):
         self.directory = str(directory)
+        self.reactor = reactor
         key, cert = tls
         prefix = "/t%d" % (free_port(),)
         registry = ["registry.backend=etcd", "registry.etcd=%s" % (etcd_url,),
@@ -175,6 +178,7 @@ class Topology:
         """Start every node; if one fails, stop those started and fail."""
         try:
             for node in self.nodes():
+                node.reactor = self.reactor
                 node.start()
         except BaseException:
             self.stop()
