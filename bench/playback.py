@@ -35,7 +35,7 @@ requests the server failed (4xx/5xx, cut off) and requests the player
 aborted. Then per player the same over all its runs. Only one server runs at
 a time, so none competes with another for the cores.
 
-    python bench/playback.py [--runs 3] [--seconds 60] [--no-reference] [--json PATH] [--keep]
+    python bench/playback.py [--runs 3] [--seconds 60] [--no-reference] [--no-push] [--json PATH] [--keep]
     python bench/playback.py --smoke    (CI: one 15 s run of each fbstream player)
 
 The exit status is non-zero only if the bench itself broke (a server did not
@@ -225,18 +225,20 @@ def descendants(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def fbstream(directory: Path, demo: bool) -> Iterator[dict[str, int]]:
+def fbstream(directory: Path, demo: bool, push: bool = True) -> Iterator[dict[str, int]]:
     """
     ``twistd fbstream --role=all`` (the tests' ``all_role_process``: free
     ports, ``--set`` overrides), with the demo stream playable if ``demo``;
-    yields its ports (``pop``: the PoP's HTTP, ``rtmp``: its RTMP). Whatever
+    yields its ports (``pop``: the PoP's HTTP, ``rtmp``: its RTMP); with the
+    push channel between its tiers unless not ``push`` (TTL pulls). Whatever
     twistd started (the demo publisher) and outlives it is killed by its pid.
     """
     directory.mkdir()
     mine = set(descendants(os.getpid()))
     left: list[int] = []
     try:
-        with all_role_process(directory, extra=("--demo",) if demo else (), env=child_env()) as (ports, log):
+        with all_role_process(directory, extra=("--demo",) if demo else (), env=child_env(),
+                              push=push) as (ports, log):
             try:
                 pop = "http://127.0.0.1:%d" % (ports["pop"],)
                 if answers(pop + "/metrics") != 200:
@@ -621,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="watches per player (default 3)")
     parser.add_argument("--seconds", type=float, default=60, help="seconds of each watch (default 60)")
     parser.add_argument("--no-reference", action="store_true", help="leave nginx-rtmp out")
+    parser.add_argument("--no-push", action="store_true",
+                        help="the tiers pull with TTLs, no push channel (the `all` role pushes by default)")
     parser.add_argument("--smoke", action="store_true",
                         help="one 15 s run of each fbstream player, no reference (for CI)")
     parser.add_argument("--json", metavar="PATH", help="write every run's raw JSON here")
@@ -635,11 +639,12 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="fbstream-playback-"))
     os.chmod(work, 0o755)  # nginx's workers (nobody, when run as root) read under it
-    print("%d run(s) of %g s per player; one server at a time\n" % (args.runs, args.seconds))
+    print("%d run(s) of %g s per player; one server at a time; push channel %s\n"
+          % (args.runs, args.seconds, "off (TTL pulls)" if args.no_push else "on"))
     print(HEADER)
     try:
         try:
-            with fbstream(work / "fbstream", demo=True) as ports:
+            with fbstream(work / "fbstream", demo=True, push=not args.no_push) as ports:
                 for name, query in FBSTREAM_PLAYERS:
                     measure(name, "http://127.0.0.1:%d%s" % (ports["pop"], query), args.runs, args.seconds,
                             work, results)
