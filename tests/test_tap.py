@@ -10,8 +10,10 @@ from fbstream.tap import keep_rotated_logs
 
 
 def test_only_the_newest_rotated_log_files_are_kept(tmp_path, monkeypatch):
-    # Put back, after the test, the constructor keep_rotated_logs replaces.
-    monkeypatch.setattr(logfile.LogFile, "fromFullPath", logfile.LogFile.__dict__["fromFullPath"])
+    # Put back, after the test, the constructor keep_rotated_logs replaces
+    # (LogFile's own, if another test made it one, else BaseLogFile's).
+    own = logfile.LogFile.__dict__.get("fromFullPath", logfile.BaseLogFile.__dict__["fromFullPath"])
+    monkeypatch.setattr(logfile.LogFile, "fromFullPath", own)
     keep_rotated_logs(3)
     keep_rotated_logs(3)  # twice is the same as once
     log = logfile.LogFile.fromFullPath(str(tmp_path / "twistd.log"))
