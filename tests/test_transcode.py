@@ -35,8 +35,9 @@ def source(tmp_path, name, **kw):
         return [MediaMessage(t, ts, p) for t, ts, p in flv.read_file(f.read()) if t in (8, 9)]
 
 
-def transcode(messages, rungs=DEFAULT_RUNGS, clock=None, resume_ms=None):
+def transcode(messages, rungs=DEFAULT_RUNGS, clock=None, resume_ms=None, shedding=0):
     tx = Transcoder(TranscoderSettings(parse_rungs(list(rungs))), clock=clock, resume_ms=resume_ms)
+    tx.shedding = shedding
     out = []
     for message in messages:
         out += tx.feed(message)
@@ -237,12 +238,7 @@ def test_video_dropped_while_behind_leaves_no_hole(tmp_path):
 @pytest.mark.parametrize("level", [1, 3])
 def test_shedding_leaves_frames_out_but_keeps_every_segment_start(tmp_path, level):
     messages = source(tmp_path, "shed", duration=4, gop=60, size="320x240", audio=False)
-    tx = Transcoder(TranscoderSettings(parse_rungs(["240:300"])))
-    tx.shedding = level
-    out = []
-    for message in messages:
-        out += tx.feed(message)
-    out += tx.finish()
+    tx, out = transcode(messages, rungs=["240:300"], shedding=level)
     ends = summary(out)[1]["240p"]
     assert [e.number for e in ends] == [1, 2, 3, 4]
     # 30 frames a second in, one in level + 1 out (15, or 8): each segment
@@ -323,12 +319,7 @@ def test_no_segment_ends_on_a_short_part(tmp_path, shedding):
     # stall. So part k ends by k·chunk_ms into its segment, and the last
     # part lasts at least chunk_ms, whether or not the encoder sheds frames.
     messages = source(tmp_path, "parts", duration=4, gop=60, size="320x240")
-    tx = Transcoder(TranscoderSettings(parse_rungs(["240:300"])))
-    tx.shedding = shedding
-    out = []
-    for message in messages:
-        out += tx.feed(message)
-    out += tx.finish()
+    _, out = transcode(messages, rungs=["240:300"], shedding=shedding)
     ends = {e.number: e for e in out if isinstance(e, SegmentEnd) and e.rendition == "240p"}
     for rendition in ("240p", "audio"):
         parts = part_durations(out, rendition)
