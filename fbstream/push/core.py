@@ -42,6 +42,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import h2.config
@@ -51,6 +52,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
+import hpack
+from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import Frame, PushPromiseFrame, RstStreamFrame
 
 from fbstream.live.urls import PLAYBACK_PATH, STREAM_ID
@@ -213,14 +216,35 @@ class _H2Connection(h2.connection.H2Connection):
         return frames, events
 
 
+class _PlainEncoder(hpack.Encoder):
+    """
+    HPACK without Huffman coding: a push's literals (its path, its stamps)
+    cost a few bytes more on the wire and nothing to code, where hpack's
+    pure-Python Huffman code, both ways, was a third of a push's cost.
+    """
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        return super().encode(headers, huffman=False)
+
+
 class _Connection:
-    """What both ends share: the h2 connection, pings, and closing with a reason."""
+    """
+    What both ends share: the h2 connection, pings, and closing with a reason.
+
+    What we receive is checked as h2 checks any peer's headers. What we send
+    is not checked again on the way out (the publisher's headers are a
+    cache's stored ones, made by us or received through this same check,
+    and :func:`_outbound` keeps them so): h2's checks of outbound headers
+    were a third of the cost of a push.
+    """
 
     def __init__(self, client_side: bool, settings: ChannelSettings) -> None:
         self.settings = settings
         self.h2 = _H2Connection(h2.config.H2Configuration(
             client_side=client_side, header_encoding=None, validate_inbound_headers=True,
+            validate_outbound_headers=False, normalize_outbound_headers=False,
         ))
+        self.h2.encoder = _PlainEncoder()
         self.closed: str | None = None
         self._ping_sent: float | None = None
         self._ping_data = b""
@@ -313,6 +337,28 @@ def _error_name(code: object) -> str:
     return getattr(code, "name", str(code))
 
 
+#: Headers no push may carry: HTTP/1.1's hop-by-hop ones (RFC 9113 section 8.2.2).
+_HOP_BY_HOP = frozenset([b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade",
+                         b"te", b"host"])
+#: Header names whose value changes from one push to the next. HPACK sends
+#: them as literals never put in the connection's table: each would take a
+#: place there only to be pushed out unused, and every header's lookup walks
+#: the table.
+_VOLATILE = frozenset([b":path", MADE_HEADER, b"x-fbstream-hls-edge", b"date", b"age", b"last-modified", b"etag",
+                       b"expires", b"content-length", b"content-range"])
+
+
+def _outbound(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Headers as a push sends them: lower-case names, no hop-by-hop ones, volatile values never indexed."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        name = name.lower()
+        if name in _HOP_BY_HOP:
+            continue
+        out.append(NeverIndexedHeaderTuple(name, value) if name in _VOLATILE else (name, value))
+    return out
+
+
 def _headers_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
     return sum(len(n) + len(v) for n, v in headers)
 
@@ -365,9 +411,9 @@ class Publisher(_Connection):
             self._close(h2.errors.ErrorCodes.NO_ERROR, "the push stream ids ran out")
             return None
         request = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", self.authority),
-                   (b":path", path)]
+                   NeverIndexedHeaderTuple(b":path", path)]
         self.h2.push_stream(self.parents[stream], promised, request)
-        response = [(b":status", b"%d" % (code,))] + [(n.lower(), v) for n, v in headers if not n.startswith(b":")]
+        response = [(b":status", b"%d" % (code,))] + _outbound(h for h in headers if not h[0].startswith(b":"))
         self.h2.send_headers(promised, response)
         self.pushes[promised] = stream
         return promised
@@ -383,11 +429,16 @@ class Publisher(_Connection):
         if self.closed is not None or push_id not in self.pushes:
             return
         frame = self.h2.max_outbound_frame_size
-        view = memoryview(data)
-        for start in range(0, len(data), frame):
-            self.h2.send_data(push_id, view[start:start + frame].tobytes())
+        if len(data) <= frame:
+            # Most pushes: one frame, the end on it if it is the last.
+            if data or end:
+                self.h2.send_data(push_id, data, end_stream=end)
+        else:
+            view = memoryview(data)
+            starts = range(0, len(data), frame)
+            for start in starts:
+                self.h2.send_data(push_id, view[start:start + frame].tobytes(), end_stream=end and start == starts[-1])
         if end:
-            self.h2.end_stream(push_id)
             del self.pushes[push_id]
 
     def cancel(self, push_id: int) -> None:

@@ -107,10 +107,13 @@ def nghttp(url: str, *args: str, seconds: float = 4.0, secret: str = SECRET) -> 
 
 
 def promised_paths(verbose: str) -> list[str]:
-    """The ``:path`` of every PUSH_PROMISE nghttp received (it prints a frame's headers before the frame)."""
+    """
+    The ``:path`` of every PUSH_PROMISE nghttp received (it prints a frame's
+    headers before the frame, a never-indexed one marked "sensitive").
+    """
     paths, path = [], None
     for line in verbose.splitlines():
-        match = re.search(r"recv \(stream_id=\d+\) :path: (\S+)", line)
+        match = re.search(r"recv \(stream_id=\d+(?:, sensitive)?\) :path: (\S+)", line)
         if match:
             path = match.group(1)
         elif "recv PUSH_PROMISE frame" in line and path is not None:
