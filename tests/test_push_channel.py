@@ -251,7 +251,7 @@ class HubTests(ChannelCase):
                                  latest_wins=False, made=0.0))
             fast.pump()
         # The slow one's queue is bounded: past it, pushes are dropped.
-        self.assertEqual(len(slow.server.waiting), self.settings.max_pushes)
+        self.assertEqual(len(slow.server.waiting_media), self.settings.max_pushes)
         self.assertGreaterEqual(pm.DROPPED.labels(tier="origin")._value.get() - dropped, 3)
         self.assertEqual(len(fast_sink.bodies), self.settings.max_pushes + 4)
 
@@ -520,6 +520,27 @@ class CachePushTests(SynchronousTestCase):
         assert target is not None
         self.get(b"/live/cam/720p/5.m4s")  # made before the subscription: never pushed
         self.assertEqual(self.upstream.paths, [b"/live/cam/720p/5.m4s"])
+
+    def test_a_part_or_rendition_not_pushed_yet_of_the_segment_being_pushed_waits_for_its_push(self) -> None:
+        # Segment 7 of 720p and its first part are here; its next part, and
+        # segment 7 of 360p (cut at the same moment), are on their way.
+        self.cache.pushing = lambda stream: True
+        self.cache.push_wait = 1.5
+        for path in (SEG, b"/live/cam/720p/7.0.m4s"):
+            target = self.sink.pushed("cam", path, 200, SEG_HEADERS)
+            assert target is not None
+            target.data(b"moof1")
+        self.get(b"/live/cam/720p/7.1.m4s")
+        self.get(b"/live/cam/360p/7.m4s")
+        self.get(b"/live/cam/360p/7.0.m4s")
+        self.assertEqual(self.upstream.paths, [])
+        # An older part of the same segment was pushed before this tier held it: fetched.
+        self.get(b"/live/cam/720p/6.3.m4s")
+        self.assertEqual(self.upstream.paths, [b"/live/cam/720p/6.3.m4s"])
+        self.clock.advance(1.6)
+        self.assertEqual(sorted(self.upstream.paths), sorted([
+            b"/live/cam/720p/6.3.m4s", b"/live/cam/720p/7.1.m4s", b"/live/cam/360p/7.m4s",
+            b"/live/cam/360p/7.0.m4s"]))
 
     def test_a_newer_manifest_pushed_while_one_is_fetched_replaces_it(self) -> None:
         viewer = self.get(MPD)

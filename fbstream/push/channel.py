@@ -274,9 +274,16 @@ class PublisherProtocol(_ChannelProtocol):
         self.pushes: dict[int, _Push] = {}
         #: The open push of each manifest and playlist, by path (the one a newer version supersedes).
         self.latest: dict[bytes, _Push] = {}
-        #: Offers that could not be pushed yet, in order, by path (a newer
-        #: version of a manifest or playlist replaces the one waiting).
-        self.waiting: dict[bytes, Offer] = {}
+        #: Offers that could not be pushed yet, in order, by path: manifests
+        #: and playlists (a newer version replaces the one waiting), and
+        #: media. Each is started from its head, so a connection that is
+        #: behind costs no more per offer than one that is not.
+        self.waiting_versions: dict[bytes, Offer] = {}
+        self.waiting_media: dict[bytes, Offer] = {}
+        #: Open pushes with bytes to send that found no room: the ones a
+        #: transport drained or a window opened sends on (a push waiting
+        #: for its body to grow is sent on by its offer).
+        self.stalled: dict[int, _Push] = {}
         self.paused = False
         self._peer = "?"
 
@@ -290,7 +297,8 @@ class PublisherProtocol(_ChannelProtocol):
     def _lost(self) -> None:
         for push in list(self.pushes.values()):
             self._forget(push)
-        self.waiting.clear()
+        self.waiting_versions.clear()
+        self.waiting_media.clear()
         # However the core closed (a GOAWAY of ours included), the hub
         # forgets every subscription this connection held.
         for stream in [s for s, connections in self.hub.subscribers.items() if self in connections]:
@@ -315,19 +323,21 @@ class PublisherProtocol(_ChannelProtocol):
             older = self.latest.get(offer.path)
             if older is not None and not self._sent_all(older):
                 self._give_up(older, superseded=True)
-            self.waiting.pop(offer.path, None)
+            self.waiting_versions.pop(offer.path, None)
         # Manifests and playlists go first, ahead of media waiting (they are
         # small, and what every viewer's next request depends on); media in
         # order, behind what already waits.
-        behind = any(not o.latest_wins for o in self.waiting.values()) and not offer.latest_wins
+        behind = bool(self.waiting_media) and not offer.latest_wins
         if behind or not self._start(offer):
             # A full transport or the peer's stream limit holds pushes back
-            # a moment; only a subscriber that stays that far behind loses any.
-            if len(self.waiting) >= self.hub.settings.max_pushes and not offer.latest_wins:
+            # a moment (a drained transport, or a push ending, starts them);
+            # only a subscriber that stays that far behind loses any.
+            if offer.latest_wins:
+                self.waiting_versions[offer.path] = offer
+            elif len(self.waiting_media) >= self.hub.settings.max_pushes:
                 pm.DROPPED.labels(tier=self.hub.tier).inc()
             else:
-                self.waiting[offer.path] = offer
-            self._pump()
+                self.waiting_media[offer.path] = offer
         self._flush()
 
     def _start(self, offer: Offer) -> bool:
@@ -353,41 +363,40 @@ class PublisherProtocol(_ChannelProtocol):
         square of the streams); if that ended it, its place goes to what
         waits.
         """
-        if self.pushes.get(push.id) is not push or self.paused:
+        if self.pushes.get(push.id) is not push:
+            return
+        if self.paused:
+            self.stalled[push.id] = push  # sent on when the transport drains
             return
         self._send(push)
-        if push.id not in self.pushes and self.waiting:
-            self._start_waiting(latest_wins=True)
-            self._start_waiting(latest_wins=False)
+        if push.id not in self.pushes:
+            self._start_waiting()
         self._flush()
 
     def _pump(self) -> None:
         """
-        Start the waiting manifests and playlists, send what every push may
-        send now, then start the waiting media there is room for.
+        Start the waiting manifests and playlists, send what the pushes that
+        found no room may send now, then start the waiting media there is
+        room for.
         """
-        self._start_waiting(latest_wins=True)
-        for push in list(self.pushes.values()):
+        self._start_waiting(self.waiting_versions)
+        for push in list(self.stalled.values()):
             if self.paused:
                 return
-            self._send(push)  # open pushes end, and free their places, only if they are sent
-        self._start_waiting(latest_wins=True)
-        self._start_waiting(latest_wins=False)
-
-    def _start_waiting(self, latest_wins: bool) -> bool:
-        """Start waiting offers of one kind in order; False if one found no room."""
-        for path, offer in list(self.waiting.items()):
-            if offer.latest_wins != latest_wins:
-                continue
-            if self.paused:
-                return False
-            if offer.failed:
-                del self.waiting[path]
-            elif self._start(offer):
-                del self.waiting[path]
+            if self.pushes.get(push.id) is push:
+                self._send(push)  # open pushes end, and free their places, only if they are sent
             else:
-                return False  # no room: the rest wait their turn
-        return True
+                self.stalled.pop(push.id, None)
+        self._start_waiting()
+
+    def _start_waiting(self, *queues: dict[bytes, Offer]) -> None:
+        """Start waiting offers in order, manifests and playlists first, until one finds no room."""
+        for queue in queues or (self.waiting_versions, self.waiting_media):
+            while queue and not self.paused:
+                path, offer = next(iter(queue.items()))
+                if not offer.failed and not self._start(offer):
+                    return  # no room: the rest wait their turn
+                del queue[path]
 
     def _send(self, push: _Push) -> None:
         if push.offer.failed:
@@ -405,7 +414,12 @@ class PublisherProtocol(_ChannelProtocol):
             if push.offset >= len(data):
                 push.chunk += 1
                 push.offset = 0
-            self.core.send(push.id, piece)
+            # The body's last bytes carry its end: a frame fewer per push.
+            last = push.chunk >= len(chunks) and push.offer.body.complete
+            self.core.send(push.id, piece, end=last)
+            if last:
+                self._forget(push)
+                return
             moved = True
             self._flush()  # the transport may pause us here
         if moved:
@@ -413,6 +427,10 @@ class PublisherProtocol(_ChannelProtocol):
         if push.chunk >= len(chunks) and push.offer.body.complete:
             self.core.send(push.id, b"", end=True)
             self._forget(push)
+        elif push.chunk < len(chunks):
+            self.stalled[push.id] = push
+        else:
+            self.stalled.pop(push.id, None)
 
     def _has_unsent(self, push: _Push) -> bool:
         return push.chunk < len(push.offer.body.chunks) or push.offer.body.complete
@@ -428,6 +446,7 @@ class PublisherProtocol(_ChannelProtocol):
 
     def _forget(self, push: _Push) -> None:
         self.pushes.pop(push.id, None)
+        self.stalled.pop(push.id, None)
         if self.latest.get(push.offer.path) is push:
             del self.latest[push.offer.path]
         push.offer.unwatch(push.watcher)
@@ -442,6 +461,7 @@ class PublisherProtocol(_ChannelProtocol):
                               tier=self.hub.tier, path=push.offer.path.decode("latin-1"), peer=self._peer,
                               s=now - push.moved)
                 self._give_up(push)
+        self._start_waiting()  # in the places the pushes given up held
         super()._tick()
 
     def _handle(self, events: list[wire.Event]) -> None:
@@ -450,9 +470,9 @@ class PublisherProtocol(_ChannelProtocol):
                 self.hub._subscribed(self, event.stream)
             elif isinstance(event, wire.Unsubscribed):
                 self.hub._unsubscribed(self, event.stream)
-                for path, offer in list(self.waiting.items()):
-                    if offer.stream == event.stream:
-                        del self.waiting[path]
+                for queue in (self.waiting_versions, self.waiting_media):
+                    for path in [path for path, offer in queue.items() if offer.stream == event.stream]:
+                        del queue[path]
             elif isinstance(event, wire.PushCancelled):
                 push = self.pushes.get(event.push_id)
                 if push is not None:
@@ -463,6 +483,7 @@ class PublisherProtocol(_ChannelProtocol):
             elif isinstance(event, wire.Closed):
                 self.log.info("{tier}: push subscriber {peer} closed: {reason}", tier=self.hub.tier,
                               peer=self._peer, reason=event.reason)
+        self._start_waiting()  # in the places of pushes the subscriber refused
 
 
 # The subscriber's side ------------------------------------------------------------
