@@ -161,6 +161,13 @@ def _age_of(values: list[bytes]) -> float:
 ENTRY_OVERHEAD = 320
 
 
+def _track_of(media: re.Match[bytes]) -> tuple[tuple[bytes, bytes], tuple[int, int]]:
+    """A media path's (stream, rendition), and where in it it is: (segment, part; -1 for the whole segment)."""
+    part = media.group("part")
+    return ((media.group("stream"), media.group("rendition")),
+            (int(media.group("number")), int(part) if part is not None else -1))
+
+
 def cost(obj: CachedObject) -> int:
     """The bytes an object holds in the store, a body-less 404 included."""
     return obj.size + len(obj.key) + sum(len(n) + len(v) for n, v in obj.headers) + ENTRY_OVERHEAD
@@ -732,8 +739,9 @@ class CachingResource(Resource):
         self._pins: OrderedDict[bytes, dict[bytes, float]] = OrderedDict()
         #: Numbers the answers in the order they come (CachedObject.version).
         self.versions = itertools.count(1)
-        #: Stream -> the newest segment number pushed here.
-        self._pushed_edge: OrderedDict[bytes, int] = OrderedDict()
+        #: (stream, rendition) -> the newest segment pushed here and its
+        #: newest part (-1: none yet; a segment is pushed before its parts).
+        self._pushed_edge: OrderedDict[tuple[bytes, bytes], tuple[int, int]] = OrderedDict()
         #: Playlist -> the blocking reloads of it waiting for a version that
         #: answers them (their keys and directives), at most ``max_blocked``.
         self._blocked: dict[bytes, dict[bytes, tuple[int, int | None]]] = {}
@@ -757,7 +765,7 @@ class CachingResource(Resource):
             path = playlist_key(path, directives)
         now = self.clock.seconds()
         media = MEDIA_PATH.match(path)
-        if media is not None and self._past_the_edge(media.group(1), int(media.group(2)), now, request):
+        if media is not None and self._past_the_edge(media.group("stream"), int(media.group("number")), now, request):
             return b"segment %s is not available yet\n" % (media.group(2),)
         answer, later = None, False
         if directives is not None and self.pinned(playlist):
@@ -778,7 +786,7 @@ class CachingResource(Resource):
             viewer.fetch = fetch
             fetch.viewers.append(viewer)
             if media is not None:
-                pushed = self._push_coming(media.group(1), int(media.group(2)))
+                pushed = self._push_coming(media)
             else:
                 pushed = later and directives is not None and self._block(playlist, path, directives)
             fetch.start(self.push_wait if pushed else 0.0)
@@ -817,7 +825,7 @@ class CachingResource(Resource):
         media = MEDIA_PATH.match(path)
         if media is None or not values or not values[0].isdigit() or len(values[0]) > 18:
             return
-        stream = media.group(1)
+        stream = media.group("stream")
         self.edges[stream] = (int(values[0]), self.clock.seconds())
         self.edges.move_to_end(stream)
         while len(self.edges) > MAX_EDGES:
@@ -854,22 +862,25 @@ class CachingResource(Resource):
         fetch.pushed = True
         media = MEDIA_PATH.match(path)
         if media is not None:
-            stream, number = media.group(1), int(media.group(2))
-            self._pushed_edge[stream] = max(number, self._pushed_edge.get(stream, 0))
-            self._pushed_edge.move_to_end(stream)
+            track, at = _track_of(media)
+            self._pushed_edge[track] = max(at, self._pushed_edge.get(track, (0, -1)))
+            self._pushed_edge.move_to_end(track)
             while len(self._pushed_edge) > MAX_EDGES:
                 self._pushed_edge.popitem(last=False)
         return fetch
 
-    def _push_coming(self, stream: bytes, number: int) -> bool:
+    def _push_coming(self, media: re.Match[bytes]) -> bool:
         """
-        Whether segment ``number`` of ``stream`` will be pushed here: its
-        pushes flow, and it is newer than any pushed yet (an older one not
-        held was made before the subscription, and is fetched at once).
+        Whether the segment or part ``media`` matched will be pushed here:
+        its stream's pushes flow, and it is newer than any of its rendition
+        pushed yet (an older one not held was made before the subscription,
+        and is fetched at once). A part of the segment being pushed is
+        newer than that segment's parts pushed so far.
         """
-        if self.pushing is None or not self.pushing(stream.decode()):
+        if self.pushing is None or not self.pushing(media.group("stream").decode()):
             return False
-        return number > self._pushed_edge.get(stream, 0)
+        track, at = _track_of(media)
+        return at > self._pushed_edge.get(track, (0, -1))
 
     def _blocked_reload(self, playlist: bytes, key: bytes, directives: tuple[int, int | None],
                         now: float) -> tuple[CachedObject | None, bool]:

@@ -42,8 +42,11 @@ PLAYBACK_PATH = re.compile(
     % (_STREAM_ID, _RENDITION, _INIT, _SEGMENT, _PART)
 )
 
-#: A segment or part path. Groups: the stream id, the segment's number.
-MEDIA_PATH = re.compile(rb"^/live/(%s)/%s/([0-9]{1,18})(?:\.[0-9]{1,3})?\.m4s$" % (_STREAM_ID, _RENDITION))
+#: A segment or part path. Groups: the stream id, the segment's number;
+#: by name, those (``stream``, ``number``), the ``rendition`` and the
+#: ``part``'s index (None: a whole segment).
+MEDIA_PATH = re.compile(rb"^/live/(?P<stream>%s)/(?P<rendition>%s)/(?P<number>[0-9]{1,18})(?:\.(?P<part>[0-9]{1,3}))?\.m4s$"
+                        % (_STREAM_ID, _RENDITION))
 #: The header with which "not yet" answers give the live edge they were measured against.
 LIVE_EDGE_HEADER = b"x-fbstream-live-edge"
 
