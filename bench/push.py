@@ -50,6 +50,14 @@ origin, and frames the encoder shed.
     python bench/push.py --processes              (20 streams, 4 PoP cache hosts: 2 x 60 s)
     python bench/push.py --processes --streams 8 --pops 2 --seconds 30
     python bench/push.py --processes --smoke      (CI: 4 streams, 2 cache hosts, 2 x 8 s)
+    python bench/push.py --core [--smoke]         (the sans-IO core alone, per push)
+
+**The core alone** (``--core``): what one push costs each end of a
+connection in CPU, with no sockets and no reactor: a publisher pushes a
+stream's objects as the encoder does (per part: the part, and a new
+playlist version), each with a cache's headers and a body of a 144p part,
+and a subscriber reads them. This is the cost that decides how many PoP
+cache hosts one origin core can push to.
 
 Not measured here: the players' latency with and without push
 (``bench/playback.py`` runs with push on).
@@ -510,6 +518,32 @@ def metric(text: str, name: str, tier: str | None = None) -> float:
     return total
 
 
+def lag_quantile(before: str, after: str, tier: str, q: float) -> float:
+    """
+    The ``q`` quantile of the push lag at ``tier`` (seconds) over a run, from
+    its histogram's buckets before and after (interpolated within a bucket,
+    as Prometheus's histogram_quantile does).
+    """
+    def buckets(text: str) -> list[tuple[float, float]]:
+        found = []
+        for labels, n in re.findall(r"^fbstream_push_lag_seconds_bucket\{([^}]*)\} ([0-9.e+-]+)$", text, re.M):
+            fields = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            if fields.get("tier") == tier and "le" in fields:
+                found.append((float(fields["le"]), float(n)))
+        return sorted(found)
+    counts = [(le, n - dict(buckets(before)).get(le, 0.0)) for le, n in buckets(after)]
+    if not counts or counts[-1][1] <= 0:
+        return float("nan")
+    rank, lower, below = q * counts[-1][1], 0.0, 0.0
+    for le, n in counts:
+        if n >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(n - below, 1e-9)
+        lower, below = le, n
+    return lower
+
+
 @inlineCallbacks
 def metrics_of(getter: Getter, base: str) -> Any:
     _, _, body, _ = yield getter.get(base + "/metrics")
@@ -569,6 +603,7 @@ def measure_processes(reactor: Any, directory: str, etcd_url: str, source: str, 
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         origin0 = yield metrics_of(getter, dc.url(dc.origin))
         encoder0 = yield metrics_of(getter, encoder)
+        pops0 = yield DeferredList([metrics_of(getter, dc.url(node)) for node in dc.pops])
         requests0 = getter.requests
         load0 = os.getloadavg()[0]
         began = time.monotonic()
@@ -600,6 +635,7 @@ def measure_processes(reactor: Any, directory: str, etcd_url: str, source: str, 
         cpu = {name: (cpu_seconds(pid) - cpu0[name]) / elapsed for name, pid in pids.items()}
         origin1 = yield metrics_of(getter, dc.url(dc.origin))
         encoder1 = yield metrics_of(getter, encoder)
+        pops1 = yield DeferredList([metrics_of(getter, dc.url(node)) for node in dc.pops])
         requests = (getter.requests - requests0) / elapsed
         load = load0, os.getloadavg()[0]
         yield DeferredList(watches)
@@ -624,6 +660,10 @@ def measure_processes(reactor: Any, directory: str, etcd_url: str, source: str, 
         "shed": metric(encoder1, "fbstream_encoder_shed_frames_total") -
         metric(encoder0, "fbstream_encoder_shed_frames_total"),
         "untimed": sum(c.untimed for c in cuts.values()),
+        # Each hop's own push lag, from the encoder's stamp to that tier holding the object.
+        "lag": {"origin": [lag_quantile(origin0, origin1, "origin", q) for q in (0.5, 0.99)],
+                "PoPs": [statistics.mean(lag_quantile(b, a, "pop-cache", q) for (_, b), (_, a) in zip(pops0, pops1))
+                         for q in (0.5, 0.99)]},
         "requests": requests,
         "load": load,
         "failures": getter.failures,
@@ -669,6 +709,11 @@ def report_processes(rows: list[dict[str, Any]], streams: int, pops: int, second
     print("(CPU: CPU seconds per second of each process, from /proc/<pid>/stat; host CPU: the mean of the cache "
           "hosts'; pushes sent by the origin)")
     for row in rows:
+        if row["mode"] == "push":
+            print("push lag, each tier's own histogram (encoder's stamp -> the tier holds it): origin p50 %.1f ms, "
+                  "p99 %.1f ms; PoP cache hosts p50 %.1f ms, p99 %.1f ms" % (
+                      *(1000 * v for v in row["lag"]["origin"]), *(1000 * v for v in row["lag"]["PoPs"])))
+    for row in rows:
         failed = sum(f.part_failures for f in row["figures"])
         print("%s: the bench asked %.0f requests/s (%d failed; %d parts not answered 200); %d encoder answers timed no "
               "cut; the machine's load average %.1f before, %.1f after (%d cores)" % (
@@ -708,6 +753,82 @@ def run_processes(streams: int, pops: int, seconds: float, keep: bool) -> int:
     return 0
 
 
+def run_core(pushes: int) -> int:
+    """Per-push CPU of the sans-IO core: the publisher's side, then the subscriber's."""
+    from fbstream.push import core as wire
+
+    settings = wire.ChannelSettings(max_pushes=pushes + 16)
+    publisher, subscriber = wire.Publisher(settings), wire.Subscriber(settings)
+    publisher.start()
+    subscriber.start()
+
+    def exchange() -> None:
+        for _ in range(3):
+            publisher.receive(subscriber.data_to_send())
+            subscriber.receive(publisher.data_to_send())
+
+    exchange()
+    subscriber.subscribe("live00")
+    exchange()
+    body, made = b"\0" * 4700, time.time()  # a 144p part at 150 kbit/s
+    objects = []
+    for i in range(pushes):
+        number, part = divmod(i // 2, 4)
+        stamp = (wire.MADE_HEADER, b"%.3f" % (made + i / 8,))
+        if i % 2 == 0:
+            objects.append((b"/live/live00/144p/%d.%d.m4s" % (number, part), [
+                (b"content-type", b"video/mp4"), (b"cache-control", b"public, max-age=31536000, immutable"),
+                (b"access-control-allow-origin", b"*"), stamp], body))
+        else:
+            objects.append((b"/live/live00/144p/playlist.m3u8", [
+                (b"content-type", b"application/vnd.apple.mpegurl"), (b"cache-control", b"public, max-age=1"),
+                (b"access-control-allow-origin", b"*"), (b"x-fbstream-hls-edge", b"%d-%d 4.0" % (number, part)),
+                stamp], b"#EXTM3U\n" + b"#EXT-X-PART:DURATION=0.25\n" * 40))
+    sent, wire_bytes, published = [], 0, 0.0
+    for path, headers, data in objects:
+        began = time.process_time()
+        push_id = publisher.push("live00", path, 200, headers)
+        assert push_id is not None
+        publisher.send(push_id, data, end=True)
+        out = publisher.data_to_send()
+        published += time.process_time() - began
+        wire_bytes += len(out)
+        sent.append(out)
+        if len(sent) % 64 == 0:  # the subscriber's window updates, back to the publisher
+            for pending in sent[-64:]:
+                subscriber.receive(pending)
+            publisher.receive(subscriber.data_to_send())
+    # The subscriber's side, timed over every push again on a fresh pair.
+    publisher2, subscriber2 = wire.Publisher(settings), wire.Subscriber(settings)
+    publisher2.start()
+    subscriber2.start()
+    for _ in range(3):
+        publisher2.receive(subscriber2.data_to_send())
+        subscriber2.receive(publisher2.data_to_send())
+    subscriber2.subscribe("live00")
+    for _ in range(3):
+        publisher2.receive(subscriber2.data_to_send())
+        subscriber2.receive(publisher2.data_to_send())
+    received, events = 0.0, 0
+    for path, headers, data in objects:
+        push_id = publisher2.push("live00", path, 200, headers)
+        assert push_id is not None
+        publisher2.send(push_id, data, end=True)
+        out = publisher2.data_to_send()
+        began = time.process_time()
+        events += len(subscriber2.receive(out))
+        received += time.process_time() - began
+        publisher2.receive(subscriber2.data_to_send())
+    print("the push channel's sans-IO core (h2 %s), %d pushes of a stream's parts and playlist versions:" % (
+        __import__("h2").__version__, pushes))
+    print("  publisher: %.1f us CPU per push; subscriber: %.1f us per push (%d events); %.0f bytes on the wire "
+          "per push, headers and body" % (1e6 * published / pushes, 1e6 * received / pushes, events,
+                                          wire_bytes / pushes))
+    print("  so one core pushes about %.0f objects/s to subscribers, and takes in about %.0f/s" % (
+        pushes / published, pushes / received))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=None, help="per mode (default 30; with --processes 60)")
@@ -717,7 +838,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=None, help="with --processes (default 20; smoke 4)")
     parser.add_argument("--pops", type=int, default=None, help="PoP cache hosts, with --processes (default 4; smoke 2)")
     parser.add_argument("--keep", action="store_true", help="with --processes: keep every process's log")
+    parser.add_argument("--core", action="store_true", help="the sans-IO core alone: CPU per push at each end")
     args = parser.parse_args(argv)
+    if args.core:
+        return run_core(2000 if args.smoke else 20000)
     if args.processes:
         streams = args.streams or (4 if args.smoke else 20)
         pops = args.pops or (2 if args.smoke else 4)
