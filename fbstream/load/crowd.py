@@ -1,0 +1,233 @@
+"""
+A crowd of simulated viewers (:mod:`fbstream.load.viewer`) in one process,
+each on its own kept-alive connection (:mod:`fbstream.load.client`), joining
+and leaving on a schedule; and what they saw, second by second and in all.
+
+Every second the crowd plays each viewer's buffer up to the present,
+counts who is playing and who is stalled, closes that second's histograms
+(time to first byte, live latency), and measures its own CPU: past 90 % of a
+core the figures are the load generator's, not the server's, and it says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from fbstream.load.client import Answer, Channel
+from fbstream.load.viewer import MANIFEST, Request, Settings, Viewer
+
+#: The crowd's own CPU share past which its figures are not the server's.
+SATURATED = 0.9
+
+
+class Histogram:
+    """Counts in buckets 5 % wide (from 0.1 ms): percentiles to within 5 %, in constant memory."""
+
+    RATIO = math.log(1.05)
+    FLOOR = 1e-4
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.n = 0
+
+    def add(self, value: float) -> None:
+        index = int(math.log(max(value, self.FLOOR) / self.FLOOR) / self.RATIO)
+        self.counts[index] = self.counts.get(index, 0) + 1
+        self.n += 1
+
+    def merge(self, other: Histogram) -> None:
+        for index, count in other.counts.items():
+            self.counts[index] = self.counts.get(index, 0) + count
+        self.n += other.n
+
+    def quantile(self, q: float) -> float | None:
+        if not self.n:
+            return None
+        rank, seen = q * self.n, 0
+        for index in sorted(self.counts):
+            seen += self.counts[index]
+            if seen >= rank:
+                return self.FLOOR * math.exp((index + 0.5) * self.RATIO)
+        return None
+
+
+class _Watcher:
+    """One viewer, its connection and its timer."""
+
+    __slots__ = ("channel", "crowd", "request", "timer", "viewer")
+
+    def __init__(self, crowd: Crowd, viewer: Viewer) -> None:
+        self.crowd = crowd
+        self.viewer = viewer
+        self.channel = Channel(crowd.reactor, crowd.host, crowd.port, self._answered)
+        self.request: Request | None = None
+        self.timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        self._act(self.viewer.start(self.crowd.reactor.seconds()))
+
+    def stop(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.request = None
+        self.channel.close()
+
+    def _act(self, action: Request | float) -> None:
+        if isinstance(action, Request):
+            self.request = action
+            self.crowd.requests += 1
+            self.channel.get(action.path, keep=action.kind == MANIFEST)
+        elif action != float("inf"):
+            self.timer = self.crowd.reactor.callLater(max(0.0, action - self.crowd.reactor.seconds()), self._wake)
+
+    def _wake(self) -> None:
+        self.timer = None
+        self._act(self.viewer.next(self.crowd.reactor.seconds()))
+
+    def _answered(self, answer: Answer | None) -> None:
+        request, self.request = self.request, None
+        if request is None:
+            return  # stopped meanwhile
+        now = self.crowd.reactor.seconds()
+        if answer is None:
+            self._act(self.viewer.failed(now, request))
+        else:
+            self.crowd.bytes += answer.size
+            self._act(self.viewer.answered(now, request, answer.status, answer.size, answer.seconds, answer.ttfb,
+                                           answer.body, answer.max_age))
+
+
+class Crowd:
+    log = Logger()
+
+    def __init__(self, reactor: Any, host: str, port: int, manifest_path: str, settings: Settings | None = None,
+                 seed: int = 0) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        base, _, name = manifest_path.rpartition("/")
+        self.base, self.manifest = base + "/", name
+        self.settings = settings or Settings()
+        self.rng = random.Random(seed)
+        self.watching: list[_Watcher] = []
+        self.left: list[Viewer] = []
+        self.requests = 0
+        self.bytes = 0
+        self.began = reactor.seconds()
+        #: This second's histograms, and the whole run's.
+        self.second = {"ttfb": Histogram(), "latency": Histogram()}
+        self.total = {"ttfb": Histogram(), "latency": Histogram()}
+        #: One line per second: what the crowd saw in it.
+        self.seconds: list[dict[str, Any]] = []
+        self.saturated = 0
+        self._cpu = sum(os.times()[:2])
+        self._requests = 0
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = reactor
+
+    def start(self) -> None:
+        self.began = self.reactor.seconds()
+        self._ticker.start(1.0, now=False)
+
+    def stop(self) -> None:
+        if self._ticker.running:
+            self._ticker.stop()
+        self.leave(len(self.watching))
+
+    def join(self, n: int) -> None:
+        for _ in range(n):
+            watcher = _Watcher(self, Viewer(self.base, self.manifest, self.settings,
+                                            random.Random(self.rng.random()), self._observe))
+            self.watching.append(watcher)
+            watcher.start()
+
+    def leave(self, n: int) -> None:
+        for _ in range(min(n, len(self.watching))):
+            watcher = self.watching.pop(self.rng.randrange(len(self.watching)))
+            watcher.stop()
+            watcher.viewer.update(self.reactor.seconds())
+            self.left.append(watcher.viewer)
+
+    def _observe(self, kind: str, value: float) -> None:
+        name = "latency" if kind == "latency" else "ttfb"
+        self.second[name].add(value)
+
+    def _tick(self) -> None:
+        now = self.reactor.seconds()
+        playing = stalled = starting = 0
+        for watcher in self.watching:
+            viewer = watcher.viewer
+            viewer.update(now)
+            if viewer.playing:
+                playing += 1
+            elif viewer.figures.startup is None:
+                starting += 1
+            else:
+                stalled += 1
+        cpu = sum(os.times()[:2])
+        share, self._cpu = cpu - self._cpu, cpu
+        if share >= SATURATED:
+            self.saturated += 1
+            self.log.warn("the load generator used {share:.0%} of a core in the last second: from here on its "
+                          "figures measure it, not the server", share=share)
+        line = {
+            "t": round(now - self.began, 1), "viewers": len(self.watching), "playing": playing, "stalled": stalled,
+            "starting": starting, "requests": self.requests - self._requests, "cpu": round(share, 3),
+        }
+        self._requests = self.requests
+        for name, histogram in self.second.items():
+            for q in (0.5, 0.9, 0.99):
+                value = histogram.quantile(q)
+                line["%s_p%d" % (name, round(q * 100))] = round(value, 4) if value is not None else None
+            self.total[name].merge(histogram)
+        self.second = {"ttfb": Histogram(), "latency": Histogram()}
+        self.seconds.append(line)
+
+    def summary(self) -> dict[str, Any]:
+        """The whole run: every viewer's figures added up, and the run's percentiles."""
+        now = self.reactor.seconds()
+        viewers = [w.viewer for w in self.watching] + self.left
+        for viewer in viewers:
+            viewer.update(now)
+        stalled = sum(v.figures.stalled + v.stalled_now(now) for v in viewers)
+        played = sum(v.figures.played for v in viewers)
+        errors: dict[str, int] = {}
+        renditions: dict[str, float] = {}
+        for viewer in viewers:
+            for what, n in viewer.figures.errors.items():
+                errors[what] = errors.get(what, 0) + n
+            for name, seconds in viewer.figures.renditions.items():
+                renditions[name] = renditions.get(name, 0.0) + seconds
+        startups = Histogram()
+        for viewer in viewers:
+            if viewer.figures.startup is not None:
+                startups.add(viewer.figures.startup)
+
+        def q(histogram: Histogram, p: float) -> float | None:
+            value = histogram.quantile(p)
+            return round(value, 4) if value is not None else None
+
+        return {
+            "viewers": len(viewers),
+            "seconds": round(now - self.began, 1),
+            "requests": sum(v.figures.requests for v in viewers),
+            "bytes": self.bytes,
+            "errors": errors,
+            "started": startups.n,
+            "startup_p50": q(startups, 0.5), "startup_p90": q(startups, 0.9),
+            "stalls": sum(v.figures.stalls for v in viewers),
+            "stalled_seconds": round(stalled, 2),
+            "rebuffer_ratio": round(stalled / (played + stalled), 5) if played + stalled else None,
+            "ttfb_p50": q(self.total["ttfb"], 0.5), "ttfb_p99": q(self.total["ttfb"], 0.99),
+            "latency_p50": q(self.total["latency"], 0.5), "latency_p95": q(self.total["latency"], 0.95),
+            "renditions": {name: round(s / played, 3) for name, s in sorted(renditions.items())} if played else {},
+            "cpu_saturated_seconds": self.saturated,
+        }
