@@ -1,11 +1,13 @@
 """
-Run a crowd of simulated viewers against one stream, and print what they saw:
+Run one crowd of simulated viewers against a PoP, and print what they saw:
 
-    python -m fbstream.load http://127.0.0.1:8080/live/demo/manifest.mpd --viewers 500 --seconds 20
+    python -m fbstream.load http://127.0.0.1:8080 --viewers 500 --seconds 20
+    python -m fbstream.load http://127.0.0.1:8080 --kind ramp --viewers 2000 --seconds 120 --rise 20 --fall 20
+    python -m fbstream.load http://127.0.0.1:8080 --streams a,b,c,d --zipf 1 --churn 0.01
 
-They join over ``--join-over`` seconds (0: all at once, a herd), watch, and
-leave at the end. The summary is JSON on the last line (``--json`` writes it,
-with every second's line, to a file too).
+One line of JSON per second goes to stderr, the summary to stdout (and,
+with ``--json``, both to a file). ``fbstream-load`` runs the same across
+many agents.
 """
 
 from __future__ import annotations
@@ -16,45 +18,65 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
+
 from fbstream.load.crowd import Crowd
+from fbstream.load.scenario import KINDS, Scenario, ScenarioError
 from fbstream.load.viewer import Settings
+
+
+def scenario_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scenario's fields as options (shared with ``fbstream-load``)."""
+    defaults = Scenario()
+    parser.add_argument("--kind", choices=KINDS, default=defaults.kind)
+    parser.add_argument("--viewers", type=int, default=defaults.viewers)
+    parser.add_argument("--seconds", type=float, default=defaults.seconds)
+    parser.add_argument("--streams", default=",".join(defaults.streams), help="stream ids, comma-separated")
+    parser.add_argument("--join-over", type=float, default=defaults.join_over,
+                        help="seconds over which steady or herd viewers join")
+    parser.add_argument("--rise", type=float, default=defaults.rise, help="ramp: seconds up to the peak")
+    parser.add_argument("--fall", type=float, default=defaults.fall, help="ramp: seconds down at the end")
+    parser.add_argument("--zipf", type=float, default=defaults.zipf, help="stream popularity exponent (0: even)")
+    parser.add_argument("--churn", type=float, default=defaults.churn, help="share of viewers replaced per second")
+    parser.add_argument("--scale", type=float, default=defaults.scale, help="a multiple of the viewers (10: 10x)")
+    parser.add_argument("--startup", type=float, default=defaults.startup, help="seconds buffered before playing")
+
+
+def scenario_of(args: argparse.Namespace) -> Scenario:
+    scenario = Scenario(kind=args.kind, viewers=args.viewers, seconds=args.seconds,
+                        streams=tuple(s for s in args.streams.split(",") if s), join_over=args.join_over,
+                        rise=args.rise, fall=args.fall, zipf=args.zipf, churn=args.churn, scale=args.scale,
+                        startup=args.startup)
+    scenario.check()
+    return scenario
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fbstream.load", description=__doc__.split("\n\n")[0])
-    parser.add_argument("manifest", help="the stream's DASH manifest URL at the PoP")
-    parser.add_argument("--viewers", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=30.0, help="from the first viewer's join to the end")
-    parser.add_argument("--join-over", type=float, default=5.0, help="seconds over which the viewers join")
-    parser.add_argument("--startup", type=float, default=Settings().startup, help="seconds buffered before playing")
+    parser.add_argument("pop", help="the PoP's viewers' URL, http://HOST:PORT")
+    scenario_arguments(parser)
     parser.add_argument("--json", help="write the summary and every second's figures here")
     args = parser.parse_args(argv)
-    url = urlsplit(args.manifest)
+    url = urlsplit(args.pop)
     if url.scheme != "http" or not url.hostname:
-        parser.error("an http:// manifest URL, please")
+        parser.error("an http:// URL, please")
+    try:
+        scenario = scenario_of(args)
+    except ScenarioError as e:
+        parser.error(str(e))
 
     from twisted.internet import reactor
 
     run: Any = reactor
-    crowd = Crowd(run, url.hostname, url.port or 80, url.path, Settings(startup=args.startup))
-    crowd.start()
-    step = args.join_over / args.viewers if args.viewers and args.join_over > 0 else 0.0
-    for i in range(args.viewers):
-        run.callLater(i * step, crowd.join, 1)
+    crowd = Crowd(run, url.hostname, url.port or 80, Settings(startup=scenario.startup))
     result: dict[str, Any] = {}
-
-    def finish() -> None:
-        result.update(crowd.summary())
-        crowd.stop()
-        run.stop()
-
-    run.callLater(args.seconds, finish)
+    crowd.run(scenario).addCallback(result.update).addBoth(lambda _: run.stop())
     run.run()
     for line in crowd.seconds:
         print(json.dumps(line), file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"summary": result, "seconds": crowd.seconds}, f, indent=1)
+            json.dump({"scenario": attrs.asdict(scenario), "summary": result, "seconds": crowd.seconds}, f, indent=1)
     print(json.dumps(result))
     return 0
 

@@ -16,15 +16,19 @@ import os
 import random
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fbstream.load.client import Answer, Channel
+from fbstream.load.scenario import Scenario
 from fbstream.load.viewer import MANIFEST, Request, Settings, Viewer
 
 #: The crowd's own CPU share past which its figures are not the server's.
 SATURATED = 0.9
+#: Seconds between the scenario's steps (joins, leaves, churn).
+STEP = 0.1
 
 
 class Histogram:
@@ -108,17 +112,17 @@ class _Watcher:
 class Crowd:
     log = Logger()
 
-    def __init__(self, reactor: Any, host: str, port: int, manifest_path: str, settings: Settings | None = None,
-                 seed: int = 0) -> None:
+    def __init__(self, reactor: Any, host: str, port: int, settings: Settings | None = None, seed: int = 0,
+                 manifest: str = "/live/{stream}/manifest.mpd") -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
-        base, _, name = manifest_path.rpartition("/")
-        self.base, self.manifest = base + "/", name
+        self.manifest = manifest
         self.settings = settings or Settings()
         self.rng = random.Random(seed)
         self.watching: list[_Watcher] = []
-        self.left: list[Viewer] = []
+        #: The figures of the viewers who left, added up.
+        self.gone = Totals()
         self.requests = 0
         self.bytes = 0
         self.began = reactor.seconds()
@@ -132,20 +136,25 @@ class Crowd:
         self._requests = 0
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
+        self._stepper: LoopingCall | None = None
+        self.done: Deferred[dict[str, Any]] | None = None
+        self.scenario: Scenario | None = None
 
     def start(self) -> None:
         self.began = self.reactor.seconds()
         self._ticker.start(1.0, now=False)
 
     def stop(self) -> None:
-        if self._ticker.running:
-            self._ticker.stop()
+        for looping in (self._ticker, self._stepper):
+            if looping is not None and looping.running:
+                looping.stop()
         self.leave(len(self.watching))
 
-    def join(self, n: int) -> None:
+    def join(self, n: int, stream: str) -> None:
+        base, _, name = self.manifest.format(stream=stream).rpartition("/")
         for _ in range(n):
-            watcher = _Watcher(self, Viewer(self.base, self.manifest, self.settings,
-                                            random.Random(self.rng.random()), self._observe))
+            watcher = _Watcher(self, Viewer(base + "/", name, self.settings, random.Random(self.rng.random()),
+                                            self._observe))
             self.watching.append(watcher)
             watcher.start()
 
@@ -153,8 +162,8 @@ class Crowd:
         for _ in range(min(n, len(self.watching))):
             watcher = self.watching.pop(self.rng.randrange(len(self.watching)))
             watcher.stop()
-            watcher.viewer.update(self.reactor.seconds())
-            self.left.append(watcher.viewer)
+            watcher.viewer.leave(self.reactor.seconds())
+            self.gone.add(watcher.viewer, self.reactor.seconds())
 
     def _observe(self, kind: str, value: float) -> None:
         name = "latency" if kind == "latency" else "ttfb"
@@ -191,43 +200,110 @@ class Crowd:
         self.second = {"ttfb": Histogram(), "latency": Histogram()}
         self.seconds.append(line)
 
+    def run(self, scenario: Scenario) -> Deferred[dict[str, Any]]:
+        """
+        Play ``scenario`` from now: its viewers joining, churning and leaving
+        as it says; the summary once it is over (:meth:`stop` ends it early).
+        """
+        self.scenario = scenario
+        pick = scenario.picker(self.rng)
+        done: Deferred[dict[str, Any]] = Deferred()
+        self.done = done
+        churned = 0.0
+
+        def step() -> None:
+            nonlocal churned
+            t = self.reactor.seconds() - self.began
+            if t >= scenario.seconds:
+                self.finish()
+                return
+            wanted = scenario.wanted(t)
+            if wanted > len(self.watching):
+                for _ in range(wanted - len(self.watching)):
+                    self.join(1, pick())
+            elif wanted < len(self.watching):
+                self.leave(len(self.watching) - wanted)
+            churned += scenario.churn * len(self.watching) * STEP
+            if churned >= 1:
+                n = int(churned)
+                churned -= n
+                self.leave(n)
+                for _ in range(n):
+                    self.join(1, pick())
+
+        self._stepper = LoopingCall(step)
+        self._stepper.clock = self.reactor
+        self.start()
+        self._stepper.start(STEP, now=True)
+        return done
+
+    def finish(self) -> None:
+        """End the run now: every viewer leaves, and the summary is handed on."""
+        summary = self.summary()
+        self.stop()
+        if self.done is not None and not self.done.called:
+            self.done.callback(summary)
+
     def summary(self) -> dict[str, Any]:
         """The whole run: every viewer's figures added up, and the run's percentiles."""
         now = self.reactor.seconds()
-        viewers = [w.viewer for w in self.watching] + self.left
-        for viewer in viewers:
-            viewer.update(now)
-        stalled = sum(v.figures.stalled + v.stalled_now(now) for v in viewers)
-        played = sum(v.figures.played for v in viewers)
-        errors: dict[str, int] = {}
-        renditions: dict[str, float] = {}
-        for viewer in viewers:
-            for what, n in viewer.figures.errors.items():
-                errors[what] = errors.get(what, 0) + n
-            for name, seconds in viewer.figures.renditions.items():
-                renditions[name] = renditions.get(name, 0.0) + seconds
-        startups = Histogram()
-        for viewer in viewers:
-            if viewer.figures.startup is not None:
-                startups.add(viewer.figures.startup)
+        totals = self.gone.copy()
+        for watcher in self.watching:
+            watcher.viewer.update(now)
+            totals.add(watcher.viewer, now)
 
         def q(histogram: Histogram, p: float) -> float | None:
             value = histogram.quantile(p)
             return round(value, 4) if value is not None else None
 
+        stalled, played = totals.stalled, totals.played
         return {
-            "viewers": len(viewers),
+            "viewers": totals.viewers,
             "seconds": round(now - self.began, 1),
-            "requests": sum(v.figures.requests for v in viewers),
+            "requests": totals.requests,
             "bytes": self.bytes,
-            "errors": errors,
-            "started": startups.n,
-            "startup_p50": q(startups, 0.5), "startup_p90": q(startups, 0.9),
-            "stalls": sum(v.figures.stalls for v in viewers),
+            "errors": totals.errors,
+            "started": totals.startups.n,
+            "startup_p50": q(totals.startups, 0.5), "startup_p90": q(totals.startups, 0.9),
+            "stalls": totals.stalls,
             "stalled_seconds": round(stalled, 2),
             "rebuffer_ratio": round(stalled / (played + stalled), 5) if played + stalled else None,
             "ttfb_p50": q(self.total["ttfb"], 0.5), "ttfb_p99": q(self.total["ttfb"], 0.99),
             "latency_p50": q(self.total["latency"], 0.5), "latency_p95": q(self.total["latency"], 0.95),
-            "renditions": {name: round(s / played, 3) for name, s in sorted(renditions.items())} if played else {},
+            "renditions": {name: round(t / played, 3) for name, t in sorted(totals.renditions.items())}
+            if played else {},
             "cpu_saturated_seconds": self.saturated,
         }
+
+
+class Totals:
+    """Viewers' figures added up: those who left are kept this way, not one by one."""
+
+    def __init__(self) -> None:
+        self.viewers = self.requests = self.stalls = 0
+        self.stalled = self.played = 0.0
+        self.errors: dict[str, int] = {}
+        self.renditions: dict[str, float] = {}
+        self.startups = Histogram()
+
+    def add(self, viewer: Viewer, now: float) -> None:
+        figures = viewer.figures
+        self.viewers += 1
+        self.requests += figures.requests
+        self.stalls += figures.stalls
+        self.stalled += figures.stalled + viewer.stalled_now(now)
+        self.played += figures.played
+        for what, n in figures.errors.items():
+            self.errors[what] = self.errors.get(what, 0) + n
+        for name, seconds in figures.renditions.items():
+            self.renditions[name] = self.renditions.get(name, 0.0) + seconds
+        if figures.startup is not None:
+            self.startups.add(figures.startup)
+
+    def copy(self) -> Totals:
+        other = Totals()
+        other.viewers, other.requests, other.stalls = self.viewers, self.requests, self.stalls
+        other.stalled, other.played = self.stalled, self.played
+        other.errors, other.renditions = dict(self.errors), dict(self.renditions)
+        other.startups.merge(self.startups)
+        return other

@@ -103,6 +103,7 @@ class Viewer:
         self.clock = 0.0
         #: Throughput, bits/s: a fast and a slow moving average of each video segment's.
         self.fast = self.slow = 0.0
+        self.gone = False
 
     # What to do next -------------------------------------------------------------
 
@@ -205,8 +206,18 @@ class Viewer:
 
     # The picture ---------------------------------------------------------------
 
+    def leave(self, now: float) -> None:
+        """The viewer stops watching at ``now``: its figures are final (a stall going on ends here)."""
+        self.update(now)
+        if self.stalled_since is not None:
+            self.figures.stalled += now - self.stalled_since
+            self.stalled_since = None
+        self.gone = True
+
     def update(self, now: float) -> None:
         """Play the buffer up to ``now``: start, stall and resume as it allows."""
+        if self.gone:
+            return
         elapsed, self.clock = max(0.0, now - self.clock), now
         figures = self.figures
         if self.playing:
