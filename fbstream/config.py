@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from typing import Any, TypeVar
 
@@ -20,11 +21,25 @@ import attrs
 T = TypeVar("T", bound=attrs.AttrsInstance)
 
 ROLES = ("pop", "dc-proxy", "encoder", "origin")
+#: Roles the ``all`` role does not run: they stand beside a deployment.
+OTHER_ROLES = ("loadgen",)
 ALL = "all"
 
 
 class ConfigError(Exception):
     """A configuration file or override is wrong; the message says where."""
+
+
+def loopback_only(description: str) -> bool:
+    """Whether an endpoint string only reaches this host (a loopback interface or host, or a unix socket)."""
+    if description.startswith("unix:"):
+        return True
+    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)[1:]]
+    fields = dict(part.split("=", 1) for part in parts if "=" in part)
+    positional = [part for part in parts if "=" not in part]
+    host = fields.get("interface") or fields.get("host") or \
+        (positional[0] if description.startswith(("tcp:", "tls:")) and len(positional) > 1 else "")
+    return host.startswith("127.") or host in ("::1", "localhost")
 
 
 @attrs.frozen
@@ -201,6 +216,13 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     },
     "encoder": {**_rtmp("tcp:1937"), **_http("tcp:8082"), **ENCODER, **INGEST, **TOKENS, **REGISTRY,
                 **_push([], None)},
+    "loadgen": {
+        **_http("tcp:8090:interface=127.0.0.1"),
+        "loadgen.name": Setting(str, "", "this agent's name in reports (empty: the host's name)"),
+        "loadgen.secret_file": Setting(str, "", "a file with the bearer secret the controller presents (empty: "
+                                                "$FBSTREAM_LOAD_SECRET; with neither, only loopback may listen)"),
+        "loadgen.max_viewers": Setting(int, 20_000, "simulated viewers this agent runs at most"),
+    },
     "origin": {
         **_http("tcp:8083"),
         "origin.upstreams": Setting(list, ["tcp:127.0.0.1:8082"],
@@ -263,7 +285,7 @@ def settings(cls: type[T], config: RoleConfig, prefix: str, **overrides: Any) ->
 def describe() -> str:
     """Every setting, its type, help and default (each role's where they differ): for ``--help``."""
     keys: dict[str, list[str]] = {}
-    for role in ROLES:
+    for role in ROLES + OTHER_ROLES:
         for key in SCHEMA[role]:
             keys.setdefault(key, []).append(role)
     lines = []
@@ -356,8 +378,8 @@ def load(role: str, path: str | None, overrides: list[str]) -> dict[str, RoleCon
     With no ``path`` the role's file under ``conf/`` is used if present, else the
     built-in defaults (which the shipped files repeat).
     """
-    if role != ALL and role not in ROLES:
-        raise ConfigError("unknown role %r (choose from %s)" % (role, ", ".join(ROLES + (ALL,))))
+    if role != ALL and role not in ROLES + OTHER_ROLES:
+        raise ConfigError("unknown role %r (choose from %s)" % (role, ", ".join(ROLES + OTHER_ROLES + (ALL,))))
     if path is None:
         path = default_path(role)
     table = load_file(path) if path else {}

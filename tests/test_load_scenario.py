@@ -42,6 +42,7 @@ def test_zipf_popularity_favours_the_first_streams_and_a_herd_watches_one() -> N
 def test_a_scenario_from_json_round_trips_and_nonsense_is_refused() -> None:
     scenario = Scenario(kind="ramp", viewers=10, seconds=30, rise=5, fall=5, streams=("x", "y"))
     assert Scenario.from_json(scenario.to_json()) == scenario
+    bad: object
     for bad in ([], {"kind": "flood"}, {"viewers": "many"}, {"viewers": True}, {"streams": []},
                 {"extra": 1}, {"seconds": 0}, {"viewers": 10**9}, {"churn": 1.5},
                 {"kind": "ramp", "seconds": 10, "rise": 8, "fall": 8}, {"join_over": -1}):

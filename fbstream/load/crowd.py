@@ -29,6 +29,9 @@ from fbstream.load.viewer import MANIFEST, Request, Settings, Viewer
 SATURATED = 0.9
 #: Seconds between the scenario's steps (joins, leaves, churn).
 STEP = 0.1
+#: Distinct URLs a crowd remembers having asked for (to tell how many fetches
+#: one object cost each tier); past this it stops counting.
+MAX_PATHS = 200_000
 
 
 class Histogram:
@@ -88,6 +91,8 @@ class _Watcher:
         if isinstance(action, Request):
             self.request = action
             self.crowd.requests += 1
+            if len(self.crowd.paths) < MAX_PATHS:
+                self.crowd.paths.add(action.path)
             self.channel.get(action.path, keep=action.kind == MANIFEST)
         elif action != float("inf"):
             self.timer = self.crowd.reactor.callLater(max(0.0, action - self.crowd.reactor.seconds()), self._wake)
@@ -125,6 +130,7 @@ class Crowd:
         self.gone = Totals()
         self.requests = 0
         self.bytes = 0
+        self.paths: set[str] = set()
         self.began = reactor.seconds()
         #: This second's histograms, and the whole run's.
         self.second = {"ttfb": Histogram(), "latency": Histogram()}
@@ -244,13 +250,21 @@ class Crowd:
         if self.done is not None and not self.done.called:
             self.done.callback(summary)
 
-    def summary(self) -> dict[str, Any]:
-        """The whole run: every viewer's figures added up, and the run's percentiles."""
-        now = self.reactor.seconds()
+    def totals(self, now: float) -> Totals:
+        """Every viewer's figures, those watching and those who left, added up."""
         totals = self.gone.copy()
         for watcher in self.watching:
             watcher.viewer.update(now)
             totals.add(watcher.viewer, now)
+        return totals
+
+    def startups(self) -> Histogram:
+        return self.totals(self.reactor.seconds()).startups
+
+    def summary(self) -> dict[str, Any]:
+        """The whole run: every viewer's figures added up, and the run's percentiles."""
+        now = self.reactor.seconds()
+        totals = self.totals(now)
 
         def q(histogram: Histogram, p: float) -> float | None:
             value = histogram.quantile(p)
@@ -267,12 +281,14 @@ class Crowd:
             "startup_p50": q(totals.startups, 0.5), "startup_p90": q(totals.startups, 0.9),
             "stalls": totals.stalls,
             "stalled_seconds": round(stalled, 2),
+            "played_seconds": round(played, 2),
             "rebuffer_ratio": round(stalled / (played + stalled), 5) if played + stalled else None,
             "ttfb_p50": q(self.total["ttfb"], 0.5), "ttfb_p99": q(self.total["ttfb"], 0.99),
             "latency_p50": q(self.total["latency"], 0.5), "latency_p95": q(self.total["latency"], 0.95),
             "renditions": {name: round(t / played, 3) for name, t in sorted(totals.renditions.items())}
             if played else {},
             "cpu_saturated_seconds": self.saturated,
+            "distinct_paths": len(self.paths) if len(self.paths) < MAX_PATHS else None,
         }
 
 

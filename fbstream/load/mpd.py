@@ -71,6 +71,8 @@ class Manifest:
     #: Unix seconds: availabilityStartTime plus the period's start.
     origin: float
     tracks: tuple[Track, ...]
+    #: minimumUpdatePeriod: how often a player reads a live manifest again (0: not said).
+    update_period: float = 0.0
 
     def newest_complete(self, track: Track, now: float) -> int:
         """The number of the newest segment whose end has passed (start_number - 1: none yet)."""
@@ -130,7 +132,8 @@ def _parse(body: bytes) -> Manifest:
                             timescale, duration, _int(template.get("startNumber", "1"), "startNumber")))
     if not tracks:
         raise ManifestError("no AdaptationSet")
-    return Manifest(dynamic, origin, tuple(tracks))
+    update = root.get("minimumUpdatePeriod")
+    return Manifest(dynamic, origin, tuple(tracks), _duration(update) if update else 0.0)
 
 
 def _int(value: str | None, name: str) -> int:

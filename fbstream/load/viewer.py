@@ -6,8 +6,8 @@ for, one at a time on one kept-alive connection).
 
 What it does, in order:
 
-- it reads the manifest, and again whenever the copy it has is older than
-  its ``Cache-Control`` allows;
+- it reads the manifest, and again once the copy it has is older than its
+  ``Cache-Control`` allows and its ``minimumUpdatePeriod`` is over;
 - it fetches each track's init segment (again when it changes rendition);
 - it starts ``startup`` seconds behind the newest complete segment, and
   then fetches one segment per track per segment duration, each as soon as
@@ -171,7 +171,9 @@ class Viewer:
         return now + self.settings.retry
 
     def _read(self, now: float, manifest: Manifest, max_age: float) -> None:
-        self.expires = now + max(0.5, max_age)
+        # Read again once the copy is stale and the manifest's own update
+        # period is over, as dash.js does (never more than twice a second).
+        self.expires = now + max(0.5, max_age, manifest.update_period)
         first = self.manifest is None
         self.manifest = manifest
         if not manifest.dynamic:

@@ -8,7 +8,6 @@ mutual TLS when ``push.tls_ca`` is too; h2 with prior knowledge on a bare
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from twisted.application import strports
@@ -20,7 +19,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReacto
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from fbstream.config import ConfigError, RoleConfig
+from fbstream.config import ConfigError, RoleConfig, loopback_only
 from fbstream.push.channel import IPushSink, PushClient, PushHub
 from fbstream.push.core import ChannelSettings
 
@@ -77,18 +76,6 @@ def _authority(config: RoleConfig) -> ssl.Certificate | None:
         raise ConfigError("push.tls_ca: not a PEM certificate (%s)" % (e,)) from None
 
 
-def _loopback(description: str) -> bool:
-    """Whether an endpoint string only reaches this host (a loopback interface or host, or a unix socket)."""
-    if description.startswith("unix:"):
-        return True
-    parts = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", description)[1:]]
-    fields = dict(part.split("=", 1) for part in parts if "=" in part)
-    positional = [part for part in parts if "=" not in part]
-    host = fields.get("interface") or fields.get("host") or \
-        (positional[0] if description.startswith(("tcp:", "tls:")) and len(positional) > 1 else "")
-    return host.startswith("127.") or host in ("::1", "localhost")
-
-
 def check_push(config: RoleConfig) -> None:
     """
     Fail at startup on a push channel that anyone could subscribe to, or
@@ -99,13 +86,13 @@ def check_push(config: RoleConfig) -> None:
     _certificate(config)
     authority = _authority(config)
     for description in config.values.get("push.listen", []):
-        if not _loopback(description) and secret is None and authority is None:
+        if not loopback_only(description) and secret is None and authority is None:
             raise ConfigError("push.listen %s is reachable from other hosts: give the channel a secret "
                               "(push.secret_file or $FBSTREAM_PUSH_SECRET) or client certificates "
                               "(push.tls_cert, push.tls_key, push.tls_ca)" % (description,))
     upstreams = config.values.get("push.upstreams", []) + config.values.get("push.origins", [])
     for description in upstreams:
-        if secret is not None and authority is None and not _loopback(description):
+        if secret is not None and authority is None and not loopback_only(description):
             raise ConfigError("the push channel's secret would cross the network in the clear to %s: "
                               "set push.tls_ca (TLS with ALPN h2)" % (description,))
 

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from fbstream.config import ConfigError, RoleConfig
+from fbstream.config import ConfigError, RoleConfig, loopback_only
 from fbstream.diskio import ThreadPoolService
 from fbstream.limits import ConnectionLimits
 from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
@@ -128,6 +128,8 @@ def check_secrets(configs: dict[str, RoleConfig]) -> None:
             process.token_keys(config)
         elif config.role == "pop" and process.api_key(config) is not None:
             process.token_keys(config, required=True)
+        if config.role == "loadgen":
+            loadgen_secret(config)
         if "push.secret_file" in config.values:
             from fbstream.push.service import check_push
 
@@ -339,12 +341,45 @@ def build_origin(config: RoleConfig, process: Process) -> RoleService:
     return service
 
 
+def build_loadgen(config: RoleConfig, process: Process) -> RoleService:
+    """A load-generating agent: simulated viewers, run by ``fbstream-load`` over ``/v1/run``."""
+    import socket
+
+    from fbstream.load.agent import AgentResource
+
+    service = RoleService(config.role)
+    root = http_root()
+    agent = AgentResource(process.reactor, config["loadgen.name"] or socket.gethostname(), loadgen_secret(config),
+                          config["loadgen.max_viewers"])
+    root.putChild(b"v1", agent)
+    service.site = listen_http(service, config, process, root)
+    return service
+
+
+def loadgen_secret(config: RoleConfig) -> bytes | None:
+    """The agent's secret; an agent reachable from other hosts must have one."""
+    from fbstream.load.agent import load_secret
+
+    try:
+        secret = load_secret(config["loadgen.secret_file"])
+    except OSError as e:
+        raise ConfigError("cannot read loadgen.secret_file: %s" % (e.strerror,)) from None
+    if secret is not None and len(secret) < 16:
+        raise ConfigError("the load generator's secret must be at least 16 characters")
+    for description in config["http.listen"]:
+        if secret is None and not loopback_only(description):
+            raise ConfigError("http.listen %s is reachable from other hosts: give the agent a secret "
+                              "(loadgen.secret_file or $FBSTREAM_LOAD_SECRET)" % (description,))
+    return secret
+
+
 #: The builder of each role.
 BUILDERS: dict[str, Callable[[RoleConfig, Process], RoleService]] = {
     "pop": build_pop,
     "dc-proxy": build_dc_proxy,
     "encoder": build_encoder,
     "origin": build_origin,
+    "loadgen": build_loadgen,
 }
 
 
