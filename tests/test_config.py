@@ -19,7 +19,7 @@ def test_shipped_files_load(path):
     assert set(configs) == set(config.ROLES if role == "all" else (role,))
 
 
-@pytest.mark.parametrize("role", config.ROLES)
+@pytest.mark.parametrize("role", config.ROLES + config.OTHER_ROLES)
 def test_role_files_repeat_the_defaults(role):
     """The file a newcomer reads says what the code does without it."""
     loaded = config.load(role, os.path.join(ROOT, "conf", role + ".toml"), [])[role]
