@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from twisted.internet import reactor as _reactor
 from twisted.internet import task
 from twisted.web.server import Site
 
@@ -15,14 +14,13 @@ from fbstream.load.agent import AgentResource
 from fbstream.load.controller import combine, tiers_of
 from fbstream.roles.services import http_root
 
-from .test_load_crowd import Live
-
-reactor: Any = _reactor  # typed as what a test needs of it
+from .test_load_crowd import Live, the_reactor
 
 SECRET = b"a-secret-of-the-agents-0123"
 
 
 def listen(resource):
+    reactor = the_reactor()
     root = http_root()
     root.putChild(b"v1", resource)
     return reactor.listenTCP(0, Site(root), interface="127.0.0.1")
@@ -30,6 +28,7 @@ def listen(resource):
 
 @pytest_twisted.inlineCallbacks
 def test_a_run_is_started_watched_and_reported_and_bad_asks_are_refused():
+    reactor = the_reactor()
     live_port = reactor.listenTCP(0, Site(Live()), interface="127.0.0.1")
     agent = AgentResource(reactor, "agent0", SECRET, max_viewers=50)
     port = listen(agent)

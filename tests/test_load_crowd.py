@@ -7,15 +7,12 @@ from collections import Counter
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import reactor as _reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from fbstream.load.crowd import Crowd
 from fbstream.load.scenario import Scenario
 from fbstream.load.viewer import Settings
-
-reactor: Any = _reactor  # typed as what a test needs of it
 
 MPD = """<?xml version="1.0"?>
 <MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" availabilityStartTime="%s"><Period start="PT0S">
@@ -45,8 +42,16 @@ class Live(Resource):
         return b"\0" * (size if parts[-1].endswith(".m4s") else 700)
 
 
+def the_reactor() -> Any:
+    """The reactor pytest-twisted installed (imported here, not when the module is, so as not to install one)."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_crowd_plays_its_scenario_over_many_streams():
+    reactor = the_reactor()
     live = Live()
     port = reactor.listenTCP(0, Site(live), interface="127.0.0.1")
     try:

@@ -45,7 +45,7 @@ def cache_settings(config: RoleConfig, max_bytes_key: str = "cache.max_bytes") -
 def caching_tier(
     parent: MultiService, tier: str, hosts: list[str], settings: CacheSettings, reactor: IReactorClients
 ) -> CachingResource:
-    upstreams = Upstreams(reactor, hosts)
+    upstreams = Upstreams(reactor, hosts, tier=tier)
     _ClosePool(upstreams).setServiceParent(parent)
     return CachingResource(tier, upstreams.get, reactor, settings)
 
@@ -80,7 +80,7 @@ class OwnerUpstreams:
             return self.fallback
         hosts = self._hosts.get(endpoint)
         if hosts is None:
-            hosts = self._hosts[endpoint] = Upstreams(self.reactor, [endpoint])
+            hosts = self._hosts[endpoint] = Upstreams(self.reactor, [endpoint], tier="origin")
             _ClosePool(hosts).setServiceParent(self.parent)
         return hosts
 
@@ -109,7 +109,7 @@ class OwnerUpstreams:
 def build_origin(parent: MultiService, config: RoleConfig, reactor: IReactorClients, root: Resource,
                  registry: Any = None) -> CachingResource:
     if registry is not None:
-        fallback = Upstreams(reactor, config["origin.upstreams"])
+        fallback = Upstreams(reactor, config["origin.upstreams"], tier="origin")
         _ClosePool(fallback).setServiceParent(parent)
         fetch = OwnerUpstreams(parent, reactor, registry, fallback)
         cache = CachingResource("origin", fetch.get, reactor, cache_settings(config))

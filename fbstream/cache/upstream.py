@@ -20,8 +20,6 @@ from zope.interface import implementer
 from fbstream.cache.ring import HashRing
 from fbstream.reactors import IReactorClients
 
-_HEADERS = Headers({b"user-agent": [b"fbstream-cache"]})
-
 
 @implementer(IAgentEndpointFactory)
 class _Endpoints:
@@ -35,9 +33,14 @@ class _Endpoints:
 
 
 class Upstreams:
-    def __init__(self, reactor: IReactorClients, descriptions: list[str], connections_per_host: int = 32) -> None:
+    def __init__(self, reactor: IReactorClients, descriptions: list[str], connections_per_host: int = 32,
+                 tier: str = "") -> None:
         if not descriptions:
             raise ValueError("no upstream hosts configured")
+        # The tier asking names itself, so the next tier's access log says
+        # which cache each fetch came from.
+        self.headers = Headers({b"user-agent": [b"fbstream-cache (%s)" % (tier.encode(),) if tier
+                                                else b"fbstream-cache"]})
         self.reactor = reactor
         self.descriptions = list(descriptions)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
@@ -53,7 +56,7 @@ class Upstreams:
         attempt_d: list[Deferred[Any]] = []
 
         def attempt(i: int) -> None:
-            d = self.agent.request(b"GET", b"http://upstream%d%s" % (hosts[i], path), _HEADERS)
+            d = self.agent.request(b"GET", b"http://upstream%d%s" % (hosts[i], path), self.headers)
             attempt_d[:] = [d]
             d.addCallbacks(result.callback, failed, errbackArgs=(i,))
 
