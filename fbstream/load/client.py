@@ -127,13 +127,17 @@ class ResponseReader:
                 raise ProtocolError("a kept body over %d bytes" % (MAX_KEPT,))
             self.body.append(data[:n] if n < len(data) else data)
 
-    def _length(self, data: bytes) -> bytes:
+    def _counted(self, data: bytes, then: str) -> bytes:
+        """Take what is left of a body (or chunk) of known length; past its end, go on to ``then``."""
         n = min(len(data), self.remaining)
         self._take(data, n)
         self.remaining -= n
         if not self.remaining:
-            self.state = "done"
+            self.state = then
         return data[n:]
+
+    def _length(self, data: bytes) -> bytes:
+        return self._counted(data, "done")
 
     def _to_close(self, data: bytes) -> bytes:
         self._take(data, len(data))
@@ -164,12 +168,7 @@ class ResponseReader:
         return rest
 
     def _chunk(self, data: bytes) -> bytes:
-        n = min(len(data), self.remaining)
-        self._take(data, n)
-        self.remaining -= n
-        if not self.remaining:
-            self.state = "chunk-end"
-        return data[n:]
+        return self._counted(data, "chunk-end")
 
     def _chunk_end(self, data: bytes) -> bytes:
         if not b"\r\n".startswith((self.line + data)[:2]):

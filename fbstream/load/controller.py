@@ -17,6 +17,10 @@ per tier, the PoP's CPU).
 Per tier it reports requests, hits, coalesced waiters, upstream fetches and
 the leak ratio (upstream fetches over requests) over the run, from the
 ``fbstream_cache_*`` counters; with ``--metrics NAME=URL`` naming each role.
+
+This is a console script, not a role: it runs no reactor (it waits with
+``time.sleep`` and asks the agents with ``urllib``), and what it prints on
+stdout is its output to the person running the test.
 """
 
 from __future__ import annotations
