@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import attrs
@@ -47,6 +48,24 @@ class Setting:
     kind: type  # str, int, float, bool or list (of str)
     default: Any
     help: str
+    #: Checks and normalises a value of another form than ``kind`` allows
+    #: (``pop.workers``: "auto" or a count).
+    parse: Callable[[Any, str, str], Any] | None = None
+
+
+def _workers(value: Any, where: str, key: str) -> str:
+    """ "auto" (one per core) or a count of at least 1, kept as text."""
+    text = str(value).strip() if not isinstance(value, bool) else ""
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise ConfigError('%s: %s must be "auto" or a number of processes (at least 1), not %r' % (where, key, value))
+
+
+def worker_count(value: str) -> int:
+    """The processes ``pop.workers`` asks for: "auto" is one per core this process may run on."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return int(value)
 
 
 def _rtmp(listen: str, per_address: int = 0) -> dict[str, Setting]:
@@ -119,6 +138,9 @@ POP: dict[str, Setting] = {
     "pop.origins": Setting(list, ["tcp:127.0.0.1:8083"], "the origins the cache layer fetches from"),
     "pop.proxy_max_bytes": Setting(int, 64 * 1024 * 1024, "the proxy layer's own small cache, bytes"),
     "pop.player_dir": Setting(str, "web/node_modules", "where npm installed dash.js and hls.js for the web page"),
+    "pop.workers": Setting(str, "1", 'processes serving the viewers\' HTTP listeners (tcp: only), sharing their '
+                                     'sockets, each with its own proxy layer ("auto": one per core; 1: this process)',
+                           parse=_workers),
 }
 
 def _push(listen: list[str] | None, upstreams: tuple[str, list[str], str] | None) -> dict[str, Setting]:
@@ -319,6 +341,8 @@ def _coerce(role: str, key: str, value: Any, where: str, raw: str | None = None)
     setting = SCHEMA[role].get(key)
     if setting is None:
         raise ConfigError("%s: unknown setting %r for role %s" % (where, key, role))
+    if setting.parse is not None:
+        return setting.parse(value, where, key)
     kind = setting.kind
     if raw is not None and kind in (str, list) and not isinstance(value, (str, list)):
         value = raw  # --set rtmp.listen=5 means the text "5"

@@ -7,7 +7,11 @@ Metrics live in the process's default registry with a ``role`` label, so the
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import REGISTRY, Counter, Gauge, Info
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import IResource
 
@@ -77,6 +81,53 @@ RELAY_PAUSES = Counter(
 )
 
 
+class _Gathered:
+    """
+    This process's metrics and, once it runs worker processes
+    (``pop.workers``), theirs: each worker writes its figures to files in a
+    directory (prometheus_client's multiprocess mode), which this process
+    reads at each scrape and adds, family by family, to its own. Counters are
+    summed over the workers, the dead ones included; a gauge keeps a ``pid``
+    label.
+    """
+
+    def __init__(self) -> None:
+        self.directories: list[str] = []
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        sources: list[Iterable[Metric]] = [REGISTRY.collect()]
+        for directory in self.directories:
+            sources.append(MultiProcessCollector(None, path=directory).collect())
+        for source in sources:
+            for family in source:
+                known = families.get(family.name)
+                if known is None:
+                    families[family.name] = family
+                else:  # one family per name in the exposition, one sample per name and labels
+                    index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(known.samples)}
+                    for sample in family.samples:
+                        at = index.get((sample.name, tuple(sorted(sample.labels.items()))))
+                        if at is None:
+                            known.samples.append(sample)
+                        else:
+                            known.samples[at] = known.samples[at]._replace(value=known.samples[at].value + sample.value)
+        return iter(families.values())
+
+
+GATHERED = _Gathered()
+
+
+def add_worker_metrics(directory: str) -> None:
+    """Serve, with this process's metrics, those the workers write in ``directory``."""
+    GATHERED.directories.append(directory)
+
+
+def remove_worker_metrics(directory: str) -> None:
+    if directory in GATHERED.directories:
+        GATHERED.directories.remove(directory)
+
+
 def metrics_resource() -> IResource:
     """The twisted.web resource for ``/metrics``."""
-    return MetricsResource(registry=REGISTRY)
+    return MetricsResource(registry=GATHERED)

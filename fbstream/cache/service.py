@@ -120,12 +120,9 @@ def build_origin(parent: MultiService, config: RoleConfig, reactor: IReactorClie
     return cache
 
 
-def build_pop(
-    parent: MultiService, config: RoleConfig, reactor: IReactorServers, root: Resource
-) -> dict[str, CachingResource]:
-    """The proxy layer on ``root`` (the viewers' site); returns both layers' caches."""
-
-    layers: dict[str, CachingResource] = {}
+def build_proxy_layer(parent: MultiService, config: RoleConfig, reactor: IReactorClients,
+                      root: Resource) -> CachingResource:
+    """The PoP's proxy layer on ``root`` (a viewers' site: this process's, or a worker's), and the page."""
     proxy = caching_tier(
         parent, "pop-proxy", config["pop.cache_hosts"], cache_settings(config, "pop.proxy_max_bytes"), reactor
     )
@@ -134,7 +131,15 @@ def build_pop(
     from fbstream import player
 
     player.install(root, config["pop.player_dir"])
-    layers["pop-proxy"] = proxy
+    return proxy
+
+
+def build_pop(
+    parent: MultiService, config: RoleConfig, reactor: IReactorServers, root: Resource
+) -> dict[str, CachingResource]:
+    """The proxy layer on ``root`` (the viewers' site); returns both layers' caches."""
+
+    layers: dict[str, CachingResource] = {"pop-proxy": build_proxy_layer(parent, config, reactor, root)}
     if config["pop.cache_listen"]:
         cache = caching_tier(parent, "pop-cache", config["pop.origins"], cache_settings(config), reactor)
         cache_root = Resource()

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from fbstream.config import ConfigError, RoleConfig, loopback_only
+from fbstream.config import ConfigError, RoleConfig, loopback_only, worker_count
 from fbstream.diskio import ThreadPoolService
 from fbstream.limits import ConnectionLimits
 from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
@@ -124,6 +124,11 @@ def check_secrets(configs: dict[str, RoleConfig]) -> None:
             ring_route(config["relay.encoders"], config["relay.virtual_nodes"])
         elif config.role == "pop":
             pop_route(config["relay.dc_proxies"])
+            if worker_count(config["pop.workers"]) > 1:
+                from fbstream.roles.workers import tcp_listen
+
+                for description in config["http.listen"]:
+                    tcp_listen(description)
         if config.role == "encoder":
             process.token_keys(config)
         elif config.role == "pop" and process.api_key(config) is not None:
@@ -188,15 +193,38 @@ def listen_rtmp(service: RoleService, config: RoleConfig, process: Process, hub:
         strports.service(description, factory, reactor=process.reactor).setServiceParent(service)
 
 
-def listen_http(service: RoleService, config: RoleConfig, process: Process, root: Resource) -> Site:
-    """The role's site, bounded in connections and request heads; strports fails startup on a port in use."""
+def bounded_site(config: RoleConfig, reactor: Any, root: Resource, name: str) -> ConnectionLimits:
+    """``root``'s site, bounded in connections and request heads, with the access log."""
     site = Site(root, logFormatter=access_log_line)
     site.requestFactory = BoundedRequest
-    limited = ConnectionLimits(site, process.reactor, "%s-http" % (config.role,), config["http.max_connections"],
-                               config["http.max_connections_per_address"], config["http.head_timeout"])
+    return ConnectionLimits(site, reactor, name, config["http.max_connections"],
+                            config["http.max_connections_per_address"], config["http.head_timeout"])
+
+
+def listen_http(service: RoleService, config: RoleConfig, process: Process, root: Resource) -> Site:
+    """The role's site on ``http.listen``; strports fails startup on a port in use."""
+    limited = bounded_site(config, process.reactor, root, "%s-http" % (config.role,))
     for description in config["http.listen"]:
         strports.service(description, limited, reactor=process.reactor).setServiceParent(service)
-    return site
+    return cast(Site, limited.wrappedFactory)
+
+
+def listen_http_workers(service: RoleService, config: RoleConfig, process: Process, root: Resource,
+                        count: int) -> Site:
+    """
+    ``http.listen`` served by ``count`` worker processes (``pop.workers``);
+    what they forward (the live API, ``/metrics``) is served here, on a
+    loopback port of its own.
+    """
+    from fbstream.roles.workers import WorkerPool, listening_socket
+
+    sockets = [listening_socket(description) for description in config["http.listen"]]
+    limited = bounded_site(config, process.reactor, root, "%s-forwarded" % (config.role,))
+    forwarded = process.reactor.listenTCP(0, cast(Any, limited), interface="127.0.0.1")
+    Stop(forwarded.stopListening).setServiceParent(service)
+    service.workers = WorkerPool(process.reactor, config, count, sockets, cast(Any, forwarded.getHost()).port)
+    service.workers.setServiceParent(service)
+    return cast(Site, limited.wrappedFactory)
 
 
 def live_api(service: RoleService, config: RoleConfig, process: Process, root: Resource,
@@ -243,7 +271,11 @@ def build_pop(config: RoleConfig, process: Process) -> RoleService:
     service.caches = pop_caches(service, config, process.reactor, root)
     if config["push.origins"] and "pop-cache" in service.caches:
         subscribe_pushes(service, config, process, service.caches["pop-cache"])
-    service.site = listen_http(service, config, process, root)
+    workers = worker_count(config["pop.workers"])
+    if workers > 1:
+        service.site = listen_http_workers(service, config, process, root, workers)
+    else:
+        service.site = listen_http(service, config, process, root)
     return service
 
 

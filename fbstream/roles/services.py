@@ -100,6 +100,8 @@ class RoleService(MultiService):
         self.encoder: Any = None
         self.broadcasts: Any = None
         self.caches: dict[str, Any] = {}
+        #: The PoP's worker processes (``pop.workers`` above 1).
+        self.workers: Any = None
 
     def startService(self) -> None:
         ROLE_UP.labels(role=self.role).set(1)

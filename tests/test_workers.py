@@ -1,0 +1,75 @@
+"""The pieces of the PoP's worker processes that need no process: settings, sockets, gathered metrics."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.exposition import generate_latest
+
+from fbstream import config as _config
+from fbstream import metrics
+from fbstream.config import ConfigError
+from fbstream.roles.workers import listening_socket, tcp_listen
+
+
+@pytest.mark.parametrize("value, count", [("auto", None), ("1", 1), (3, 3), ("4", 4)])
+def test_workers_setting_is_auto_or_a_count(value, count):
+    text = _config.load("pop", None, ["pop.workers=%s" % (value,)])["pop"]["pop.workers"]
+    assert _config.worker_count(text) == (count or len(__import__("os").sched_getaffinity(0)))
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "true", "1.5"])
+def test_workers_setting_refuses_anything_else(value):
+    with pytest.raises(ConfigError, match=r"pop\.workers"):
+        _config.load("pop", None, ["pop.workers=%s" % (value,)])
+
+
+def test_tcp_listen_parses_what_the_workers_share():
+    assert tcp_listen("tcp:8080") == ("", 8080, 50)
+    assert tcp_listen("tcp:8080:interface=127.0.0.1:backlog=4096") == ("127.0.0.1", 8080, 4096)
+    assert tcp_listen("tcp:port=81:interface=\\:\\:1") == ("::1", 81, 50)
+    for bad in ("ssl:443:privateKey=k.pem", "tcp:http", "tcp:80:reuse=1", "unix:/tmp/s"):
+        with pytest.raises(ConfigError):
+            tcp_listen(bad)
+
+
+def test_listening_socket_listens_and_names_a_port_in_use():
+    sock = listening_socket("tcp:0:interface=127.0.0.1")
+    try:
+        port = sock.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match="in use"):
+            listening_socket("tcp:%d:interface=127.0.0.1" % (taken.getsockname()[1],))
+        taken.close()
+    finally:
+        sock.close()
+
+
+def test_gathered_metrics_add_the_workers_figures_once_per_family(tmp_path, monkeypatch):
+    # A worker's figures, as prometheus_client's multiprocess mode writes them.
+    from prometheus_client import values
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: 4242))
+    worker = Counter("fbstream_cache_requests", "Requests received", ["tier"], registry=CollectorRegistry())
+    worker.labels(tier="pop-proxy").inc(5)
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)
+    here = metrics.REGISTRY  # this process's own figures, the same family among them
+    from fbstream.cache import metrics as cache_metrics
+
+    before = cache_metrics.REQUESTS.labels(tier="pop-proxy")._value.get()
+    metrics.add_worker_metrics(str(tmp_path))
+    try:
+        text = generate_latest(metrics.GATHERED).decode()
+    finally:
+        metrics.remove_worker_metrics(str(tmp_path))
+    assert here is metrics.REGISTRY
+    assert text.count("# TYPE fbstream_cache_requests_total counter") == 1, text
+    lines = [line for line in text.splitlines() if line.startswith('fbstream_cache_requests_total{tier="pop-proxy"}')]
+    assert lines == ['fbstream_cache_requests_total{tier="pop-proxy"} %s' % (before + 5,)], lines
