@@ -126,6 +126,8 @@ def path_of_viewers():
         "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop_http,),
         # The herds come from one address (loopback): no per-address limit here.
         "http.max_connections_per_address=0",
+        # The proxy layer in this process, where the tests look at it.
+        "pop.workers=1",
         "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (pop_cache,),
         "pop.cache_hosts=tcp:127.0.0.1:%d" % (pop_cache,),
         "pop.origins=tcp:127.0.0.1:%d" % (origin_http,),
