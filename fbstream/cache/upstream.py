@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -50,7 +50,10 @@ class Upstreams:
         self.ring = HashRing(list(range(len(self.descriptions))), self.descriptions)
 
     def get(self, path: bytes) -> Deferred[Any]:
-        """GET ``path`` from its host, falling over to the next on a connection error."""
+        """
+        GET ``path`` from its host, falling over to the next on a connection
+        error, and once on a connection lost before any answer.
+        """
         hosts = list(self.ring.walk(path))
         result: Deferred[Any] = Deferred(lambda d: attempt_d[0].cancel())
         attempt_d: list[Deferred[Any]] = []
@@ -65,9 +68,17 @@ class Upstreams:
                 return
             if failure.check(ConnectError, ConnectionRefusedError, DNSLookupError) and i + 1 < len(hosts):
                 attempt(i + 1)
+            elif failure.check(ResponseNeverReceived, RequestTransmissionFailed) and not retried:
+                # Lost before any answer: a kept-alive connection whose host
+                # died (or closed it) since its last use. A GET is safe to
+                # send again: once, to the next host (the same one, on a new
+                # connection, if there is no other).
+                retried.append(i)
+                attempt((i + 1) % len(hosts))
             else:
                 result.errback(failure)
 
+        retried: list[int] = []
         attempt(0)
         return result
 
