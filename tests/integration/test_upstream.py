@@ -8,8 +8,11 @@ the refetch after the push was reset went out on a dead connection.)
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
 from twisted.web.client import readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -17,6 +20,8 @@ from twisted.web.server import Site
 from fbstream.cache.upstream import Upstreams
 
 from .conftest import free_port
+
+reactor = cast(Any, _reactor)
 
 
 class Host(Resource):
