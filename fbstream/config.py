@@ -97,6 +97,8 @@ def _http(listen: str, per_address: int = 0) -> dict[str, Setting]:
         "http.max_connections": Setting(int, 8192, "HTTP connections open at once per listener (keep below ulimit -n)"),
         "http.max_connections_per_address": Setting(int, per_address, "of those, from one client address (0: no limit)"),
         "http.head_timeout": Setting(float, 10.0, "seconds a request's head may take to arrive, however it trickles"),
+        "http.access_log": Setting(str, "", "where each request is logged, in the combined log format: empty for "
+                                            "the role's own log, a file's path (written directly: cheaper), or off"),
     }
 
 

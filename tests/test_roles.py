@@ -119,3 +119,28 @@ def test_a_role_without_its_secrets_is_a_usage_error(monkeypatch):
     with pytest.raises(usage.UsageError) as raised:
         options("encoder")
     assert "token keys" in str(raised.value)
+
+
+@pytest.mark.parametrize("where", ["file", "off"])
+def test_the_access_log_goes_to_a_file_or_nowhere(where, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "access.log"
+    reactor = Reactor()
+    service = tap.makeService(options("origin", "http.access_log=%s" % (path if where == "file" else "off",)),
+                              cast(IReactorRoles, reactor))
+    service.startService()
+    site = listening(reactor)[8083].wrappedFactory
+    site.startFactory()
+    request: Any = DummyRequest([b"live", b"s", b"1.m4s"])
+    request.uri, request.method, request.clientproto, request.code, request.sentLength = (
+        b"/live/s/1.m4s?token=secret", b"GET", b"HTTP/1.1", 200, 1234)
+    try:
+        site.log(request)
+    finally:
+        site.stopFactory()
+        service.stopService()
+    if where == "file":
+        line = path.read_text()
+        assert '"GET /live/s/1.m4s?token=- HTTP/1.1" 200 1234' in line and "secret" not in line, line
+    else:
+        assert not path.exists()

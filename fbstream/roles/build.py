@@ -195,8 +195,11 @@ def listen_rtmp(service: RoleService, config: RoleConfig, process: Process, hub:
 
 def bounded_site(config: RoleConfig, reactor: Any, root: Resource, name: str) -> ConnectionLimits:
     """``root``'s site, bounded in connections and request heads, with the access log."""
-    site = Site(root, logFormatter=access_log_line)
+    access_log = config["http.access_log"]
+    site = Site(root, logPath=access_log if access_log not in ("", "off") else None, logFormatter=access_log_line)
     site.requestFactory = BoundedRequest
+    if access_log == "off":
+        site.log = lambda request: None  # type: ignore[method-assign]
     return ConnectionLimits(site, reactor, name, config["http.max_connections"],
                             config["http.max_connections_per_address"], config["http.head_timeout"])
 
