@@ -55,7 +55,13 @@ class Upstreams:
         error, and once on a connection lost before any answer.
         """
         hosts = list(self.ring.walk(path))
-        result: Deferred[Any] = Deferred(lambda d: attempt_d[0].cancel())
+        cancelled: list[bool] = []
+
+        def cancel(_: Deferred[Any]) -> None:
+            cancelled.append(True)
+            attempt_d[0].cancel()
+
+        result: Deferred[Any] = Deferred(cancel)
         attempt_d: list[Deferred[Any]] = []
 
         def attempt(i: int) -> None:
@@ -68,7 +74,7 @@ class Upstreams:
                 return
             if failure.check(ConnectError, ConnectionRefusedError, DNSLookupError) and i + 1 < len(hosts):
                 attempt(i + 1)
-            elif failure.check(ResponseNeverReceived, RequestTransmissionFailed) and not retried:
+            elif failure.check(ResponseNeverReceived, RequestTransmissionFailed) and not retried and not cancelled:
                 # Lost before any answer: a kept-alive connection whose host
                 # died (or closed it) since its last use. A GET is safe to
                 # send again: once, to the next host (the same one, on a new
