@@ -93,6 +93,8 @@ class ConnectionLimits(WrappingFactory):  # type: ignore[type-arg]
         self.head_timeout = head_timeout
         self.by_address: dict[str, int] = {}
         self.open = 0
+        #: The web site behind it, if it serves one (what the role's tests look at).
+        self.site: Any = None
 
     def buildProtocol(self, addr: Any) -> Any:
         address = getattr(addr, "host", None)

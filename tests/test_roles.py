@@ -60,7 +60,7 @@ def listening(reactor):
 
 def serves_metrics(factory):
     """Whether a listener's web site (the limits wrapper included) has a /metrics."""
-    site = getattr(factory, "wrappedFactory", factory)
+    site = getattr(factory, "site", None) or getattr(factory, "wrappedFactory", factory)
     request = DummyRequest([b"metrics"])
     request.uri = b"/metrics"
     return not isinstance(site.getResourceFor(request), ErrorPage)

@@ -193,23 +193,36 @@ def listen_rtmp(service: RoleService, config: RoleConfig, process: Process, hub:
         strports.service(description, factory, reactor=process.reactor).setServiceParent(service)
 
 
-def bounded_site(config: RoleConfig, reactor: Any, root: Resource, name: str) -> ConnectionLimits:
-    """``root``'s site, bounded in connections and request heads, with the access log."""
+def bounded_site(config: RoleConfig, reactor: Any, root: Resource, name: str,
+                 playback: Any = None) -> ConnectionLimits:
+    """
+    ``root``'s site, bounded in connections and request heads, with the
+    access log; with ``playback`` (the PoP's proxy layer, a viewers' site),
+    its ``GET /live/...`` in a lane of their own (:mod:`fbstream.cache.fastlane`).
+    """
     access_log = config["http.access_log"]
     site = Site(root, logPath=access_log if access_log not in ("", "off") else None, logFormatter=access_log_line)
     site.requestFactory = BoundedRequest
     if access_log == "off":
         site.log = lambda request: None  # type: ignore[method-assign]
-    return ConnectionLimits(site, reactor, name, config["http.max_connections"],
-                            config["http.max_connections_per_address"], config["http.head_timeout"])
+    served: Any = site
+    if playback is not None:
+        from fbstream.cache.fastlane import ViewerSite
+
+        served = ViewerSite(site, playback, reactor)
+    limited = ConnectionLimits(served, reactor, name, config["http.max_connections"],
+                               config["http.max_connections_per_address"], config["http.head_timeout"])
+    limited.site = site
+    return limited
 
 
-def listen_http(service: RoleService, config: RoleConfig, process: Process, root: Resource) -> Site:
+def listen_http(service: RoleService, config: RoleConfig, process: Process, root: Resource,
+                playback: Any = None) -> Site:
     """The role's site on ``http.listen``; strports fails startup on a port in use."""
-    limited = bounded_site(config, process.reactor, root, "%s-http" % (config.role,))
+    limited = bounded_site(config, process.reactor, root, "%s-http" % (config.role,), playback)
     for description in config["http.listen"]:
         strports.service(description, limited, reactor=process.reactor).setServiceParent(service)
-    return cast(Site, limited.wrappedFactory)
+    return cast(Site, limited.site)
 
 
 def listen_http_workers(service: RoleService, config: RoleConfig, process: Process, root: Resource,
@@ -227,7 +240,7 @@ def listen_http_workers(service: RoleService, config: RoleConfig, process: Proce
     Stop(forwarded.stopListening).setServiceParent(service)
     service.workers = WorkerPool(process.reactor, config, count, sockets, cast(Any, forwarded.getHost()).port)
     service.workers.setServiceParent(service)
-    return cast(Site, limited.wrappedFactory)
+    return cast(Site, limited.site)
 
 
 def live_api(service: RoleService, config: RoleConfig, process: Process, root: Resource,
@@ -278,7 +291,7 @@ def build_pop(config: RoleConfig, process: Process) -> RoleService:
     if workers > 1:
         service.site = listen_http_workers(service, config, process, root, workers)
     else:
-        service.site = listen_http(service, config, process, root)
+        service.site = listen_http(service, config, process, root, service.caches["pop-proxy"])
     return service
 
 

@@ -70,10 +70,10 @@ def serve(reactor: Any, spec: dict[str, Any]) -> MultiService:
     number = str(spec["number"])
     service = MultiService()
     root = Resource()
-    build_proxy_layer(service, config, reactor, root)
+    proxy = build_proxy_layer(service, config, reactor, root)
     for name in (b"api", b"metrics"):
         root.putChild(name, ReverseProxyResource("127.0.0.1", spec["forward_port"], b"/" + name))
-    factory = bounded_site(config, reactor, root, "%s-http" % (config.role,))
+    factory = bounded_site(config, reactor, root, "%s-http" % (config.role,), proxy)
     for fd, family in spec["sockets"]:
         reactor.adoptStreamPort(fd, family, factory)
         os.close(fd)  # adopted as a copy
