@@ -5,7 +5,9 @@ in the same run:
 1. Requests per second and MB/s of cached 1-second segments of a 500 kbps
    rendition (wrk, 64 connections, rotating over 60 segments), from one PoP
    process (proxy and cache layers) and from one nginx worker with
-   proxy_cache in front of the same upstream.
+   proxy_cache in front of the same upstream; then from a PoP with two
+   worker processes (``pop.workers = 2``) and nginx with two workers. Neither
+   writes an access log.
 2. The herd: 2,000 viewers joining within one second on a segment no cache
    holds yet: upstream requests for it, and p50/p99 time to first byte.
 
@@ -104,7 +106,7 @@ def upstream(port: int, delay: float) -> None:
 
 NGINX_CONF = """
 user root;
-worker_processes 1;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
 events {{ worker_connections 8192; }}
@@ -237,34 +239,46 @@ def main() -> int:
         up = free_port()
         procs.append(subprocess.Popen([sys.executable, __file__, "--upstream", str(up)]))
         wait_port(up, procs[-1], "the upstream")
-        pop, cache = free_port(), free_port()
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        pop_log = os.path.join(work, "pop.log")
-        with open(pop_log, "wb") as log:
-            procs.append(subprocess.Popen(
-                [twistd if os.path.exists(twistd) else "twistd", "-n", "--pidfile=",
-                 "fbstream", "--role=pop",
-                 "--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
-                 "--set", "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop,),
-                 "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
-                 "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
-                 "--set", "pop.origins=tcp:127.0.0.1:%d" % (up,)],
-                cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                # The working tree's fbstream, not a copy installed in the venv.
-                env=dict(os.environ, PYTHONPATH=ROOT)))
-        pop_proc = procs[-1]
-        ng = free_port()
-        with open(os.path.join(work, "nginx.conf"), "w") as f:
-            f.write(NGINX_CONF.format(dir=work, port=ng, upstream=up))
-        procs.append(subprocess.Popen(["nginx", "-c", os.path.join(work, "nginx.conf"), "-g", "daemon off;"]))
-        wait_port(pop, pop_proc, "the fbstream PoP", pop_log)
-        wait_port(ng, procs[-1], "nginx", os.path.join(work, "error.log"))
-        for base in ("http://127.0.0.1:%d" % (pop,), "http://127.0.0.1:%d" % (ng,)):
-            warm(base)
+
+        def start_pop(workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
+            pop, cache = free_port(), free_port()
+            pop_log = os.path.join(work, "pop-%d.log" % (workers,))
+            with open(pop_log, "wb") as log:
+                procs.append(subprocess.Popen(
+                    [twistd if os.path.exists(twistd) else "twistd", "-n", "--pidfile=",
+                     "fbstream", "--role=pop",
+                     "--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
+                     "--set", "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop,),
+                     "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
+                     "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
+                     "--set", "pop.origins=tcp:127.0.0.1:%d" % (up,),
+                     "--set", "pop.workers=%d" % (workers,),
+                     # As nginx here: no access log.
+                     "--set", "http.access_log=off"],
+                    cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                    # The working tree's fbstream, not a copy installed in the venv.
+                    env=dict(os.environ, PYTHONPATH=ROOT)))
+            return pop, procs[-1], pop_log
+
+        def start_nginx(workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
+            port, where = free_port(), os.path.join(work, "nginx-%d" % (workers,))
+            os.makedirs(where)
+            with open(os.path.join(where, "nginx.conf"), "w") as f:
+                f.write(NGINX_CONF.format(dir=where, port=port, upstream=up, workers=workers))
+            procs.append(subprocess.Popen(["nginx", "-c", os.path.join(where, "nginx.conf"), "-g", "daemon off;"]))
+            return port, procs[-1], os.path.join(where, "error.log")
+
+        servers = [("fbstream PoP (one process)", start_pop(1)), ("nginx proxy_cache (one worker)", start_nginx(1)),
+                   ("fbstream PoP (2 workers)", start_pop(2)), ("nginx proxy_cache (2 workers)", start_nginx(2))]
+        for name, (port, proc, log_path) in servers:
+            wait_port(port, proc, name, log_path)
+            warm("http://127.0.0.1:%d" % (port,))
+        pop, ng = servers[0][1][0], servers[1][1][0]
         print("Cached 1 s segments of a 500 kbps rendition (%d B), wrk -t2 -c64 -d%ds, %d cores"
               % (SEGMENT_BYTES, args.seconds, os.cpu_count() or 1))
         results = {}
-        for name, port in (("fbstream PoP (one process)", pop), ("nginx proxy_cache (one worker)", ng)):
+        for name, (port, _, _) in servers:
             rps, mbs, errors = wrk("http://127.0.0.1:%d" % (port,), args.seconds)
             if rps == 0:
                 raise Broken("%s answered no request under wrk" % (name,))
@@ -273,7 +287,8 @@ def main() -> int:
                   % (name, rps, mbs, "  (%d answers not 2xx/3xx)" % (errors,) if errors else ""))
             sys.stdout.flush()
         names = list(results)
-        print("  ratio fbstream / nginx: %.2f" % (results[names[0]] / results[names[1]],))
+        print("  ratio fbstream / nginx: %.2f with one process each, %.2f with two"
+              % (results[names[0]] / results[names[1]], results[names[2]] / results[names[3]]))
         print("Herd: %d viewers joining within 1 s on a segment no cache holds (upstream answers in 200 ms)"
               % (args.viewers,))
         for name, port, number in (("fbstream PoP", pop, 1001), ("nginx proxy_cache", ng, 1002)):

@@ -111,6 +111,15 @@ def tiers_of(before: dict[str, float], after: dict[str, float]) -> dict[str, dic
     return tiers
 
 
+#: The CPU a role's /metrics counts: its process's, and its PoP workers'.
+CPU_COUNTERS = ("process_cpu_seconds_total|", "fbstream_pop_worker_cpu_seconds_total|")
+
+
+def cpu_seconds(after: dict[str, float], before: dict[str, float]) -> float:
+    """CPU seconds a role used between two scrapes (its process and its workers)."""
+    return sum(after.get(key, 0.0) - before.get(key, 0.0) for key in CPU_COUNTERS)
+
+
 def merge_histograms(results: list[dict[str, Any]], name: str) -> Histogram:
     merged = Histogram()
     for result in results:
@@ -169,30 +178,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scenario.kind, scenario.viewers, scenario.scale, scenario.seconds, len(agents),
         time.strftime("%H:%M:%S", time.localtime(start_at))), flush=True)
     timeline: list[dict[str, Any]] = []
-    scrapes: list[tuple[float, dict[str, dict[str, float]]]] = []
+    #: (seconds since the start, each role's tiers' figures that second, each role's CPU in cores)
+    scrapes: list[tuple[float, dict[str, Any], dict[str, float]]] = []
     pool = ThreadPoolExecutor(max(1, len(agents) + len(metrics)))
     first = {name: scrape(url) for name, url in metrics.items()}
     previous = dict(first)
+    previous_at = {name: time.time() for name in metrics}
     deadline = start_at + scenario.seconds + args.lead + 30
+    printed_t = -1.0  # the newest agent second printed (an agent with no new one prints nothing)
     while True:
         time.sleep(max(0.0, 1.0 - (time.time() % 1.0)))
         lines = list(pool.map(Agent.poll, agents))
         scraped = dict(zip(metrics, pool.map(scrape, metrics.values())))
         now = time.time()
-        tick: dict[str, Any] = {"t": round(now - start_at, 1)}
+        tiers: dict[str, Any] = {}
+        cores: dict[str, float] = {}
         for name, values in scraped.items():
             if values:
-                tick[name] = tiers_of(previous[name], values)
-                cpu = values.get("process_cpu_seconds_total|", 0.0) - previous[name].get("process_cpu_seconds_total|", 0.0)
-                tick[name + "_cpu"] = round(cpu, 3)
-                previous[name] = values
+                tiers[name] = tiers_of(previous[name], values)
+                cores[name] = round(cpu_seconds(values, previous[name]) / max(1e-3, now - previous_at[name]), 3)
+                previous[name], previous_at[name] = values, now
         for agent_lines in lines:
             for line in agent_lines:
                 timeline.append(line)
-        scrapes.append((now - start_at, {k: v for k, v in tick.items() if isinstance(v, dict)}))
+        scrapes.append((now - start_at, tiers, cores))
         states = [agent.last.get("state") for agent in agents]
         newest = [agent.last.get("seconds", [{}])[-1] if agent.last.get("seconds") else {} for agent in agents]
-        if any(newest):
+        newest_t = max((n.get("t", -1.0) for n in newest), default=-1.0)
+        if any(newest) and newest_t != printed_t:
+            printed_t = newest_t
             print("t %5.0f s  viewers %6d  playing %6d  stalled %5d  req/s %6d  ttfb p50 %s  agents' CPU %s" % (
                 now - start_at, sum(n.get("viewers", 0) for n in newest), sum(n.get("playing", 0) for n in newest),
                 sum(n.get("stalled", 0) for n in newest), sum(n.get("requests", 0) for n in newest),
@@ -282,17 +296,25 @@ def _plots(report: dict[str, Any]) -> list[tuple[str, str]]:
            [("latency p50", [s.get("latency_p50") for s in seconds]),
             ("TTFB p50", [s.get("ttfb_p50") for s in seconds]),
             ("TTFB p99", [s.get("ttfb_p99") for s in seconds])], "seconds")
-    scrapes = report.get("scrapes") or []
-    xs = [at for at, _ in scrapes]
-    series = []
-    for role in sorted({name for _, tiers in scrapes for name in tiers}):
-        for tier in sorted({tier for _, tiers in scrapes for tier in tiers.get(role, {})}):
-            series.append(("%s requests/s" % (tier,), [tiers.get(role, {}).get(tier, {}).get("requests")
-                                                        for _, tiers in scrapes]))
-            series.append(("%s upstream/s" % (tier,), [tiers.get(role, {}).get(tier, {}).get("upstream")
-                                                        for _, tiers in scrapes]))
+    figure("Stalls", [("viewers stalled", [s.get("stalled") for s in seconds]),
+                      ("viewers starting (buffering their first seconds)", [s.get("starting") for s in seconds])],
+           "viewers")
+    scrapes = [entry if len(entry) == 3 else (*entry, {}) for entry in report.get("scrapes") or []]
+    xs = [entry[0] for entry in scrapes]
+    series, leaks = [], []
+    for role in sorted({name for _, tiers, _ in scrapes for name in tiers}):
+        for tier in sorted({tier for _, tiers, _ in scrapes for tier in tiers.get(role, {})}):
+            figures = [tiers.get(role, {}).get(tier, {}) for _, tiers, _ in scrapes]
+            series.append(("%s requests/s" % (tier,), [f.get("requests") for f in figures]))
+            series.append(("%s upstream/s" % (tier,), [f.get("upstream") for f in figures]))
+            leaks.append(("%s leak" % (tier,), [f.get("leak") for f in figures]))
     if series:
         figure("Requests and upstream fetches per tier", series, "per second", xs)
+        figure("Leak per tier (upstream fetches / requests)", leaks, "ratio", xs)
+    roles = sorted({name for _, _, cores in scrapes for name in cores})
+    if roles:
+        figure("CPU of each role scraped (the PoP's workers included)",
+               [(role, [cores.get(role) for _, _, cores in scrapes]) for role in roles], "cores", xs)
     return plots
 
 
