@@ -254,6 +254,8 @@ def main() -> int:
                      "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
                      "--set", "pop.origins=tcp:127.0.0.1:%d" % (up,),
                      "--set", "pop.workers=%d" % (workers,),
+                     # The herd comes from one address (loopback).
+                     "--set", "http.max_connections_per_address=0",
                      # As nginx here: no access log.
                      "--set", "http.access_log=off"],
                     cwd=work, stdout=log, stderr=subprocess.STDOUT,
