@@ -70,7 +70,7 @@ class ResponseReader:
     def feed(self, data: bytes) -> bytes | None:
         while data and self.state != "done":
             data = getattr(self, "_" + self.state.replace("-", "_"))(data)
-        return data if self.state == "done" else None
+        return bytes(data) if self.state == "done" else None
 
     def closed(self) -> bool:
         """The connection closed: whether that ends this response whole."""
@@ -79,14 +79,18 @@ class ResponseReader:
         return self.state == "done"
 
     def _head(self, data: bytes) -> bytes:
-        self.head += data
-        end = self.head.find(b"\r\n\r\n")
+        if self.head:  # a head split across reads (rare): the whole of it
+            data, self.head = self.head + data, b""
+        end = data.find(b"\r\n\r\n", 0, MAX_HEAD + 4)
         if end < 0:
-            if len(self.head) > MAX_HEAD:
+            if len(data) > MAX_HEAD:
                 raise ProtocolError("a response head over %d bytes" % (MAX_HEAD,))
+            self.head = bytes(data)
             return b""
-        head, rest = self.head[:end], self.head[end + 4:]
-        self.head = b""
+        head = data[:end]
+        # The body that came with the head, not copied (most of a segment
+        # comes in the read its head does); bytes where it is parsed or kept.
+        rest: Any = memoryview(data)[end + 4:]
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
@@ -118,7 +122,7 @@ class ResponseReader:
             self.state = "length" if length else "done"
         else:
             self.state, self.close = "to-close", True
-        return rest
+        return rest if self.state == "length" and self.body is None else bytes(rest)
 
     def _take(self, data: bytes, n: int) -> None:
         self.size += n
