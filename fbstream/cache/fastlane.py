@@ -26,6 +26,7 @@ import time
 from typing import Any, cast
 from urllib.parse import parse_qs
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
@@ -154,19 +155,19 @@ class LaneRequest:
     def write(self, data: bytes) -> None:
         if self._disconnected or self.finished:
             return
-        transport: Any = self.channel.transport
+        send = self.channel.send
         self.sentLength += len(data)
         if not self.started:
             head = self._head()
             if self._chunked and data:
-                transport.writeSequence([head, b"%x\r\n" % (len(data),), data, b"\r\n"])
+                send([head, b"%x\r\n" % (len(data),), data, b"\r\n"])
             else:
-                transport.writeSequence([head, data])
+                send([head, data])
         elif self._chunked:
             if data:
-                transport.writeSequence([b"%x\r\n" % (len(data),), data, b"\r\n"])
-        else:
-            transport.write(data)
+                send([b"%x\r\n" % (len(data),), data, b"\r\n"])
+        elif data:
+            send([data])
 
     def finish(self) -> None:
         if self._disconnected or self.finished:
@@ -175,7 +176,7 @@ class LaneRequest:
             self.headers.setdefault(b"content-length", b"0")
             self.write(b"")
         if self._chunked:
-            self.channel.transport.write(b"0\r\n\r\n")  # type: ignore[union-attr]
+            self.channel.send([b"0\r\n\r\n"])
         self.finished = True
         self.channel.site.log(cast(Any, self))
         self._notify(None)
@@ -207,10 +208,39 @@ class ViewerChannel(Protocol):
         self.handed: Any = None  # twisted.web's HTTPChannel, once handed over
         self.last_active = 0.0
         self._paused = False
+        self.raw: tcp.Connection | None = None
 
     def connectionMade(self) -> None:
         self.last_active = self.factory.clock.seconds()
         self.factory.open.add(self)
+        # The TCP connection under the limits' wrapper, if that is what it is
+        # (not TLS): what send() may write to directly.
+        raw = getattr(self.transport, "transport", None)
+        self.raw = raw if isinstance(raw, tcp.Connection) else None
+
+    def send(self, pieces: list[bytes]) -> None:
+        """
+        Write ``pieces``: straight to the socket, gathered, when nothing
+        waits in the transport before them (most answers then leave in one
+        system call, without Twisted's copy of them into its buffer and its
+        wait for the next turn of the reactor); what the socket does not
+        take, and everything when something waits, through the transport,
+        which pauses a producer when it is full.
+        """
+        raw = self.raw
+        if (raw is not None and raw.connected and not raw.disconnecting and not raw._writeDisconnected
+                and not raw._tempDataBuffer and raw.offset == len(raw.dataBuffer)):
+            try:
+                sent = raw.socket.sendmsg(pieces)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # the transport finds the error when it writes
+            total = sum(len(piece) for piece in pieces)
+            if sent >= total:
+                return
+            pieces = [b"".join(pieces)[sent:]]
+        self.transport.writeSequence(pieces)  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         if self.handed is not None:
