@@ -44,7 +44,7 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from pop_serve import ROOT, Broken, free_port, wait_port  # noqa: E402
+from pop_serve import ROOT, Broken, free_port, start_nginx, start_pop, stop_all, wait_port  # noqa: E402
 
 NGINX_CONF = """
 user root;
@@ -191,32 +191,6 @@ def main() -> int:
         return 1
     work = tempfile.mkdtemp(prefix="fbstream-load-bench-")
     procs: list[subprocess.Popen[bytes]] = []
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-    def start_pop(workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
-        pop, cache = free_port(), free_port()
-        log = os.path.join(work, "pop-%d.log" % (workers,))
-        with open(log, "wb") as f:
-            procs.append(subprocess.Popen(
-                [twistd if os.path.exists(twistd) else "twistd", "-n", "--pidfile=", "fbstream", "--role=pop",
-                 "--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
-                 "--set", "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop,),
-                 "--set", "http.max_connections=30000", "--set", "http.max_connections_per_address=0",
-                 "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
-                 "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
-                 "--set", "pop.origins=tcp:127.0.0.1:%d" % (up,),
-                 "--set", "pop.workers=%d" % (workers,), "--set", "http.access_log=off"],
-                cwd=work, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT)))
-        return pop, procs[-1], log
-
-    def start_nginx(workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
-        port, where = free_port(), os.path.join(work, "nginx-%d" % (workers,))
-        os.makedirs(where)
-        with open(os.path.join(where, "nginx.conf"), "w") as f:
-            f.write(NGINX_CONF.format(dir=where, port=port, upstream=up, workers=workers))
-        procs.append(subprocess.Popen(["nginx", "-c", os.path.join(where, "nginx.conf"), "-g", "daemon off;"]))
-        return port, procs[-1], os.path.join(where, "error.log")
-
     try:
         import resource
 
@@ -225,9 +199,15 @@ def main() -> int:
         up = free_port()
         procs.append(subprocess.Popen([sys.executable, __file__, "--origin", str(up), "--kbps", str(args.kbps)]))
         wait_port(up, procs[-1], "the origin")
-        servers = [("fbstream PoP, 1 process", start_pop, 1), ("nginx proxy_cache, 1 worker", start_nginx, 1),
-                   ("fbstream PoP, %d workers" % (args.workers,), start_pop, args.workers),
-                   ("nginx proxy_cache, %d workers" % (args.workers,), start_nginx, args.workers)]
+        def pop(workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
+            return start_pop(procs, work, up, workers, "http.max_connections=30000")
+
+        def nginx(workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
+            return start_nginx(procs, work, NGINX_CONF, up, workers)
+
+        servers = [("fbstream PoP, 1 process", pop, 1), ("nginx proxy_cache, 1 worker", nginx, 1),
+                   ("fbstream PoP, %d workers" % (args.workers,), pop, args.workers),
+                   ("nginx proxy_cache, %d workers" % (args.workers,), nginx, args.workers)]
         print("Viewers of one live stream (%d kbps video + 64 kbps audio, 1 s segments) each server held with "
               "rebuffer < 1%%, TTFB p99 < 500 ms, no errors; %d s steps, %d load generator processes, %d cores"
               % (args.kbps, args.seconds, args.generators, os.cpu_count() or 1), flush=True)
@@ -268,15 +248,7 @@ def main() -> int:
         print("the bench broke: %s" % (e,), file=sys.stderr)
         return 1
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -216,6 +216,58 @@ def warm(base: str) -> None:
         raise Broken("warming %s failed: %s" % (base, e)) from None
 
 
+def start_pop(procs: list[subprocess.Popen[bytes]], work: str, upstream: int, workers: int,
+              *settings: str) -> tuple[int, subprocess.Popen[bytes], str]:
+    """
+    A PoP (``twistd fbstream --role=pop``, this tree's code) with ``workers``
+    processes, its cache layer fetching from ``upstream``, no access log (as
+    nginx here), no per-address limit (the load comes from loopback): its
+    viewers' port, its process and its log.
+    """
+    pop, cache = free_port(), free_port()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    log_path = os.path.join(work, "pop-%d.log" % (workers,))
+    with open(log_path, "wb") as log:
+        procs.append(subprocess.Popen(
+            [twistd if os.path.exists(twistd) else "twistd", "-n", "--pidfile=", "fbstream", "--role=pop",
+             "--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
+             "--set", "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop,),
+             "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
+             "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
+             "--set", "pop.origins=tcp:127.0.0.1:%d" % (upstream,),
+             "--set", "pop.workers=%d" % (workers,),
+             "--set", "http.max_connections_per_address=0", "--set", "http.access_log=off",
+             *[arg for setting in settings for arg in ("--set", setting)]],
+            cwd=work, stdout=log, stderr=subprocess.STDOUT,
+            # The working tree's fbstream, not a copy installed in the venv.
+            env=dict(os.environ, PYTHONPATH=ROOT)))
+    return pop, procs[-1], log_path
+
+
+def start_nginx(procs: list[subprocess.Popen[bytes]], work: str, conf: str, upstream: int,
+                workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
+    """nginx with ``conf`` (its port, upstream, workers and directory filled in): its port, process and error log."""
+    port, where = free_port(), os.path.join(work, "nginx-%d" % (workers,))
+    os.makedirs(where)
+    with open(os.path.join(where, "nginx.conf"), "w") as f:
+        f.write(conf.format(dir=where, port=port, upstream=upstream, workers=workers))
+    procs.append(subprocess.Popen(["nginx", "-c", os.path.join(where, "nginx.conf"), "-g", "daemon off;"]))
+    return port, procs[-1], os.path.join(where, "error.log")
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
@@ -239,40 +291,10 @@ def main() -> int:
         up = free_port()
         procs.append(subprocess.Popen([sys.executable, __file__, "--upstream", str(up)]))
         wait_port(up, procs[-1], "the upstream")
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-        def start_pop(workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
-            pop, cache = free_port(), free_port()
-            pop_log = os.path.join(work, "pop-%d.log" % (workers,))
-            with open(pop_log, "wb") as log:
-                procs.append(subprocess.Popen(
-                    [twistd if os.path.exists(twistd) else "twistd", "-n", "--pidfile=",
-                     "fbstream", "--role=pop",
-                     "--set", "rtmp.listen=tcp:%d:interface=127.0.0.1" % (free_port(),),
-                     "--set", "http.listen=tcp:%d:interface=127.0.0.1:backlog=4096" % (pop,),
-                     "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
-                     "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
-                     "--set", "pop.origins=tcp:127.0.0.1:%d" % (up,),
-                     "--set", "pop.workers=%d" % (workers,),
-                     # The herd comes from one address (loopback).
-                     "--set", "http.max_connections_per_address=0",
-                     # As nginx here: no access log.
-                     "--set", "http.access_log=off"],
-                    cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                    # The working tree's fbstream, not a copy installed in the venv.
-                    env=dict(os.environ, PYTHONPATH=ROOT)))
-            return pop, procs[-1], pop_log
-
-        def start_nginx(workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
-            port, where = free_port(), os.path.join(work, "nginx-%d" % (workers,))
-            os.makedirs(where)
-            with open(os.path.join(where, "nginx.conf"), "w") as f:
-                f.write(NGINX_CONF.format(dir=where, port=port, upstream=up, workers=workers))
-            procs.append(subprocess.Popen(["nginx", "-c", os.path.join(where, "nginx.conf"), "-g", "daemon off;"]))
-            return port, procs[-1], os.path.join(where, "error.log")
-
-        servers = [("fbstream PoP (one process)", start_pop(1)), ("nginx proxy_cache (one worker)", start_nginx(1)),
-                   ("fbstream PoP (2 workers)", start_pop(2)), ("nginx proxy_cache (2 workers)", start_nginx(2))]
+        servers = [("fbstream PoP (one process)", start_pop(procs, work, up, 1)),
+                   ("nginx proxy_cache (one worker)", start_nginx(procs, work, NGINX_CONF, up, 1)),
+                   ("fbstream PoP (2 workers)", start_pop(procs, work, up, 2)),
+                   ("nginx proxy_cache (2 workers)", start_nginx(procs, work, NGINX_CONF, up, 2))]
         for name, (port, proc, log_path) in servers:
             wait_port(port, proc, name, log_path)
             warm("http://127.0.0.1:%d" % (port,))
@@ -306,15 +328,7 @@ def main() -> int:
         print("the bench broke: %s" % (e,), file=sys.stderr)
         return 1
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
