@@ -25,6 +25,9 @@ ROLES = ("pop", "dc-proxy", "encoder", "origin")
 #: Roles the ``all`` role does not run: they stand beside a deployment.
 OTHER_ROLES = ("loadgen",)
 ALL = "all"
+#: Where the ``all`` role's defaults differ from the roles' own: one process
+#: on one machine serves its viewers itself, the cores are the encoder's.
+ALL_DEFAULTS: dict[str, dict[str, Any]] = {"pop": {"pop.workers": "1"}}
 
 
 class ConfigError(Exception):
@@ -140,8 +143,9 @@ POP: dict[str, Setting] = {
     "pop.origins": Setting(list, ["tcp:127.0.0.1:8083"], "the origins the cache layer fetches from"),
     "pop.proxy_max_bytes": Setting(int, 64 * 1024 * 1024, "the proxy layer's own small cache, bytes"),
     "pop.player_dir": Setting(str, "web/node_modules", "where npm installed dash.js and hls.js for the web page"),
-    "pop.workers": Setting(str, "1", 'processes serving the viewers\' HTTP listeners (tcp: only), sharing their '
-                                     'sockets, each with its own proxy layer ("auto": one per core; 1: this process)',
+    "pop.workers": Setting(str, "auto", 'processes serving the viewers\' HTTP listeners (tcp: only), sharing their '
+                                        'sockets, each with its own proxy layer ("auto": one per core; 1: this '
+                                        'process; the all role: 1 unless set)',
                            parse=_workers),
 }
 
@@ -412,6 +416,9 @@ def load(role: str, path: str | None, overrides: list[str]) -> dict[str, RoleCon
     where = path or "defaults"
     roles = ROLES if role == ALL else (role,)
     values = {r: defaults(r) for r in roles}
+    if role == ALL:
+        for r, own in ALL_DEFAULTS.items():
+            values[r].update(own)
 
     def apply(flat: dict[str, Any], where: str, raw: str | None = None) -> None:
         for dotted, value in flat.items():

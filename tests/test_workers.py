@@ -20,6 +20,13 @@ def test_workers_setting_is_auto_or_a_count(value, count):
     assert _config.worker_count(text) == (count or len(__import__("os").sched_getaffinity(0)))
 
 
+def test_a_pop_uses_every_core_and_the_all_role_one_process():
+    """A PoP host's viewers get every core; on ``all`` the cores are the encoder's."""
+    assert _config.load("pop", None, [])["pop"]["pop.workers"] == "auto"
+    assert _config.load("all", None, [])["pop"]["pop.workers"] == "1"
+    assert _config.load("all", None, ["pop.pop.workers=2"])["pop"]["pop.workers"] == "2"
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "many", "true", "1.5"])
 def test_workers_setting_refuses_anything_else(value):
     with pytest.raises(ConfigError, match=r"pop\.workers"):

@@ -164,7 +164,8 @@ class RunningRole:
 def start_role(role, overrides, rtmp, rtmps, http, directory):
     """Build and start ``role`` from its conf file with ``overrides``, with a Tallies consumer."""
     # The RTMP engine's tests publish without tokens, into the PoP's own hub.
-    base = ["tokens.required=false"] + (["relay.dc_proxies=[]"] if role == "pop" else [])
+    # The PoP serves its viewers from this process (conf/pop.toml: a worker per core).
+    base = ["tokens.required=false"] + (["relay.dc_proxies=[]", "pop.workers=1"] if role == "pop" else [])
     cfg = load(role, os.path.join(ROOT, "conf", role + ".toml"), base + list(overrides))[role]
     service = build_role(cfg, ROLES_REACTOR)
     tallies = Tallies()
