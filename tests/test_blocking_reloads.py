@@ -136,7 +136,7 @@ class AtTheCache(SynchronousTestCase):
         self.flowing = {"cam"}
         self.cache.pushing = lambda stream: stream in self.flowing
         self.cache.push_wait = 1.5
-        self.cache.pinned_uncached = True
+        self.cache.manifests_uncached = True
         self.sink = CachePushSink(self.cache)
 
     def version(self, edge: bytes | None, body: bytes, cache: bytes = b"public, max-age=1") -> None:
@@ -294,7 +294,7 @@ class FromTheEncoder(LiveCase):
         client = PushClient("pop-cache", self.clock, self.connector, "test", settings, None, CachePushSink(self.cache))
         client.start()
         self.addCleanup(client.stop)
-        self.cache.pushing, self.cache.push_wait, self.cache.pinned_uncached = client.pushing, 1.5, True
+        self.cache.pushing, self.cache.push_wait, self.cache.manifests_uncached = client.pushing, 1.5, True
         self.client = client
 
     def reload(self, query: str) -> Viewer:

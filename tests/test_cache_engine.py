@@ -512,6 +512,23 @@ class Lifetimes(EngineCase):
         self.get(b"/live/cam/manifest.mpd")
         self.assertEqual(len(self.upstream.requests), 3)
 
+    def test_a_pop_keeps_one_copy_of_a_manifest_in_its_cache_layer(self) -> None:
+        """
+        The PoP's proxy layers (a worker process each) are told to keep no
+        manifest, pushed or not: each holding its own version for its
+        max-age, a viewer going from one to another would see it go back.
+        """
+        self.cache.manifests_uncached = True
+        for path in (b"/live/cam/manifest.mpd", b"/live/cam/720p/playlist.m3u8"):
+            self.get(path)
+            self.upstream.answer(self.manifest(b"public, max-age=1"))
+            hit = self.get(path)
+            self.assertEqual((hit.header(b"x-cache"), hit.header(b"cache-control")),
+                             (b"HIT pop-cache", b"public, max-age=0"))  # kept here, not in front
+        self.get()
+        self.upstream.answer(Response(b"segment"))
+        self.assertEqual(self.get().header(b"cache-control"), IMMUTABLE)
+
 
 class ByteBound(EngineCase):
     """The store is an LRU bounded in bytes: here, room for four 2,000-byte segments."""

@@ -495,7 +495,7 @@ class CachePushTests(SynchronousTestCase):
         self.assertEqual(self.get(MPD).body(), b"v1")
         self.assertEqual(self.upstream.paths, [])
         # The tier in front (a PoP's proxy layer) is told to keep none.
-        self.cache.pinned_uncached = True
+        self.cache.manifests_uncached = True
         self.assertEqual(self.get(MPD).header(b"cache-control"), b"public, max-age=0")
         flowing.clear()
         self.sink.stopped("cam")

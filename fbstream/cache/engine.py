@@ -85,9 +85,9 @@ _AGE = re.compile(rb"^\s*(\d+)\s*$")
 #: once a second, so one not replaced by then means its pushes have stopped
 #: somewhere upstream, and it is fetched again.
 PIN_SLACK = 3.0
-#: What a tier that is pushed to says of a pinned object to the tier in front
-#: (``pinned_uncached``): coalesce requests for it, keep none.
-PINNED_DOWNSTREAM = b"public, max-age=0"
+#: What the PoP's cache layer says of a manifest or playlist to the proxy
+#: layers in front (``manifests_uncached``): coalesce requests for it, keep none.
+UNCACHED_DOWNSTREAM = b"public, max-age=0"
 #: An ``Age`` beyond this is nonsense (a year): taken as "already stale".
 MAX_AGE_HEADER = 365 * 86400
 #: LL-HLS blocking reloads a tier holds at once waiting for a pushed
@@ -309,11 +309,13 @@ class Viewer:
             request.setHeader(name, value)
         request.setHeader(b"x-cache", b"%s %s" % (self.status, self.cache.tier.encode()))
         request.setHeader(b"age", b"%d" % (obj.age(self.cache.clock.seconds()),))
-        if self.cache.pinned_uncached and self.cache.pinned(obj.key):
-            # Kept fresh here by pushes, replaced the moment a new version
-            # comes: a tier in front (the PoP's proxy layer) must ask again
-            # each time, never keep a version for its max-age.
-            request.setHeader(b"cache-control", PINNED_DOWNSTREAM)
+        if self.cache.manifests_uncached and obj.code == 200 and obj.key.endswith((b".mpd", b".m3u8")):
+            # One copy of each manifest per PoP, here: the proxy layers in
+            # front (one per worker process or host) must ask again each
+            # time. Each keeping a version for its max-age, a viewer whose
+            # requests land on two of them would see the playlist go back
+            # in time; and a version pushed here replaces one at once.
+            request.setHeader(b"cache-control", UNCACHED_DOWNSTREAM)
         if obj.complete:
             request.setHeader(b"content-length", b"%d" % (obj.size,))
         self.body = BodyProducer(request, obj, self._body_ended, sent=self.cache.m_bytes_served.inc,
@@ -731,10 +733,10 @@ class CachingResource(Resource):
         #: How long a request for a segment of such a stream waits for its
         #: push before it is fetched (``push.wait``).
         self.push_wait = 0.0
-        #: Whether the tier in front is told to keep no pinned object (the
-        #: PoP's cache layer: its proxy layer would hold a playlist version
-        #: for its whole max-age while newer ones are pushed behind it).
-        self.pinned_uncached = False
+        #: Whether the tiers in front are told to keep no manifest or
+        #: playlist, only to coalesce requests for them (the PoP's cache
+        #: layer, for its proxy layers: see :meth:`Viewer.headers`).
+        self.manifests_uncached = False
         #: Stream -> its pinned versions' paths and own lifetimes.
         self._pins: OrderedDict[bytes, dict[bytes, float]] = OrderedDict()
         #: Numbers the answers in the order they come (CachedObject.version).

@@ -142,6 +142,7 @@ def build_pop(
     layers: dict[str, CachingResource] = {"pop-proxy": build_proxy_layer(parent, config, reactor, root)}
     if config["pop.cache_listen"]:
         cache = caching_tier(parent, "pop-cache", config["pop.origins"], cache_settings(config), reactor)
+        cache.manifests_uncached = True
         cache_root = Resource()
         cache_root.putChild(b"live", cache)
         cache_root.putChild(b"time", TimeResource(reactor))

@@ -315,7 +315,6 @@ def subscribe_pushes(service: RoleService, config: RoleConfig, process: Process,
         return next(ring.walk(stream.encode())).pushing(stream)
 
     cache.asked, cache.pushing, cache.push_wait = asked, pushing, config["push.wait"]
-    cache.pinned_uncached = True
 
 
 def build_dc_proxy(config: RoleConfig, process: Process) -> RoleService:
