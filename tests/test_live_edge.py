@@ -268,6 +268,8 @@ class Playback(LiveCase):
             self.assertEqual((live.code, live.header(b"content-type"), live.header(b"cache-control")),
                              (200, kind, b"public, max-age=1"), path)
         self.assertIn(b'type="dynamic"', self.get("manifest.mpd").body())
+        # Players catch up by playing faster; only one left far behind seeks.
+        self.assertIn(b'<Latency target="1200" min="700" max="4200" referenceId="0" />', self.get("manifest.mpd").body())
         self.video.end(Ending(EndKind.PUBLISH_ENDED, "ended"))
         ended = self.get("manifest.mpd")
         self.assertEqual(ended.header(b"cache-control"), b"public, max-age=60")

@@ -24,6 +24,18 @@ from fbstream.live.clock import iso_time
 NS = "urn:mpeg:dash:schema:mpd:2011"
 
 
+#: How far past its target latency a DASH player drifts before it seeks
+#: back to the target (the ServiceDescription's Latency@max; dash.js seeks at
+#: max - target + 0.5 s). A seek lands where nothing is buffered, so it is a
+#: stall: it is the last resort of a player left far behind, never the way
+#: to shed what a start on a busy machine costs; playing 10 % faster takes
+#: that back. With 1 s of slack a player that waited a second for its first
+#: chunks was past 2.7 s behind live soon after its first frame, and the
+#: seek stalled the picture (a loaded CI run; dash.js's log: "Latency too
+#: high, doing a seek to live point").
+SEEK_SLACK_MS = 3000
+
+
 def duration(seconds: float) -> str:
     return "PT%.3fS" % (seconds,)
 
@@ -62,7 +74,7 @@ def mpd(
         ET.SubElement(sd, "Latency", {
             "target": str(target_ms),
             "min": str(max(250, target_ms - 500)),
-            "max": str(target_ms + 1000),
+            "max": str(target_ms + SEEK_SLACK_MS),
             "referenceId": "0",
         })
         ET.SubElement(sd, "PlaybackRate", {"min": "0.9", "max": "1.1"})
