@@ -68,7 +68,9 @@ def serves_metrics(factory):
 
 ROLES = {
     # role: (settings, the ports its configuration listens on)
-    "pop": ((), {1935, 8080, 8084}),
+    # A memory reactor spawns no processes: the PoP's workers are started for
+    # real in tests/test_workers.py.
+    "pop": (("pop.workers=1",), {1935, 8080, 8084}),
     "dc-proxy": ((), {1936, 8081}),
     "encoder": (("tokens.required=false",), {1937, 8082}),
     "origin": ((), {8083}),

@@ -177,11 +177,18 @@ def test_a_herd_makes_one_request_per_tier(path_of_viewers, path):
     assert encoder.requests[path] == 1
     # One miss, so one upstream fetch, at each tier (the metrics are process-wide).
     assert [t.m_misses._value.get() - b for t, b in zip(tiers, before)] == [1, 1, 1]
-    # Later viewers are hits.
+    # Later viewers are hits: a segment in the proxy layer, a manifest in the
+    # cache layer, which keeps the PoP's one copy of it (its proxy layers are
+    # told max-age=0, so that no worker serves an older manifest than another).
+    cache_hits = pop.caches["pop-cache"].m_hits._value.get()
     agent = viewers_agent()
     response = yield agent.request(b"GET", base.encode() + path)
     yield readBody(response)
-    assert response.headers.getRawHeaders(b"x-cache") == [b"HIT pop-proxy"]
+    if path == SEGMENT:
+        assert response.headers.getRawHeaders(b"x-cache") == [b"HIT pop-proxy"]
+    else:
+        assert response.headers.getRawHeaders(b"x-cache") == [b"MISS pop-proxy"]
+        assert pop.caches["pop-cache"].m_hits._value.get() == cache_hits + 1
     assert encoder.requests[path] == 1
 
 
