@@ -525,6 +525,16 @@ class Lifetimes(EngineCase):
             hit = self.get(path)
             self.assertEqual((hit.header(b"x-cache"), hit.header(b"cache-control")),
                              (b"HIT pop-cache", b"public, max-age=0"))  # kept here, not in front
+        # Nor a manifest's 404 ("the stream is starting"): a worker must not
+        # keep saying so once another has the stream.
+        self.get(b"/live/new/manifest.mpd")
+        starting = Response(b"the stream is starting")
+        starting.code = 404
+        starting.headers.setRawHeaders(b"cache-control", [b"public, max-age=1"])
+        self.upstream.answer(starting)
+        refused = self.get(b"/live/new/manifest.mpd")
+        self.assertEqual((refused.responseCode, refused.header(b"x-cache"), refused.header(b"cache-control")),
+                         (404, b"HIT pop-cache", b"public, max-age=0"))
         self.get()
         self.upstream.answer(Response(b"segment"))
         self.assertEqual(self.get().header(b"cache-control"), IMMUTABLE)

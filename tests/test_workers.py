@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
@@ -80,3 +81,43 @@ def test_gathered_metrics_add_the_workers_figures_once_per_family(tmp_path, monk
     assert text.count("# TYPE fbstream_cache_requests_total counter") == 1, text
     lines = [line for line in text.splitlines() if line.startswith('fbstream_cache_requests_total{tier="pop-proxy"}')]
     assert lines == ['fbstream_cache_requests_total{tier="pop-proxy"} %s' % (before + 5,)], lines
+
+
+def test_each_worker_has_its_own_socket_on_the_port_and_the_kernel_spreads_connections():
+    from twisted.internet.task import Clock
+
+    from fbstream.roles.workers import WorkerPool
+
+    cfg = _config.load("pop", None, ["pop.workers=3"])["pop"]
+    pool = WorkerPool(cast(Any, Clock()), cfg, 3, ["tcp:0:interface=127.0.0.1"], 1)
+    try:
+        ports = {number: [s.getsockname() for s in socks] for number, socks in pool.sockets.items()}
+        assert sorted(ports) == [1, 2, 3] and len({tuple(p) for p in ports.values()}) == 1
+        port = pool.ports[0]
+        # SO_REUSEPORT hashes connections over the three sockets: 60 from
+        # distinct source ports land on every one of them.
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(60)]
+        taken: dict[int, int] = {}
+        for number, (sock,) in pool.sockets.items():
+            sock.setblocking(False)
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                taken[number] = taken.get(number, 0) + 1
+        assert sorted(taken) == [1, 2, 3] and sum(taken.values()) == 60, taken
+        for client in clients:
+            client.close()
+        # Another PoP on the same port is refused, as without workers.
+        with pytest.raises(ConfigError, match="in use"):
+            WorkerPool(cast(Any, Clock()), cfg, 2, ["tcp:%d:interface=127.0.0.1" % (port,)], 1)
+        # A worker gone: its socket is closed and opened again for the next.
+        pool._close(2)
+        assert 2 not in pool.sockets
+        pool.sockets[2] = pool._open()
+        assert pool.sockets[2][0].getsockname()[1] == port
+    finally:
+        for number in list(pool.sockets):
+            pool._close(number)

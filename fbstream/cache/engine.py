@@ -309,12 +309,14 @@ class Viewer:
             request.setHeader(name, value)
         request.setHeader(b"x-cache", b"%s %s" % (self.status, self.cache.tier.encode()))
         request.setHeader(b"age", b"%d" % (obj.age(self.cache.clock.seconds()),))
-        if self.cache.manifests_uncached and obj.code == 200 and obj.key.endswith((b".mpd", b".m3u8")):
+        if self.cache.manifests_uncached and obj.key.endswith((b".mpd", b".m3u8")):
             # One copy of each manifest per PoP, here: the proxy layers in
             # front (one per worker process or host) must ask again each
             # time. Each keeping a version for its max-age, a viewer whose
             # requests land on two of them would see the playlist go back
-            # in time; and a version pushed here replaces one at once.
+            # in time, or a stream that has started answer "not yet" on one
+            # (a 404 kept from before); and a version pushed here replaces
+            # one at once.
             request.setHeader(b"cache-control", UNCACHED_DOWNSTREAM)
         if obj.complete:
             request.setHeader(b"content-length", b"%d" % (obj.size,))

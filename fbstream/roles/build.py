@@ -232,13 +232,13 @@ def listen_http_workers(service: RoleService, config: RoleConfig, process: Proce
     what they forward (the live API, ``/metrics``) is served here, on a
     loopback port of its own.
     """
-    from fbstream.roles.workers import WorkerPool, listening_socket
+    from fbstream.roles.workers import WorkerPool
 
-    sockets = [listening_socket(description) for description in config["http.listen"]]
     limited = bounded_site(config, process.reactor, root, "%s-forwarded" % (config.role,))
     forwarded = process.reactor.listenTCP(0, cast(Any, limited), interface="127.0.0.1")
     Stop(forwarded.stopListening).setServiceParent(service)
-    service.workers = WorkerPool(process.reactor, config, count, sockets, cast(Any, forwarded.getHost()).port)
+    service.workers = WorkerPool(process.reactor, config, count, config["http.listen"],
+                                 cast(Any, forwarded.getHost()).port)
     service.workers.setServiceParent(service)
     return cast(Site, limited.site)
 

@@ -1,17 +1,20 @@
 """
 The PoP's viewers' listeners served by worker processes (``pop.workers``):
-one process per core, each with its own proxy layer, all accepting on the
-same sockets.
+one process per core, each with its own proxy layer.
 
-This process (the PoP) opens each ``http.listen`` socket itself and never
-accepts on it; every worker is started with the sockets as inherited file
-descriptors and adopts them (``adoptStreamPort``), so the kernel hands each
-new connection to whichever worker takes it first, and a worker that dies
-leaves the queue of waiting connections to the others. The workers' proxy
-layers fetch from the PoP's cache layer, which still coalesces: one request
-per object reaches the origin, however many workers ask. What a worker does
-not serve itself (the live API, ``/metrics``) it forwards to this process on
-a loopback port only the workers know.
+This process (the PoP) opens the listening sockets and never accepts on
+them: for each ``http.listen`` endpoint, a socket per worker, all bound to
+the same address with ``SO_REUSEPORT``, so that the kernel spreads new
+connections evenly over the workers (one shared socket lets whichever worker
+wakes first take every connection waiting, and under load one worker took
+them all). Each worker is started with its sockets as inherited file
+descriptors and adopts them (``adoptStreamPort``). When a worker dies its
+sockets are closed (the connections waiting in them are reset, and new ones
+go to the other workers) and opened again for the worker that replaces it.
+The workers' proxy layers fetch from the PoP's cache layer, which still
+coalesces: one request per object reaches the origin, however many workers
+ask. What a worker does not serve itself (the live API, ``/metrics``) it
+forwards to this process on a loopback port only the workers know.
 
 A worker that exits is started again (after a pause that grows while it
 keeps dying young); a worker whose PoP is gone sees its standard input close
@@ -82,14 +85,20 @@ def tcp_listen(description: str) -> tuple[str, int, int]:
     return interface, number, backlog
 
 
-def listening_socket(description: str) -> socket.socket:
-    """A bound, listening, non-blocking socket for a ``tcp:`` endpoint string: what the workers share."""
-    interface, port, backlog = tcp_listen(description)
+def listening_socket(description: str, reuse_port: bool = False, port: int | None = None) -> socket.socket:
+    """
+    A bound, listening, non-blocking socket for a ``tcp:`` endpoint string
+    (on ``port`` if given: the one a first socket of a ``SO_REUSEPORT`` group
+    was given for port 0).
+    """
+    interface, configured, backlog = tcp_listen(description)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((interface, port))
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, configured if port is None else port))
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as e:
@@ -129,19 +138,33 @@ class _Worker(ProcessProtocol):
 
 class WorkerPool(Service):
     """
-    ``count`` worker processes serving ``sockets`` (this process keeps them
-    open; a worker started again finds them as they were), told to forward
-    what they do not serve to ``forward_port`` on loopback.
+    ``count`` worker processes serving the ``tcp:`` endpoints
+    ``descriptions``, each on sockets of its own (see the module's
+    docstring), told to forward what they do not serve to ``forward_port``
+    on loopback. The sockets are opened here, so that a port in use fails
+    the PoP's start.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: IReactorRoles, config: RoleConfig, count: int, sockets: list[socket.socket],
+    def __init__(self, reactor: IReactorRoles, config: RoleConfig, count: int, descriptions: list[str],
                  forward_port: Any) -> None:
         self.reactor = reactor
         self.config = config
         self.count = count
-        self.sockets = sockets
+        self.descriptions = descriptions
+        # A port in use fails here, as without workers: a plain socket
+        # first (another PoP's SO_REUSEPORT group would take ours in, and
+        # share its viewers with it), then the group on the port it got.
+        probes = [listening_socket(description) for description in descriptions]
+        #: The ports bound (a port 0 endpoint's, as the probe got it).
+        self.ports = [sock.getsockname()[1] for sock in probes]
+        for sock in probes:
+            sock.close()
+        #: Each worker's sockets, one per endpoint.
+        self.sockets: dict[int, list[socket.socket]] = {}
+        for number in range(1, count + 1):
+            self.sockets[number] = self._open()
         #: The loopback port (a number, or a callable giving it once the
         #: forwarding listener is up) workers forward to.
         self.forward_port = forward_port
@@ -157,20 +180,36 @@ class WorkerPool(Service):
         for number in range(1, self.count + 1):
             self._spawn(number)
 
+    def _open(self) -> list[socket.socket]:
+        return [listening_socket(description, reuse_port=True, port=port)
+                for description, port in zip(self.descriptions, self.ports)]
+
+    def _close(self, number: int) -> None:
+        for sock in self.sockets.pop(number, []):
+            sock.close()
+
     def _spawn(self, number: int) -> None:
         self._restarts.pop(number, None)
         if not self.running:
             return
+        if number not in self.sockets:
+            try:
+                self.sockets[number] = self._open()
+            except ConfigError as e:
+                self.log.error("pop worker {number} cannot listen: {why}; trying again", number=number, why=e)
+                self._restarts[number] = self.reactor.callLater(MAX_RESTART_PAUSE, self._spawn, number)
+                return
+        sockets = self.sockets[number]
         port = self.forward_port() if callable(self.forward_port) else self.forward_port
         spec = {
             "number": number,
             "config": self.config.values,
-            "sockets": [[3 + i, int(sock.family)] for i, sock in enumerate(self.sockets)],
+            "sockets": [[3 + i, int(sock.family)] for i, sock in enumerate(sockets)],
             "forward_port": port,
         }
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.metrics_dir, FBSTREAM_WORKER=json.dumps(spec))
         fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
-        for i, sock in enumerate(self.sockets):
+        for i, sock in enumerate(sockets):
             fds[3 + i] = sock.fileno()
         worker = _Worker(self, number)
         self.workers[number] = worker
@@ -184,6 +223,9 @@ class WorkerPool(Service):
         if self.workers.get(worker.number) is not worker:
             return
         del self.workers[worker.number]
+        # Its connections waiting to be accepted are reset; new ones go to
+        # the other workers until it is back.
+        self._close(worker.number)
         if not self.running:
             return
         lived = self.reactor.seconds() - worker.started
@@ -210,8 +252,8 @@ class WorkerPool(Service):
         def done(_: Any) -> None:
             if kill.active():
                 kill.cancel()
-            for sock in self.sockets:
-                sock.close()
+            for number in list(self.sockets):
+                self._close(number)
             remove_worker_metrics(self.metrics_dir)
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
