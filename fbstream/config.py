@@ -23,7 +23,7 @@ T = TypeVar("T", bound=attrs.AttrsInstance)
 
 ROLES = ("pop", "dc-proxy", "encoder", "origin")
 #: Roles the ``all`` role does not run: they stand beside a deployment.
-OTHER_ROLES = ("loadgen",)
+OTHER_ROLES = ("loadgen", "glb")
 ALL = "all"
 #: Where the ``all`` role's defaults differ from the roles' own: one process
 #: on one machine serves its viewers itself, the cores are the encoder's.
@@ -44,6 +44,40 @@ def loopback_only(description: str) -> bool:
     host = fields.get("interface") or fields.get("host") or \
         (positional[0] if description.startswith(("tcp:", "tls:")) and len(positional) > 1 else "")
     return host.startswith("127.") or host in ("::1", "localhost")
+
+
+def read_secret(config: RoleConfig, key: str, variable: str, what: str) -> bytes | None:
+    """
+    A shared secret: the file ``config[key]`` names, else ``$variable``, else
+    none; at least 16 printable characters without spaces, or a
+    :class:`ConfigError` naming ``what`` it is.
+    """
+    path = config[key]
+    if path:
+        try:
+            with open(path, "rb") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise ConfigError("cannot read %s: %s" % (key, e.strerror)) from None
+    else:
+        secret = os.environ.get(variable, "").strip().encode()
+    if not secret:
+        return None
+    if len(secret) < 16 or any(c <= 32 or c > 126 for c in secret):
+        raise ConfigError("%s must be at least 16 printable characters, no spaces" % (what,))
+    return secret
+
+
+def named_urls(key: str, entries: list[str]) -> dict[str, str]:
+    """``<name>=<http(s) URL>`` entries (``glb.pops``, ``steering.pops``) as {name: URL without a trailing /}."""
+    named: dict[str, str] = {}
+    for entry in entries:
+        name, sep, url = entry.partition("=")
+        name, url = name.strip(), url.strip()
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise ConfigError("%s: %r is not <name>=<http(s) URL>" % (key, entry))
+        named[name] = url.rstrip("/")
+    return named
 
 
 @attrs.frozen
@@ -226,6 +260,14 @@ API: dict[str, Setting] = {
     "api.playback_url": Setting(str, "http://127.0.0.1:8080", "the base of the playback URLs given out"),
 }
 
+GLB_REPORTS: dict[str, Setting] = {
+    "glb.url": Setting(str, "", "the global load balancer this PoP reports its load to, e.g. http://glb:8088 "
+                                "(empty: none)"),
+    "glb.name": Setting(str, "pop1", "this PoP's name at the balancer (one of its glb.pops)"),
+    "glb.capacity": Setting(float, 5000.0, "viewers this PoP can serve; the balancer fills it to its headroom"),
+    "glb.secret_file": Setting(str, "", "the balancer's bearer secret (empty: $FBSTREAM_GLB_SECRET; unset: none)"),
+}
+
 SCHEMA: dict[str, dict[str, Setting]] = {
     "pop": {
         # Broadcasters reach the PoP; behind it, each client carries many of them.
@@ -233,6 +275,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         **_push(None, ("push.origins", [],
                      "the origins' push endpoints the cache layer subscribes at, one connection each "
                      "([]: fetch only)")),
+        **GLB_REPORTS,
         "relay.dc_proxies": Setting(list, ["dc1=tcp:127.0.0.1:1936"],
                                     "<datacenter>=<endpoint> of each dc-proxy, tried in order "
                                     "([]: publish to this PoP's own hub, no relay)"),
@@ -250,6 +293,28 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "loadgen.secret_file": Setting(str, "", "a file with the bearer secret the controller presents (empty: "
                                                 "$FBSTREAM_LOAD_SECRET; with neither, only loopback may listen)"),
         "loadgen.max_viewers": Setting(int, 20_000, "simulated viewers this agent runs at most"),
+    },
+    "glb": {
+        **_http("tcp:8088"),
+        "glb.pops": Setting(list, ["pop1=http://127.0.0.1:8080"], "<name>=<base URL> of each PoP, as viewers "
+                                                                  "reach it; the names are DASH pathways"),
+        "glb.secret_file": Setting(str, "", "the bearer secret PoPs present with their reports, and /v1/state "
+                                            "asks for (empty: $FBSTREAM_GLB_SECRET; with neither, only loopback "
+                                            "may listen)"),
+        "glb.seed_file": Setting(str, "", "TOML of round-trip times assumed for networks not measured yet: "
+                                          '["<prefix>"] then <pop> = <ms> (empty: none)'),
+        "glb.predictor": Setting(str, "spline", "how each network's viewers are predicted: spline, linear or "
+                                                "reactive (none)"),
+        "glb.lead": Setting(float, 1.0, "seconds from a decision until its plan steers viewers: the time a new map "
+                                        "takes to reach players (the reports' age is measured)"),
+        "glb.interval": Setting(float, 1.0, "seconds between plans"),
+        "glb.window": Setting(float, 3.0, "seconds of reports the prediction fits"),
+        "glb.headroom": Setting(float, 0.9, "the share of each PoP's capacity plans fill"),
+        "glb.down_after": Setting(float, 3.0, "a PoP silent this long is down"),
+        "glb.hysteresis_ms": Setting(float, 10.0, "milliseconds the PoPs a network's new viewers last went to "
+                                                  "are favoured by"),
+        "glb.max_networks": Setting(int, 100_000, "client networks whose round-trip times are kept"),
+        "glb.steering_ttl": Setting(int, 5, "seconds players keep a map or a steering answer"),
     },
     "origin": {
         **_http("tcp:8083"),

@@ -19,12 +19,12 @@ class Options(usage.Options):
     synopsis = "[--role=ROLE] [--config=PATH] [--set key=value ...] [--demo]"
     longdesc = (
         "Run one role of fbstream (pop, dc-proxy, encoder, origin) or all of them "
-        "in one process; or a load-generating agent (loadgen). Settings come from conf/<role>.toml (or --config) and "
+        "in one process; or a load-generating agent (loadgen), or the global load balancer (glb). Settings come from conf/<role>.toml (or --config) and "
         "--set overrides, e.g. --set rtmp.listen=tcp:1936 (for --role=all, prefix "
         "the role: --set pop.rtmp.listen=tcp:1936)."
     )
     optParameters = [
-        ["role", "r", "all", "pop, dc-proxy, encoder, origin, all, or loadgen"],
+        ["role", "r", "all", "pop, dc-proxy, encoder, origin, all, loadgen or glb"],
         ["config", "c", None, "TOML configuration file (default: conf/<role>.toml)"],
         ["keep-logs", None, 10, "rotated twistd --logfile files kept (each 1 MB)", int],
     ]

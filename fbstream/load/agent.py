@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -154,13 +153,3 @@ class AgentResource(Resource):
             self.state = "idle"
         elif self.state == "running" and self.crowd is not None:
             self.crowd.finish()
-
-
-def load_secret(path: str) -> bytes | None:
-    """The agent's bearer secret: the file's, else ``$FBSTREAM_LOAD_SECRET``, else none."""
-    if path:
-        with open(path, "rb") as f:
-            secret = f.read().strip()
-    else:
-        secret = os.environ.get("FBSTREAM_LOAD_SECRET", "").strip().encode()
-    return secret or None

@@ -66,6 +66,23 @@ class _Missing(Resource):
         return ("%s is missing: run 'npm install --prefix web' (see README.rst)\n" % (self.path,)).encode()
 
 
+class PingResource(Resource):
+    """
+    ``/ping``: nothing, at once, to any origin: what a page times to measure
+    its round trip to this PoP for the global load balancer.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(204)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"access-control-allow-origin", b"*")
+        request.setHeader(b"timing-allow-origin", b"*")
+        return b""
+
+
 def install(root: Resource, node_modules: str) -> None:
     root.putChild(b"", PageResource())
     root.putChild(b"static", StaticPlayers(node_modules))
+    root.putChild(b"ping", PingResource())

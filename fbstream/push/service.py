@@ -7,7 +7,6 @@ mutual TLS when ``push.tls_ca`` is too; h2 with prior knowledge on a bare
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.application import strports
@@ -19,7 +18,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReacto
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from fbstream.config import ConfigError, RoleConfig, loopback_only
+from fbstream.config import ConfigError, RoleConfig, loopback_only, read_secret
 from fbstream.push.channel import IPushSink, PushClient, PushHub
 from fbstream.push.core import ChannelSettings
 
@@ -33,20 +32,7 @@ def channel_settings(config: RoleConfig) -> ChannelSettings:
 
 def load_secret(config: RoleConfig) -> bytes | None:
     """The channel's shared secret: ``push.secret_file``, else ``$FBSTREAM_PUSH_SECRET``, else none."""
-    path = config["push.secret_file"]
-    if path:
-        try:
-            with open(path, "rb") as f:
-                secret = f.read().strip()
-        except OSError as e:
-            raise ConfigError("cannot read push.secret_file: %s" % (e.strerror,)) from None
-    else:
-        secret = os.environ.get("FBSTREAM_PUSH_SECRET", "").strip().encode()
-    if not secret:
-        return None
-    if len(secret) < 16 or any(c <= 32 or c > 126 for c in secret):
-        raise ConfigError("the push channel's secret must be at least 16 printable characters, no spaces")
-    return secret
+    return read_secret(config, "push.secret_file", "FBSTREAM_PUSH_SECRET", "the push channel's secret")
 
 
 def _read(config: RoleConfig, key: str) -> bytes:

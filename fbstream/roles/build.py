@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from fbstream.config import ConfigError, RoleConfig, loopback_only, worker_count
+from fbstream.config import ConfigError, RoleConfig, loopback_only, named_urls, read_secret, worker_count
 from fbstream.diskio import ThreadPoolService
 from fbstream.limits import ConnectionLimits
 from fbstream.live.api import APISettings, LiveVideosResource, load_api_key
@@ -135,6 +135,8 @@ def check_secrets(configs: dict[str, RoleConfig]) -> None:
             process.token_keys(config, required=True)
         if config.role == "loadgen":
             loadgen_secret(config)
+        if config.role == "glb":
+            glb_parts(config)
         if "push.secret_file" in config.values:
             from fbstream.push.service import check_push
 
@@ -213,6 +215,7 @@ def bounded_site(config: RoleConfig, reactor: Any, root: Resource, name: str,
     limited = ConnectionLimits(served, reactor, name, config["http.max_connections"],
                                config["http.max_connections_per_address"], config["http.head_timeout"])
     limited.site = site
+    cast(Any, site).limits = limited  # its connections, by client address (the PoP's load reports)
     return limited
 
 
@@ -292,6 +295,9 @@ def build_pop(config: RoleConfig, process: Process) -> RoleService:
         service.site = listen_http_workers(service, config, process, root, workers)
     else:
         service.site = listen_http(service, config, process, root, service.caches["pop-proxy"])
+        if config["glb.url"]:
+            limits = cast(Any, service.site).limits
+            load_reporter(config, process.reactor, 0, limits, service.caches["pop-proxy"]).setServiceParent(service)
     return service
 
 
@@ -405,19 +411,86 @@ def build_loadgen(config: RoleConfig, process: Process) -> RoleService:
 
 def loadgen_secret(config: RoleConfig) -> bytes | None:
     """The agent's secret; an agent reachable from other hosts must have one."""
-    from fbstream.load.agent import load_secret
+    return listener_secret(config, "loadgen.secret_file", "FBSTREAM_LOAD_SECRET", "the agent")
 
-    try:
-        secret = load_secret(config["loadgen.secret_file"])
-    except OSError as e:
-        raise ConfigError("cannot read loadgen.secret_file: %s" % (e.strerror,)) from None
-    if secret is not None and len(secret) < 16:
-        raise ConfigError("the load generator's secret must be at least 16 characters")
+
+def listener_secret(config: RoleConfig, key: str, variable: str, who: str) -> bytes | None:
+    """
+    The bearer secret of a role's control API (``key``, else ``$variable``):
+    one whose ``http.listen`` reaches past loopback must have one.
+    """
+    secret = read_secret(config, key, variable, "%s's secret" % (who,))
     for description in config["http.listen"]:
         if secret is None and not loopback_only(description):
-            raise ConfigError("http.listen %s is reachable from other hosts: give the agent a secret "
-                              "(loadgen.secret_file or $FBSTREAM_LOAD_SECRET)" % (description,))
+            raise ConfigError("http.listen %s is reachable from other hosts: give %s a secret "
+                              "(%s or $%s)" % (description, who, key, variable))
     return secret
+
+
+def glb_parts(config: RoleConfig) -> tuple[dict[str, str], Any, bytes | None]:
+    """The balancer's PoPs (name to URL), its seed map and its secret, checked."""
+    import tomllib
+
+    from fbstream.glb.balance import SeedMap
+
+    pops = named_urls("glb.pops", config["glb.pops"])
+    if not pops:
+        raise ConfigError("glb.pops: name at least one PoP")
+    seed = SeedMap()
+    if config["glb.seed_file"]:
+        try:
+            with open(config["glb.seed_file"], "rb") as f:
+                seed = SeedMap.parse(tomllib.load(f))
+        except OSError as e:
+            raise ConfigError("cannot read glb.seed_file: %s" % (e.strerror,)) from None
+        except (tomllib.TOMLDecodeError, ValueError, TypeError, AttributeError) as e:
+            raise ConfigError("glb.seed_file: %s" % (e,)) from None
+    from fbstream.glb.predict import PREDICTORS
+
+    if config["glb.predictor"] not in PREDICTORS:
+        raise ConfigError("glb.predictor must be one of %s" % (", ".join(PREDICTORS),))
+    if not 0 < config["glb.headroom"] <= 1 or config["glb.interval"] <= 0:
+        raise ConfigError("glb.headroom must be in (0, 1] and glb.interval above 0")
+    return pops, seed, listener_secret(config, "glb.secret_file", "FBSTREAM_GLB_SECRET", "the balancer")
+
+
+def build_glb(config: RoleConfig, process: Process) -> RoleService:
+    """The global load balancer: PoPs' load in, plans made each second, maps and steering out."""
+    from fbstream.glb.balance import Balancer
+    from fbstream.glb.service import GLB, V1Resource
+
+    pops, seed, secret = glb_parts(config)
+    service = RoleService(config.role)
+    balancer = Balancer(predictor=config["glb.predictor"], lead=config["glb.lead"], interval=config["glb.interval"],
+                        window=config["glb.window"], headroom=config["glb.headroom"],
+                        down_after=config["glb.down_after"], hysteresis_ms=config["glb.hysteresis_ms"],
+                        max_networks=config["glb.max_networks"], seed=seed)
+    # One thread: a plan is solved at a time.
+    solver = ThreadPoolService("fbstream-glb-solve", 1, 1, process.reactor)
+    solver.setServiceParent(service)
+    glb = GLB(process.reactor, balancer, pops, solver.pool)
+    glb.setServiceParent(service)
+    root = http_root()
+    root.putChild(b"v1", V1Resource(glb, secret, config["glb.steering_ttl"]))
+    service.glb = glb
+    service.site = listen_http(service, config, process, root)
+    return service
+
+
+def load_reporter(config: RoleConfig, reactor: Any, part: int, limits: ConnectionLimits, proxy: Any) -> Any:
+    """
+    This PoP process's reports to the balancer at ``glb.url``: its viewer
+    connections (``limits``) and its proxy layer's requests and bytes.
+    """
+    from fbstream.glb.report import Counts, LoadReporter
+
+    secret = read_secret(config, "glb.secret_file", "FBSTREAM_GLB_SECRET", "the balancer's secret")
+
+    def counts() -> Counts:
+        return Counts(proxy.m_requests._value.get(), proxy.m_bytes_served._value.get())
+
+    return LoadReporter(reactor, config["glb.url"], config["glb.name"], part, config["glb.capacity"], secret,
+                        lambda: limits.by_address, counts)
 
 
 #: The builder of each role.
@@ -427,6 +500,7 @@ BUILDERS: dict[str, Callable[[RoleConfig, Process], RoleService]] = {
     "encoder": build_encoder,
     "origin": build_origin,
     "loadgen": build_loadgen,
+    "glb": build_glb,
 }
 
 

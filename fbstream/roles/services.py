@@ -102,6 +102,8 @@ class RoleService(MultiService):
         self.caches: dict[str, Any] = {}
         #: The PoP's worker processes (``pop.workers`` above 1).
         self.workers: Any = None
+        #: The global load balancer (the glb role).
+        self.glb: Any = None
 
     def startService(self) -> None:
         ROLE_UP.labels(role=self.role).set(1)

@@ -64,7 +64,7 @@ def serve(reactor: Any, spec: dict[str, Any]) -> MultiService:
     from prometheus_client import Counter
 
     from fbstream.cache.service import build_proxy_layer
-    from fbstream.roles.build import bounded_site
+    from fbstream.roles.build import bounded_site, load_reporter
 
     config = RoleConfig("pop", spec["config"])
     number = str(spec["number"])
@@ -77,6 +77,8 @@ def serve(reactor: Any, spec: dict[str, Any]) -> MultiService:
     for fd, family in spec["sockets"]:
         reactor.adoptStreamPort(fd, family, factory)
         os.close(fd)  # adopted as a copy
+    if config["glb.url"]:
+        load_reporter(config, reactor, spec["number"], factory, proxy).setServiceParent(service)
 
     cpu = Counter("fbstream_pop_worker_cpu_seconds", "CPU seconds each PoP worker process used", ["worker"])
     worker_cpu = cpu.labels(worker=number)
