@@ -157,6 +157,11 @@ ENCODER: dict[str, Setting] = {
     "encoder.max_held": Setting(int, 10_000, "requests waiting at the live edge at once (more: 503)"),
     "encoder.stall_timeout": Setting(float, 30.0, "a request for a growing segment that does not read for this "
                                                  "long is dropped"),
+    "steering.server": Setting(str, "", "a DASH Content Steering server live MPDs name (the glb role's "
+                                        "/v1/steering URL, as players reach it), with a BaseURL per PoP of "
+                                        "steering.pops (empty: none)"),
+    "steering.pops": Setting(list, [], "<name>=<base URL> of each PoP players may be steered to, the first the "
+                                       "default (the glb role's glb.pops)"),
     "archive.dir": Setting(str, "archive", "where segments are archived for replay (empty: no archive)"),
     "archive.retention_hours": Setting(float, 168.0, "archived videos older than this are deleted"),
 }

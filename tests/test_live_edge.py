@@ -275,6 +275,30 @@ class Playback(LiveCase):
         self.assertEqual(ended.header(b"cache-control"), b"public, max-age=60")
         self.assertIn(b'type="static"', ended.body())
 
+    def test_a_live_mpd_names_the_steering_server_and_a_base_url_per_pop(self) -> None:
+        from xml.etree import ElementTree as ET
+
+        from fbstream.encoder.manifest import Steering
+
+        for n in (1, 2, 3, 4):
+            self.cut("360p", n)
+            self.cut("audio", n)
+        self.clock.advance(4.5)
+        self.assertNotIn(b"ContentSteering", self.get("manifest.mpd").body())  # none unless configured
+        self.resource.steering = Steering("http://glb:8088/v1/steering",
+                                          (("pop1", "http://pop1:8080"), ("pop2", "http://pop2:8080/")))
+        ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+        root = ET.fromstring(self.get("manifest.mpd").body())
+        self.assertEqual([(b.get("serviceLocation"), b.text) for b in root.findall("d:BaseURL", ns)],
+                         [("pop1", "http://pop1:8080/live/cam/"), ("pop2", "http://pop2:8080/live/cam/")])
+        steering = root.find("d:ContentSteering", ns)
+        assert steering is not None
+        self.assertEqual((steering.text, steering.get("defaultServiceLocation"), steering.get("queryBeforeStart")),
+                         ("http://glb:8088/v1/steering", "pop1", "true"))
+        # A replay is played from wherever it was found: no steering.
+        self.video.end(Ending(EndKind.PUBLISH_ENDED, "ended"))
+        self.assertNotIn(b"ContentSteering", self.get("manifest.mpd").body())
+
     def test_the_manifest_is_published_at_the_clock_s_time_of_its_last_change(self) -> None:
         self.clock.advance(1_800_000_000.0)  # 2027-01-15T08:00:00Z
         self.video.availability_start = self.clock.seconds()

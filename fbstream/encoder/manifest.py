@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from xml.etree import ElementTree as ET
 
+import attrs
+
 from fbstream.encoder.store import LiveVideo, Period, Rendition, Segment
 from fbstream.encoder.transcode import SEGMENT_MS
 from fbstream.live.blocking import PlaylistEdge
@@ -45,11 +47,25 @@ def _sorted(video: LiveVideo, kind: str) -> list[Rendition]:
     return sorted(found, key=lambda r: -r.info.bandwidth)
 
 
+@attrs.frozen
+class Steering:
+    """
+    DASH Content Steering: a BaseURL per PoP (its ``serviceLocation`` the
+    PoP's name, a pathway), and the steering server that orders them for
+    each player (the glb role's ``/v1/steering``).
+    """
+
+    server: str
+    #: (name, base URL) of each PoP, the first the default.
+    pops: tuple[tuple[str, str], ...]
+
+
 def mpd(
     video: LiveVideo,
     now: float,
     target_latency: float = 1.2,
     chunk_ms: int = 250,
+    steering: Steering | None = None,
 ) -> bytes:
     """The MPD of ``video``: dynamic while live, static with every segment after."""
     live = not video.ended
@@ -61,6 +77,16 @@ def mpd(
         "minBufferTime": duration(2 * seg),
         "maxSegmentDuration": duration(seg),
     })
+    if steering is not None and live:
+        # Segments come from the PoP the steering server puts first for the
+        # player; the MPD itself (the same for every viewer, cached at every
+        # tier) from wherever the player found it.
+        for name, base in steering.pops:
+            ET.SubElement(root, "BaseURL", {"serviceLocation": name}).text = "%s/live/%s/" % (
+                base.rstrip("/"), video.stream)
+        ET.SubElement(root, "ContentSteering", {
+            "defaultServiceLocation": steering.pops[0][0], "queryBeforeStart": "true",
+        }).text = steering.server
     if live:
         root.set("availabilityStartTime", iso_time(video.availability_start))
         root.set("publishTime", iso_time(video.publish_time))

@@ -17,8 +17,9 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from fbstream.config import RoleConfig
+from fbstream.config import ConfigError, RoleConfig, named_urls
 from fbstream.diskio import ThreadPoolService
+from fbstream.encoder import manifest
 from fbstream.encoder import metrics as em
 from fbstream.encoder.ladder import VideoRendition, parse_rungs
 from fbstream.encoder.ownership import Broadcasts
@@ -189,6 +190,18 @@ def settings_from(config: RoleConfig) -> TranscoderSettings:
     )
 
 
+def steering(config: RoleConfig) -> manifest.Steering | None:
+    """The MPD's Content Steering, from ``steering.server`` and ``steering.pops``; None without a server."""
+    if not config["steering.server"]:
+        return None
+    if not config["steering.server"].startswith(("http://", "https://")):
+        raise ConfigError("steering.server must be an http(s) URL")
+    pops = named_urls("steering.pops", config["steering.pops"])
+    if not pops:
+        raise ConfigError("steering.server needs steering.pops: the PoPs it steers between")
+    return manifest.Steering(config["steering.server"], tuple(pops.items()))
+
+
 def build_encoder(parent: MultiService, config: RoleConfig, reactor: IReactorTimeFromThreads, root: Resource,
                   broadcasts: Callable[[Callable[[str], Deferred[None]]], Broadcasts] | None = None,
                   push: PushHub | None = None) -> EncoderConsumers:
@@ -236,6 +249,7 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: IReactorTim
         registry, archive, reactor, config["encoder.chunk_ms"],
         target_latency=config["encoder.target_latency"], edge=edge,
         part_hold_back=config["encoder.part_hold_back"], stall_timeout=config["encoder.stall_timeout"],
+        steering=steering(config),
     )
     root.putChild(b"live", resource)
     if push is not None:

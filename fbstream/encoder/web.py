@@ -140,8 +140,11 @@ class LiveResource(Resource):
         edge: LiveEdge = LiveEdge(),
         part_hold_back: float = 1.5,
         stall_timeout: float = default("encoder.stall_timeout"),
+        steering: manifest.Steering | None = None,
     ) -> None:
         super().__init__()
+        #: DASH Content Steering in live MPDs, if configured.
+        self.steering = steering
         self.registry = registry
         self.archive = archive
         self.clock = clock
@@ -255,7 +258,7 @@ class LiveResource(Resource):
         """The headers and body of the DASH manifest (``dash``) or the HLS master playlist, as served now."""
         if kind == "dash":
             body = manifest.mpd(video, self.clock.seconds(), target_latency=self.target_latency,
-                                chunk_ms=self.chunk_ms)
+                                chunk_ms=self.chunk_ms, steering=self.steering)
             return typed(MPD_TYPE, self._manifest_cache(video)), body
         return typed(M3U8_TYPE, self._manifest_cache(video)), manifest.master_playlist(video)
 

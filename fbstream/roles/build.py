@@ -131,6 +131,9 @@ def check_secrets(configs: dict[str, RoleConfig]) -> None:
                     tcp_listen(description)
         if config.role == "encoder":
             process.token_keys(config)
+            from fbstream.encoder.service import steering
+
+            steering(config)
         elif config.role == "pop" and process.api_key(config) is not None:
             process.token_keys(config, required=True)
         if config.role == "loadgen":

@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -140,7 +141,12 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
     if console_path:
         with open(console_path, "w") as f:
             f.write("\n".join(console) + "\n")
-    seen = {"samples": samples, "listing": listing, "stats": stats_line, "top": top,
+    # Where the media the player read came from (Content Steering moves it).
+    origins: dict[str, int] = {}
+    for url in loaded:
+        host = urlsplit(url).netloc
+        origins[host] = origins.get(host, 0) + 1
+    seen = {"samples": samples, "listing": listing, "stats": stats_line, "top": top, "loaded_from": origins,
             "first_frame_seconds": first_frame, "console": console[-30:],
             "failed": failed[:50], "failed_count": len(failed),
             "aborted": aborted[:50], "aborted_count": len(aborted)}

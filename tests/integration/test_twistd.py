@@ -51,16 +51,17 @@ def wait_for_ok(url, seconds):
 
 @contextlib.contextmanager
 def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, pop_interfaces=("127.0.0.1",),
-                     stderr=None, push=True):
+                     stderr=None, push=True, ports=None):
     """
     ``twistd fbstream --role=all`` on free ports, running; yields its ports and
     log file, and stops it (SIGTERM) afterwards. The PoP's viewers' HTTP
     listens on each of ``pop_interfaces``, on the same port. ``stderr``: a
     path for the process's standard error (where the login link goes).
     ``push``: the push channel between the tiers (else TTL pulls only).
+    ``ports``: some of the ports, chosen by the caller (the others are free ones).
     """
     ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin", "cache",
-                                          "encoder-push", "origin-push")}
+                                          "encoder-push", "origin-push") if key not in (ports or {})} | (ports or {})
     dc_rtmp, encoder_rtmp = free_port(), free_port()
     args = [twistd(), "-n", "--pidfile=", "--logfile=%s" % (tmp_path / "twistd.log",)]
     if reactor == "asyncio":

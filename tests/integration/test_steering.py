@@ -1,0 +1,108 @@
+"""
+DASH Content Steering in a real player: dash.js in headless Chromium opens
+the page of the ``all`` role's PoP (pop1, the nearest by the balancer's seed
+map) while pop1 is full, and fetches the live demo's segments from the second
+PoP (pop2, its own process on the same origin), because the global load
+balancer's steering answer puts pop2 first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.web.client import Agent, readBody
+
+from fbstream.config import load
+from fbstream.roles.build import build_role
+
+from .conftest import ROLES_REACTOR, ROOT, free_port, run, sleep
+from .test_glb import ViewerFactory
+from .test_twistd import all_role_process, wait_for_ok
+from .topology import Node
+
+SECONDS = 25
+#: pop1's capacity: the viewers held open there fill it past its headroom.
+CAPACITY = 4
+
+
+@defer.inlineCallbacks
+def steering(base):
+    response = yield Agent(reactor).request(b"GET", (base + "/v1/steering").encode())
+    return json.loads((yield readBody(response)))["PATHWAY-PRIORITY"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_dash_js_follows_the_steering_to_the_second_pop_when_the_first_is_full(tmp_path):
+    glb_port, pop1_port, cache2 = free_port(), free_port(), free_port()
+    glb_url = "http://127.0.0.1:%d" % (glb_port,)
+    seed = tmp_path / "seed.toml"
+    seed.write_text('["127.0.0.0/24"]\npop1 = 5.0\npop2 = 20.0\n')
+    pop2 = Node("pop2", "pop", [], str(tmp_path))
+    pops = {"pop1": "http://127.0.0.1:%d" % (pop1_port,), "pop2": "http://127.0.0.1:%d" % (pop2.http,)}
+    glb = build_role(load("glb", None, [
+        "http.listen=tcp:%d:interface=127.0.0.1" % (glb_port,),
+        "glb.pops=%s" % (json.dumps(["%s=%s" % item for item in pops.items()]),),
+        "glb.seed_file=%s" % (seed,),
+    ])["glb"], ROLES_REACTOR)
+    glb.startService()
+    extra = ("--demo",
+             "--set", "encoder.steering.server=%s/v1/steering" % (glb_url,),
+             "--set", "encoder.steering.pops=%s" % (json.dumps(["%s=%s" % item for item in pops.items()]),),
+             "--set", "pop.glb.url=" + glb_url, "--set", "pop.glb.name=pop1",
+             "--set", "pop.glb.capacity=%d" % (CAPACITY,))
+    held = []
+    try:
+        with all_role_process(tmp_path, extra=extra, ports={"pop": pop1_port}) as (ports, log):
+            pop2.args = [
+                "--set", "rtmp.listen=[]", "--set", "relay.dc_proxies=[]", "--set", "pop.workers=1",
+                "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache2,),
+                "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache2,),
+                "--set", "pop.origins=tcp:127.0.0.1:%d" % (ports["origin"],),
+                "--set", "pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),),
+                "--set", "glb.url=" + glb_url, "--set", "glb.name=pop2", "--set", "glb.capacity=100",
+            ]
+            pop2.start()
+            code = yield wait_for_ok(pops["pop1"] + "/live/demo/manifest.mpd", 40)
+            assert code == 200, log.read_text()[-3000:]
+            # Both PoPs report; the nearest, pop1, comes first while it has room.
+            for _ in range(40):
+                if (yield steering(glb_url)) == ["pop1", "pop2"]:
+                    break
+                yield sleep(0.25)
+            assert (yield steering(glb_url)) == ["pop1", "pop2"]
+            # Viewers fill pop1 (keep-alive connections, as players hold).
+            for _ in range(CAPACITY):
+                factory = ViewerFactory()
+                reactor.connectTCP("127.0.0.1", pop1_port, factory)
+                held.append((yield factory.connected))
+            for _ in range(40):
+                if (yield steering(glb_url)) == ["pop2", "pop1"]:
+                    break
+                yield sleep(0.25)
+            assert (yield steering(glb_url)) == ["pop2", "pop1"], glb.glb.balancer.state(reactor.seconds())
+
+            out, err, code = yield run(sys.executable, "-m", "tests.integration.browser",
+                                       pops["pop1"] + "/?v=demo", str(SECONDS), timeout=SECONDS + 90)
+            assert code == 0, err.decode()[-3000:]
+            seen = json.loads(out.decode().strip().splitlines()[-1])
+            summary = seen["summary"]
+            why = "%s\nloaded from %s\nserver log:\n%s" % (json.dumps(summary), seen["loaded_from"],
+                                                            log.read_text()[-2000:])
+            print("steered: %s, %s" % (json.dumps(seen["loaded_from"]), json.dumps(
+                {k: summary[k] for k in ("stalls", "stalled_seconds", "latency_p50", "failed_count")})))
+            assert summary["engine"] == "dash.js", why
+            assert summary["failed"] == [] and len(seen["samples"]) >= SECONDS - 2, why
+            # The segments came from pop2; pop1 served the page and the MPD.
+            from_pop2 = seen["loaded_from"].get("127.0.0.1:%d" % (pop2.http,), 0)
+            from_pop1 = seen["loaded_from"].get("127.0.0.1:%d" % (pop1_port,), 0)
+            assert from_pop2 >= SECONDS and from_pop2 > 5 * from_pop1, why
+            assert summary["stalls"] == 0, why
+    finally:
+        for viewer in held:
+            viewer.transport.loseConnection()
+        pop2.kill()
+        yield defer.maybeDeferred(glb.stopService)
