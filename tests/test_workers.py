@@ -121,3 +121,42 @@ def test_each_worker_has_its_own_socket_on_the_port_and_the_kernel_spreads_conne
     finally:
         for number in list(pool.sockets):
             pool._close(number)
+
+
+def test_a_worker_started_again_soon_takes_its_predecessors_queue_and_one_dying_again_and_again_does_not():
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+
+    from fbstream.roles.workers import KEEP_QUEUE, WorkerPool
+
+    clock = Clock()
+    clock.advance(100)
+    cfg = _config.load("pop", None, ["pop.workers=2"])["pop"]
+    pool = WorkerPool(cast(Any, clock), cfg, 2, ["tcp:0:interface=127.0.0.1"], 1)
+    pool.running = 1  # as started, without spawning processes
+    try:
+        port = pool.ports[0]
+        kept = pool.sockets[1][0]
+        # A viewer's connection waits in worker 1's queue when it dies...
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=5)
+        dead = SimpleNamespace(number=1, pid=None, started=0.0)
+        pool.workers[1] = cast(Any, dead)
+        pool.ended(cast(Any, dead), Failure(Exception("killed")))
+        # ...and its replacement will find it there: the socket is kept.
+        assert pool.sockets[1][0] is kept
+        waiting.close()
+        # Dying young again and again: the pause grows past KEEP_QUEUE, and
+        # the socket is closed so that the kernel sends connections elsewhere.
+        while pool._pause <= KEEP_QUEUE:
+            young = SimpleNamespace(number=1, pid=None, started=clock.seconds())
+            pool.workers[1] = cast(Any, young)
+            pool.ended(cast(Any, young), Failure(Exception("crashed")))
+        assert 1 not in pool.sockets and 2 in pool.sockets
+    finally:
+        pool.running = 0
+        for call in pool._restarts.values():
+            call.cancel()
+        for number in list(pool.sockets):
+            pool._close(number)

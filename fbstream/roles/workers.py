@@ -8,9 +8,12 @@ the same address with ``SO_REUSEPORT``, so that the kernel spreads new
 connections evenly over the workers (one shared socket lets whichever worker
 wakes first take every connection waiting, and under load one worker took
 them all). Each worker is started with its sockets as inherited file
-descriptors and adopts them (``adoptStreamPort``). When a worker dies its
-sockets are closed (the connections waiting in them are reset, and new ones
-go to the other workers) and opened again for the worker that replaces it.
+descriptors and adopts them (``adoptStreamPort``). When a worker dies this
+process keeps its sockets for the worker that replaces it a moment later,
+which takes the connections waiting in them: a viewer reconnecting there
+waits a second or two, and is not reset. A worker that keeps dying has its
+sockets closed (the connections waiting are reset, and new ones go to the
+others) and opened again when it is next started.
 The workers' proxy layers fetch from the PoP's cache layer, which still
 coalesces: one request per object reaches the origin, however many workers
 ask. What a worker does not serve itself (the live API, ``/metrics``) it
@@ -49,6 +52,10 @@ from fbstream.reactors import IReactorRoles
 #: Seconds before a worker that exited is started again, and the most that
 #: pause grows to while workers keep dying within :data:`YOUNG` seconds.
 RESTART_PAUSE, MAX_RESTART_PAUSE, YOUNG = 0.5, 30.0, 10.0
+#: A worker started again within this many seconds takes over its
+#: predecessor's sockets with the connections waiting in them; one that keeps
+#: dying has them closed, so that the kernel sends new connections elsewhere.
+KEEP_QUEUE = 2.0
 #: Seconds a worker has to stop after SIGTERM before it is killed.
 STOP_GRACE = 5.0
 #: Bytes of one log line a worker may send (longer ones are cut).
@@ -223,13 +230,14 @@ class WorkerPool(Service):
         if self.workers.get(worker.number) is not worker:
             return
         del self.workers[worker.number]
-        # Its connections waiting to be accepted are reset; new ones go to
-        # the other workers until it is back.
-        self._close(worker.number)
         if not self.running:
             return
         lived = self.reactor.seconds() - worker.started
         self._pause = RESTART_PAUSE if lived > YOUNG else min(self._pause * 2, MAX_RESTART_PAUSE)
+        if self._pause > KEEP_QUEUE:
+            # Dying again and again: its connections waiting to be accepted
+            # are reset, and new ones go to the other workers until it lives.
+            self._close(worker.number)
         self.log.warn("pop worker {number} (pid {pid}) exited after {lived:.0f} s ({why}); starting it again "
                       "in {pause:.1f} s", number=worker.number, pid=worker.pid, lived=lived,
                       why=reason.getErrorMessage(), pause=self._pause)
