@@ -300,7 +300,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "loadgen.max_viewers": Setting(int, 20_000, "simulated viewers this agent runs at most"),
     },
     "glb": {
-        **_http("tcp:8088"),
+        **_http("tcp:8088:interface=127.0.0.1"),
         "glb.pops": Setting(list, ["pop1=http://127.0.0.1:8080"], "<name>=<base URL> of each PoP, as viewers "
                                                                   "reach it; the names are DASH pathways"),
         "glb.secret_file": Setting(str, "", "the bearer secret PoPs present with their reports, and /v1/state "
