@@ -1,11 +1,13 @@
 """
-Each PoP's load a few seconds ahead, from the reports of its recent seconds.
+A load (the viewers of each client network, for the balancer) a few seconds
+ahead, from the reports of its recent seconds.
 
-A decision made now takes effect for viewers a few seconds from now: the
-load it sees is a report already ``delay`` seconds old, and the map it makes
-reaches players only after they next ask. A viral stream can fill a PoP
-within that time, so the balancer decides on the load each PoP is predicted
-to carry ``horizon`` seconds ahead, not the load it last reported.
+A decision made now takes effect for viewers a few seconds from now: what it
+sees is a report already some seconds old, and the map it makes reaches
+players only after they next ask. A viral stream can fill a PoP within that
+time, so the balancer decides on the load predicted ``horizon`` seconds
+ahead, not the load last reported (:mod:`fbstream.glb.balance` says why it
+predicts networks' viewers rather than PoPs' loads).
 
 Three predictors, compared by ``bench/glb_sim.py``:
 
