@@ -308,3 +308,41 @@ def test_any_json_is_a_report_or_a_clear_error(body):
         parse_rtt(body, POPS)
     except BadReport as e:
         assert str(e)
+
+
+def test_a_herd_stays_placed_when_the_pops_report_at_their_own_moments():
+    # The balancer decides at k+0.5. PoP b reports at k+0.1; PoP a, which
+    # carries the herd, at k+0.45 and k+1.55 by turns (its clock drifts
+    # around the decision's): every other decision comes before a has
+    # reported again. Each must still see the herd growing, else its new
+    # viewers go on to their nearest PoP, a, for that second.
+    balancer = Balancer(seed=SEED, lead=1.0, interval=1.0)
+    viewers = {"a": 0.0, "b": 0.0}
+    placed = []
+    for k in range(14):
+        balancer.report(k + 0.1, "b", 1000, viewers["b"], {NEAR: viewers["b"]})
+        if k % 2:
+            balancer.report(k - 0.45, "a", 1000, viewers["a"], {NEAR: viewers["a"]})
+            balancer.report(k + 0.45, "a", 1000, viewers["a"], {NEAR: viewers["a"]})
+        plan = balancer.decide(k + 0.5)
+        if k >= 4:
+            placed.append(round(sum(plan.assigned.get(NEAR, {}).values())))
+        for _ in range(100):  # 100 viewers a second
+            viewers[balancer.order(NEAR, k + 0.6)[0]] += 1
+    assert min(placed) > 0, placed
+
+
+def test_the_window_holds_as_many_points_whatever_the_jitter():
+    # Decisions a hair under a second apart: the window (3 s) must keep
+    # three points each time, not four now and then.
+    balancer = Balancer(seed=SEED, lead=1.0, interval=1.0)
+    placed = []
+    for k in range(12):
+        t = k * 0.9999 + (0.0002 if k % 2 else 0.0)
+        balancer.report(t, "a", 10_000, 7.0 * k, {NEAR: 7.0 * k})
+        balancer.report(t, "b", 10_000, 0.0, {})
+        balancer.decide(t + 0.1)
+        assert len(balancer.demand) <= 3
+        if k >= 3:
+            placed.append(sum(balancer.plan.assigned.get(NEAR, {}).values()))
+    assert min(placed) > 5, placed

@@ -74,6 +74,8 @@ CANDIDATES = 8
 FULL_MARGIN = 1.0
 #: The series of a PoP's viewers that no reported network accounts for is REST + the PoP's name.
 REST = "~"
+#: Intervals a new point of the networks' viewers waits for every PoP's next report, at most.
+STALE_POINT = 2.0
 
 
 def network_of(address: str) -> str:
@@ -319,6 +321,8 @@ class Balancer:
     plans: deque[tuple[float, Plan]] = attrs.field(factory=deque)
     #: Each network's viewers at each decision of the last ``window`` seconds.
     demand: deque[tuple[float, dict[str, float]]] = attrs.field(factory=deque)
+    #: The time of each PoP's report the newest point of ``demand`` was summed from.
+    used: dict[str, float] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.predictor not in PREDICTORS:
@@ -413,11 +417,25 @@ class Balancer:
             if rest > 0:
                 demand[REST + name] = rest
         # The reports' time (not the decision's): their age is part of what
-        # is predicted across.
-        seen_at = min(now, sum(self.pops[name].times[-1] for name in alive) / len(alive)) if alive else now
-        self.demand.append((seen_at, demand))
-        while len(self.demand) > 1 and self.demand[0][0] <= seen_at - self.window:
-            self.demand.popleft()
+        # is predicted across. A network's viewers are a sum over PoPs that
+        # report at their own moments: a sum taken before each PoP has
+        # reported again would stamp one PoP's old count with a newer time,
+        # a flat step in a rising series (the herd then went on to its
+        # nearest PoP for a second). So a new point waits for every PoP
+        # alive, for at most STALE_POINT intervals.
+        fresh = all(self.pops[name].times[-1] > self.used.get(name, -math.inf) for name in alive)
+        if fresh or not self.demand or now - self.demand[-1][0] >= STALE_POINT * self.interval:
+            seen_at = min(now, sum(self.pops[name].times[-1] for name in alive) / len(alive)) if alive else now
+            self.used = {name: self.pops[name].times[-1] for name in alive}
+            self.demand.append((seen_at, demand))
+            # The window's points, counted with half an interval to spare:
+            # points a hair less than an interval apart must not make it
+            # four points one second and three the next (the spline through
+            # four is a cubic whose third derivative is noise: it saw a
+            # steady rise end every other second).
+            while len(self.demand) > 1 and self.demand[0][0] <= seen_at - self.window + self.interval / 2:
+                self.demand.popleft()
+        seen_at, demand = self.demand[-1]
         series = sorted(demand)
         times = [t for t, _ in self.demand]
         history = np.array([[seen.get(name, 0.0) for name in series] for _, seen in self.demand]).reshape(
