@@ -32,6 +32,7 @@ class _Limited(ProtocolWrapper):
         self.address = address
         self._deadline: Any = None
         self._tail = b""  # the last bytes seen, for a head end split across reads
+        self._first = True
 
     def connectionMade(self) -> None:
         self._start_deadline()
@@ -49,6 +50,15 @@ class _Limited(ProtocolWrapper):
         transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            valve = self.factory.valve
+            redirect = valve.redirect(self.address, data) if valve is not None else None
+            if redirect is not None:
+                transport: Any = self.transport
+                transport.write(redirect)
+                transport.loseConnection()
+                return
         if self.factory.head_timeout:
             seen = self._tail + data
             if _HEAD_END in seen:
@@ -95,6 +105,9 @@ class ConnectionLimits(WrappingFactory):  # type: ignore[type-arg]
         self.open = 0
         #: The web site behind it, if it serves one (what the role's tests look at).
         self.site: Any = None
+        #: A full PoP's safety valve (:class:`fbstream.glb.valve.Valve`): it
+        #: may answer a connection's first request itself, with a redirect.
+        self.valve: Any = None
 
     def buildProtocol(self, addr: Any) -> Any:
         address = getattr(addr, "host", None)

@@ -56,7 +56,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -517,6 +517,20 @@ class Balancer:
             ranked.remove(first)
             ranked.insert(0, first)
         return ranked
+
+    def elsewhere(self, pop: str, networks: Iterable[str], now: float) -> tuple[dict[str, list[str]], list[str]]:
+        """
+        Where a full ``pop`` may send a new viewer (its safety valve): the
+        other PoPs alive and under their capacity, by round-trip time from
+        each of ``networks``; and, for a network not among them, by the
+        room they have, the most first. Nothing here spends the plan's
+        budget: these are viewers the plan did not send where they went.
+        """
+        room = [name for name in self.alive(now)
+                if name != pop and self.pops[name].load < self.pops[name].capacity]
+        maps = {network: self.ranked(network, room, self.plan.full) for network in networks}
+        spill = sorted(room, key=lambda name: (self.pops[name].load - self.pops[name].capacity, name))
+        return maps, spill
 
     def state(self, now: float) -> dict[str, Any]:
         """What ``/v1/state`` shows."""

@@ -7,11 +7,13 @@ report is the process's open viewer connections (one per watching player:
 they keep theirs alive), the busiest client networks among them, and its
 requests, egress bytes and CPU per second. A report that fails is not
 retried: the next second's replaces it, and a balancer that hears nothing
-for a few seconds treats the PoP as down.
+for a few seconds treats the PoP as down. Each answer tells the PoP's
+safety valve (:mod:`fbstream.glb.valve`) what it needs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -57,8 +59,13 @@ class LoadReporter(Service):
 
     def __init__(self, reactor: Any, url: str, pop: str, part: int, capacity: float, secret: bytes | None,
                  viewers: Callable[[], Mapping[str, int]], counts: Callable[[], Counts],
-                 interval: float = 1.0, http: Any = None) -> None:
-        """``http`` speaks to the balancer: a :class:`treq.client.HTTPClient` (or ``StubTreq``)."""
+                 interval: float = 1.0, http: Any = None,
+                 heard: Callable[[Any, float], None] | None = None) -> None:
+        """
+        ``http`` speaks to the balancer: a :class:`treq.client.HTTPClient`
+        (or ``StubTreq``). ``heard`` is given each answer (JSON) and the
+        viewers its report said this process carries.
+        """
         self.reactor = reactor
         self.url = url.rstrip("/") + "/v1/load"
         self.pop = pop
@@ -69,6 +76,7 @@ class LoadReporter(Service):
         self.counts = counts
         self.interval = interval
         self.http = http or HTTPClient(Agent(reactor, connectTimeout=interval * 2, pool=HTTPConnectionPool(reactor)))
+        self.heard = heard
         self.failing = False
         self._pending: Deferred[Any] | None = None
         self._last: tuple[float, Counts, float] | None = None
@@ -110,8 +118,10 @@ class LoadReporter(Service):
         headers: dict[bytes | str, bytes | str] = {}
         if self.secret is not None:
             headers[b"authorization"] = b"Bearer " + self.secret
-        d = self.http.post(self.url, json=self.body(), headers=headers, timeout=self.interval * 2)
+        body = self.body()
+        d = self.http.post(self.url, json=body, headers=headers, timeout=self.interval * 2)
         d.addCallback(self._answered)
+        d.addCallback(self._read, body["viewers"])
         d.addCallbacks(self._ok, self._failed)
         d.addBoth(self._done)
         self._pending = d
@@ -123,6 +133,15 @@ class LoadReporter(Service):
                 raise RuntimeError("%d %s" % (response.code, text[:200].decode("utf-8", "replace").strip()))
             body.addCallback(refused)
         return body
+
+    def _read(self, answer: bytes, reported: float) -> None:
+        if self.heard is None:
+            return
+        try:
+            parsed = json.loads(answer)
+        except ValueError:
+            raise RuntimeError("the answer is not JSON: %r" % (answer[:80],)) from None
+        self.heard(parsed, reported)
 
     def _ok(self, _: Any) -> None:
         if self.failing:

@@ -3,7 +3,8 @@ The ``glb`` role's HTTP side and its clock.
 
 - ``POST /v1/load``: a PoP process's report, once a second (``part`` tells
   a PoP's worker processes apart; the PoP's load is the sum of its parts).
-  With a secret, it carries ``Authorization: Bearer <secret>``.
+  With a secret, it carries ``Authorization: Bearer <secret>``. The answer
+  is what the PoP's safety valve needs (:meth:`GLB.valve_answer`).
 - ``POST /v1/rtt``: a player's round-trip times to PoPs, ``{"rtt": {pop:
   ms}}``, for the network of the address it comes from; rate-limited per
   address.
@@ -51,6 +52,8 @@ MAX_PARTS = 256
 MAX_FIGURE = 1e12
 #: A round trip longer than this is no measurement, ms.
 MAX_RTT_MS = 60_000.0
+#: A PoP this full (a share of its capacity) is told where its new viewers could go instead.
+VALVE_MAPS_FROM = 0.5
 
 POP_LOAD = Gauge("fbstream_glb_pop_viewers", "viewers each PoP reported (all its processes)", ["pop"])
 POP_PREDICTED = Gauge("fbstream_glb_pop_predicted_viewers",
@@ -225,6 +228,24 @@ class GLB(Service):
             POP_PREDICTED.labels(pop=pop).set(state.predicted if state is not None else 0)
         OVERFLOW.set(plan.overflow)
 
+    def valve_answer(self, pop: str, report: Part) -> dict[str, Any]:
+        """
+        What a PoP process's report is answered with: the PoP's viewers in
+        all its processes (so that each knows when the PoP is full), and
+        where the PoP may redirect new viewers once it is: the PoPs for each
+        network of the report, and for any other (its safety valve, kept
+        for when the balancer cannot be reached). The maps come only once
+        the PoP is half full; until then it has no use for them.
+        """
+        now = self.reactor.seconds()
+        parts = [p for p in self.parts[pop].values() if now - p.received <= self.balancer.down_after]
+        viewers = sum(p.viewers for p in parts)
+        capacity = max((p.capacity for p in parts), default=report.capacity)
+        near = viewers >= VALVE_MAPS_FROM * capacity
+        maps, spill = self.balancer.elsewhere(pop, report.networks if near else (), now)
+        return {"accepted": True, "viewers": viewers, "maps": maps, "spill": spill,
+                "urls": {name: self.pops[name] for name in spill}}
+
     def order(self, address: str) -> tuple[str, list[str]]:
         """The client's network and its PoPs, best first."""
         network = network_of(address)
@@ -292,7 +313,7 @@ class V1Resource(Resource):
         except BadReport as e:
             return self._answer(request, 400, {"error": str(e)})
         self.glb.take(pop, part, report)
-        return self._answer(request, 200, {"accepted": True})
+        return self._answer(request, 200, self.glb.valve_answer(pop, report))
 
     def _client(self, request: Request) -> str:
         return str(getattr(request.getClientAddress(), "host", "") or "")

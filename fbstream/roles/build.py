@@ -483,7 +483,8 @@ def build_glb(config: RoleConfig, process: Process) -> RoleService:
 def load_reporter(config: RoleConfig, reactor: Any, part: int, limits: ConnectionLimits, proxy: Any) -> Any:
     """
     This PoP process's reports to the balancer at ``glb.url``: its viewer
-    connections (``limits``) and its proxy layer's requests and bytes.
+    connections (``limits``) and its proxy layer's requests and bytes; with
+    ``glb.redirect``, the answers arm ``limits``' safety valve.
     """
     from fbstream.glb.report import Counts, LoadReporter
 
@@ -492,8 +493,14 @@ def load_reporter(config: RoleConfig, reactor: Any, part: int, limits: Connectio
     def counts() -> Counts:
         return Counts(proxy.m_requests._value.get(), proxy.m_bytes_served._value.get())
 
+    heard = None
+    if config["glb.redirect"]:
+        from fbstream.glb.valve import Valve
+
+        limits.valve = Valve(config["glb.capacity"], lambda: limits.open)
+        heard = limits.valve.heard
     return LoadReporter(reactor, config["glb.url"], config["glb.name"], part, config["glb.capacity"], secret,
-                        lambda: limits.by_address, counts)
+                        lambda: limits.by_address, counts, heard=heard)
 
 
 #: The builder of each role.
