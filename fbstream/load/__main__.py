@@ -4,6 +4,7 @@ Run one crowd of simulated viewers against a PoP, and print what they saw:
     python -m fbstream.load http://127.0.0.1:8080 --viewers 500 --seconds 20
     python -m fbstream.load http://127.0.0.1:8080 --kind ramp --viewers 2000 --seconds 120 --rise 20 --fall 20
     python -m fbstream.load http://127.0.0.1:8080 --streams a,b,c,d --zipf 1 --churn 0.01
+    python -m fbstream.load http://127.0.0.1:8080 --glb http://127.0.0.1:8088 --source 127.0.1.0/24
 
 One line of JSON per second goes to stderr, the summary to stdout (and,
 with ``--json``, both to a file). ``fbstream-load`` runs the same across
@@ -42,6 +43,15 @@ def scenario_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--startup", type=float, default=defaults.startup, help="seconds buffered before playing")
 
 
+def steering_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where viewers come from and who tells them where to go (shared with ``fbstream-load``)."""
+    parser.add_argument("--glb", help="a global load balancer's URL: each viewer asks its /v1/map first "
+                        "and plays from the first PoP it names (the PoP given is the fallback)")
+    parser.add_argument("--source", action="append", default=[], metavar="CIDR",
+                        help="a client network viewers come from, e.g. 127.0.1.0/24 (repeatable: the networks "
+                        "in turn); the addresses must be this host's (all of 127/8 is, on Linux)")
+
+
 def scenario_of(args: argparse.Namespace) -> Scenario:
     scenario = Scenario(kind=args.kind, viewers=args.viewers, seconds=args.seconds,
                         streams=tuple(s for s in args.streams.split(",") if s), join_over=args.join_over,
@@ -55,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fbstream.load", description=__doc__.split("\n\n")[0])
     parser.add_argument("pop", help="the PoP's viewers' URL, http://HOST:PORT")
     scenario_arguments(parser)
+    steering_arguments(parser)
     parser.add_argument("--json", help="write the summary and every second's figures here")
     args = parser.parse_args(argv)
     url = urlsplit(args.pop)
@@ -68,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
 
     run: Any = reactor
-    crowd = Crowd(run, url.hostname, url.port or 80, Settings(startup=scenario.startup))
+    try:
+        crowd = Crowd(run, url.hostname, url.port or 80, Settings(startup=scenario.startup), glb=args.glb,
+                      sources=args.source)
+    except ValueError as e:
+        parser.error(str(e))
     result: dict[str, Any] = {}
     crowd.run(scenario).addCallback(result.update).addBoth(lambda _: run.stop())
     run.run()

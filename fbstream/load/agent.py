@@ -8,6 +8,9 @@ simulated viewers at a time, started, watched and stopped by the controller
   ``i`` of ``n`` of the scenario's viewers against that PoP from
   ``start_at`` (every agent of a test starts at that common moment). 409 if
   a run is going on; 400 with the reason for anything it cannot run.
+  Optional: ``"glb": "http://HOST:PORT"``, a global load balancer each
+  viewer asks for its map first, and ``"sources": ["127.0.1.0/24", ...]``,
+  the client networks the viewers come from (this host's addresses).
 - ``GET /v1/run?from=K``: the run's state (``idle``, ``waiting``,
   ``running``, ``done``), its per-second lines from the K-th on, and, once
   done, its summary and histograms.
@@ -37,6 +40,8 @@ from fbstream.load.viewer import Settings
 MAX_BODY = 256 * 1024
 #: How far ahead a start may be asked for.
 MAX_WAIT = 600.0
+#: Client networks one run may come from.
+MAX_SOURCES = 1024
 
 
 class AgentResource(Resource):
@@ -123,10 +128,17 @@ class AgentResource(Resource):
             if start_at > now + MAX_WAIT:
                 raise ValueError("start_at: within %d s" % (MAX_WAIT,))
             seed = int(run.get("seed", 0))
+            glb, sources = run.get("glb"), run.get("sources") or []
+            if glb is not None and not isinstance(glb, str):
+                raise ValueError("glb: an http:// URL")
+            if not isinstance(sources, list) or len(sources) > MAX_SOURCES \
+                    or not all(isinstance(n, str) for n in sources):
+                raise ValueError("sources: a list of at most %d networks" % (MAX_SOURCES,))
+            crowd = Crowd(self.reactor, pop.hostname, pop.port or 80, Settings(startup=scenario.startup),
+                          seed=seed * 10_007 + index, glb=glb, sources=sources)
         except (ValueError, TypeError, ScenarioError) as e:
             return self._answer(request, 400, {"error": str(e)})
-        self.crowd = Crowd(self.reactor, pop.hostname, pop.port or 80, Settings(startup=scenario.startup),
-                           seed=seed * 10_007 + index)
+        self.crowd = crowd
         self.run = {"pop": run["pop"], "scenario": scenario.to_json(), "start_at": start_at, "share": [index, of]}
         self.summary = None
         self.state = "waiting"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
@@ -26,6 +27,9 @@ MAX_LINE = 1024
 MAX_KEPT = 4 * 1024 * 1024
 
 _MAX_AGE = re.compile(rb"max-age=(\d{1,9})")
+#: The statuses that send a client elsewhere, and how many of them one request follows.
+REDIRECTS = frozenset((301, 302, 303, 307, 308))
+MAX_REDIRECTS = 5
 
 
 class ProtocolError(Exception):
@@ -59,6 +63,7 @@ class ResponseReader:
         self.head = b""
         self.status = 0
         self.max_age = 0.0
+        self.location = b""
         self.size = 0
         self.body: list[bytes] | None = [] if keep else None
         self.close = False
@@ -113,6 +118,8 @@ class ResponseReader:
                     self.max_age = float(match.group(1))
             elif name == b"connection":
                 self.close = self.close or value.lower() == b"close"
+            elif name == b"location":
+                self.location = value
         if self.status in (204, 304) or 100 <= self.status < 200:
             self.state = "done"
         elif chunked:
@@ -223,17 +230,27 @@ class _Factory(ClientFactory):
 
 class Channel:
     """
-    One viewer's kept-alive connection to ``host:port``: :meth:`get` one
-    path at a time; ``answered`` is called with an :class:`Answer`, or with
-    None when there was none (the connection failed, or the answer was
-    broken).
+    One viewer's kept-alive connection to ``host:port``, from ``source``
+    (an address of this host; None: any): :meth:`get` one path at a time;
+    ``answered`` is called with an :class:`Answer`, or with None when there
+    was none (the connection failed, or the answer was broken).
+
+    A redirect to an ``http://`` URL is followed, as a player follows one:
+    the channel moves to that host for good (a player's base URL becomes
+    the redirect's), and the request is made there, up to
+    :data:`MAX_REDIRECTS` times.
     """
 
-    def __init__(self, reactor: Any, host: str, port: int, answered: Callable[[Answer | None], None]) -> None:
+    def __init__(self, reactor: Any, host: str, port: int, answered: Callable[[Answer | None], None],
+                 source: str | None = None) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
+        self.source = source
         self.answered = answered
+        #: Redirects followed, and those of the request going on.
+        self.redirects = 0
+        self._hops = 0
         self.connection: _Connection | None = None
         self.connecting = False
         self.request = b""
@@ -246,6 +263,10 @@ class Channel:
         self.reused = False
 
     def get(self, path: str, keep: bool = False) -> None:
+        self._hops = 0
+        self._ask(path, keep)
+
+    def _ask(self, path: str, keep: bool) -> None:
         self.request = b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: fbstream-load\r\n\r\n" % (
             path.encode(), self.host.encode())
         self.reader = ResponseReader(keep)
@@ -261,7 +282,8 @@ class Channel:
         if not self.connecting:
             self.connecting = True
             self.connections += 1
-            self.reactor.connectTCP(self.host, self.port, _Factory(self))
+            self.reactor.connectTCP(self.host, self.port, _Factory(self),
+                                    bindAddress=(self.source, 0) if self.source else None)
 
     def close(self) -> None:
         self.reader = None
@@ -298,6 +320,8 @@ class Channel:
         if reader.close or rest:
             self.connection = None
             connection.transport.loseConnection()  # type: ignore[union-attr]
+        if reader.status in REDIRECTS and reader.location and self._follow(reader):
+            return
         self._over(self._answer(reader, now))
 
     def _lost(self, connection: _Connection) -> None:
@@ -308,6 +332,8 @@ class Channel:
         if reader is None:
             return
         if reader.closed():
+            if reader.status in REDIRECTS and reader.location and self._follow(reader):
+                return
             self._over(self._answer(reader, self.reactor.seconds()))
         elif self.reused and reader.state == "head" and not reader.head:
             # A kept-alive connection the server closed as the request went
@@ -316,6 +342,25 @@ class Channel:
             self._connect()
         else:
             self._over(None)
+
+    def _follow(self, reader: ResponseReader) -> bool:
+        """Whether the redirect ``reader`` read is followed (to an http:// URL, within the hops allowed)."""
+        url = urlsplit(reader.location.decode("latin-1"))
+        if self._hops >= MAX_REDIRECTS or url.scheme != "http" or not url.hostname:
+            return False
+        try:
+            port = url.port or 80
+        except ValueError:
+            return False
+        self._hops += 1
+        self.redirects += 1
+        if (url.hostname, port) != (self.host, self.port):
+            if self.connection is not None:
+                self.connection.transport.loseConnection()  # type: ignore[union-attr]
+                self.connection = None
+            self.host, self.port = url.hostname, port
+        self._ask(urlunsplit(("", "", url.path or "/", url.query, "")), reader.keep)
+        return True
 
     def _answer(self, reader: ResponseReader, now: float) -> Answer:
         body = b"".join(reader.body) if reader.body is not None else None

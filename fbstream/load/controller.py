@@ -40,7 +40,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fbstream.load.__main__ import scenario_arguments, scenario_of
+from fbstream.load.__main__ import scenario_arguments, scenario_of, steering_arguments
 from fbstream.load.crowd import Histogram
 from fbstream.load.scenario import ScenarioError
 
@@ -133,13 +133,15 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Every agent's summary as one: counts added, percentiles from the merged histograms."""
     summaries = [r.get("summary") or {} for r in results]
     total: dict[str, Any] = {"agents": len(results)}
-    for field in ("viewers", "requests", "bytes", "started", "stalls", "stalled_seconds", "cpu_saturated_seconds"):
+    for field in ("viewers", "requests", "bytes", "started", "stalls", "stalled_seconds", "cpu_saturated_seconds",
+                  "redirects", "map_failures"):
         total[field] = sum(s.get(field) or 0 for s in summaries)
-    errors: dict[str, int] = {}
-    for s in summaries:
-        for what, n in (s.get("errors") or {}).items():
-            errors[what] = errors.get(what, 0) + n
-    total["errors"] = errors
+    for field in ("errors", "sent_to", "watching_at"):
+        added: dict[str, int] = {}
+        for s in summaries:
+            for what, n in (s.get(field) or {}).items():
+                added[what] = added.get(what, 0) + n
+        total[field] = added
     played, stalled = sum(s.get("played_seconds") or 0 for s in summaries), total["stalled_seconds"]
     total["played_seconds"] = round(played, 2)
     total["rebuffer_ratio"] = round(stalled / (played + stalled), 5) if played + stalled else None
@@ -173,7 +175,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start_at = time.time() + args.lead
     for i, agent in enumerate(agents):
         agent.call("POST", {"pop": args.pop, "scenario": scenario.to_json(), "start_at": start_at,
-                            "share": [i, len(agents)], "seed": args.seed})
+                            "share": [i, len(agents)], "seed": args.seed, "glb": args.glb,
+                            "sources": args.source})
     print("fbstream-load: %s, %d viewers x %g over %g s on %d agent(s), from %s" % (
         scenario.kind, scenario.viewers, scenario.scale, scenario.seconds, len(agents),
         time.strftime("%H:%M:%S", time.localtime(start_at))), flush=True)
@@ -346,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent", action="append", required=True, help="an agent's URL (repeatable)")
     parser.add_argument("--pop", required=True, help="the PoP's viewers' URL, http://HOST:PORT")
     scenario_arguments(parser)
+    steering_arguments(parser)
     parser.add_argument("--metrics", action="append", default=[], metavar="NAME=URL",
                         help="a role's /metrics to scrape (repeatable)")
     parser.add_argument("--report", default="load-report", help="the directory the report goes to")

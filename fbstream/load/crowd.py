@@ -11,10 +11,14 @@ core the figures are the load generator's, not the server's, and it says so.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import math
 import os
 import random
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -32,6 +36,20 @@ STEP = 0.1
 #: Distinct URLs a crowd remembers having asked for (to tell how many fetches
 #: one object cost each tier); past this it stops counting.
 MAX_PATHS = 200_000
+#: Client networks whose last map a crowd keeps, and PoPs it counts viewers of.
+MAX_MAPS = 10_000
+MAX_POPS = 1_000
+
+
+def first_pop(body: bytes) -> tuple[str, int] | None:
+    """The first PoP of a ``/v1/map`` answer, as (host, port); None if it names no http:// PoP."""
+    try:
+        url = urlsplit(json.loads(body)["pops"][0]["url"])
+        if url.scheme == "http" and url.hostname:
+            return url.hostname, url.port or 80
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        pass
+    return None
 
 
 class Histogram:
@@ -65,19 +83,77 @@ class Histogram:
         return None
 
 
+class Sources:
+    """
+    The client addresses viewers come from (each a network of its own to a
+    global load balancer): the networks in turn, and each one's hosts in
+    turn. With none, the system picks.
+    """
+
+    def __init__(self, networks: Sequence[str] = ()) -> None:
+        try:
+            self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        except ValueError as e:
+            raise ValueError("sources: %s" % (e,)) from None
+        self.count = 0
+
+    def pick(self) -> str | None:
+        if not self.networks:
+            return None
+        k, self.count = self.count, self.count + 1
+        network = self.networks[k % len(self.networks)]
+        size = network.num_addresses
+        # Not the network's own address nor its broadcast, where it has them.
+        hosts, first = (size - 2, 1) if size > 2 else (size, 0)
+        return str(network[first + (k // len(self.networks)) % hosts])
+
+
 class _Watcher:
     """One viewer, its connection and its timer."""
 
-    __slots__ = ("channel", "crowd", "request", "timer", "viewer")
+    __slots__ = ("asking", "channel", "crowd", "request", "source", "timer", "viewer")
 
-    def __init__(self, crowd: Crowd, viewer: Viewer) -> None:
+    def __init__(self, crowd: Crowd, viewer: Viewer, source: str | None) -> None:
         self.crowd = crowd
         self.viewer = viewer
-        self.channel = Channel(crowd.reactor, crowd.host, crowd.port, self._answered)
+        self.source = source
+        self.channel = Channel(crowd.reactor, crowd.host, crowd.port, self._answered, source)
+        #: The balancer's map being asked for, first.
+        self.asking: Channel | None = None
         self.request: Request | None = None
         self.timer: IDelayedCall | None = None
 
     def start(self) -> None:
+        if self.crowd.glb is None:
+            self._play()
+            return
+        host, port = self.crowd.glb
+        self.asking = Channel(self.crowd.reactor, host, port, self._mapped, self.source)
+        self.asking.get("/v1/map", keep=True)
+
+    def _mapped(self, answer: Answer | None) -> None:
+        """The balancer's map: its first PoP; else the last map of this network; else the crowd's PoP."""
+        asking, self.asking = self.asking, None
+        if asking is None:
+            return  # stopped meanwhile
+        asking.close()
+        network = (self.source or "").rpartition(".")[0]
+        pop = None
+        if answer is not None and answer.status == 200 and answer.body is not None:
+            pop = first_pop(answer.body)
+        if pop is None:
+            self.crowd.map_failures += 1
+            pop = self.crowd.last_maps.get(network)
+        elif len(self.crowd.last_maps) < MAX_MAPS or network in self.crowd.last_maps:
+            self.crowd.last_maps[network] = pop
+        if pop is not None:
+            self.channel.host, self.channel.port = pop
+        self._play()
+
+    def _play(self) -> None:
+        key = "%s:%d" % (self.channel.host, self.channel.port)
+        if key in self.crowd.sent or len(self.crowd.sent) < MAX_POPS:
+            self.crowd.sent[key] = self.crowd.sent.get(key, 0) + 1
         self._act(self.viewer.start(self.crowd.reactor.seconds()))
 
     def stop(self) -> None:
@@ -85,7 +161,11 @@ class _Watcher:
             self.timer.cancel()
         self.timer = None
         self.request = None
+        if self.asking is not None:
+            self.asking.close()
+            self.asking = None
         self.channel.close()
+        self.crowd.redirects += self.channel.redirects
 
     def _act(self, action: Request | float) -> None:
         if isinstance(action, Request):
@@ -118,10 +198,30 @@ class Crowd:
     log = Logger()
 
     def __init__(self, reactor: Any, host: str, port: int, settings: Settings | None = None, seed: int = 0,
-                 manifest: str = "/live/{stream}/manifest.mpd") -> None:
+                 manifest: str = "/live/{stream}/manifest.mpd", glb: str | None = None,
+                 sources: Sequence[str] = ()) -> None:
+        """
+        Viewers play from the PoP at ``host:port``; with ``glb`` (a global
+        load balancer's ``http://`` URL) each first asks it for its map and
+        plays from the map's first PoP instead. ``sources``: the client
+        networks viewers come from (:class:`Sources`).
+        """
         self.reactor = reactor
         self.host = host
         self.port = port
+        self.glb: tuple[str, int] | None = None
+        if glb is not None:
+            url = urlsplit(glb)
+            if url.scheme != "http" or not url.hostname:
+                raise ValueError("glb: an http:// URL")
+            self.glb = (url.hostname, url.port or 80)
+        self.sources = Sources(sources)
+        #: Each network's last map (its first PoP), for when the balancer does not answer.
+        self.last_maps: dict[str, tuple[str, int]] = {}
+        self.map_failures = 0
+        #: Viewers sent to each PoP ("host:port") at first, and redirects followed.
+        self.sent: dict[str, int] = {}
+        self.redirects = 0
         self.manifest = manifest
         self.settings = settings or Settings()
         self.rng = random.Random(seed)
@@ -160,7 +260,7 @@ class Crowd:
         base, _, name = self.manifest.format(stream=stream).rpartition("/")
         for _ in range(n):
             watcher = _Watcher(self, Viewer(base + "/", name, self.settings, random.Random(self.rng.random()),
-                                            self._observe))
+                                            self._observe), self.sources.pick())
             self.watching.append(watcher)
             watcher.start()
 
@@ -250,6 +350,14 @@ class Crowd:
         if self.done is not None and not self.done.called:
             self.done.callback(summary)
 
+    def watching_at(self) -> dict[str, int]:
+        """Viewers watching now at each PoP ("host:port"), after any redirect."""
+        at: dict[str, int] = {}
+        for watcher in self.watching:
+            key = "%s:%d" % (watcher.channel.host, watcher.channel.port)
+            at[key] = at.get(key, 0) + 1
+        return dict(sorted(at.items()))
+
     def totals(self, now: float) -> Totals:
         """Every viewer's figures, those watching and those who left, added up."""
         totals = self.gone.copy()
@@ -288,6 +396,10 @@ class Crowd:
             "renditions": {name: round(t / played, 3) for name, t in sorted(totals.renditions.items())}
             if played else {},
             "cpu_saturated_seconds": self.saturated,
+            "sent_to": dict(sorted(self.sent.items())),
+            "watching_at": self.watching_at(),
+            "redirects": self.redirects + sum(w.channel.redirects for w in self.watching),
+            "map_failures": self.map_failures,
             "distinct_paths": len(self.paths) if len(self.paths) < MAX_PATHS else None,
         }
 
