@@ -41,7 +41,12 @@ def test_a_run_is_started_watched_and_reported_and_bad_asks_are_refused():
         response = yield treq.get(url)
         assert response.code == 401
         for bad, code in ((b"[]", 400), (b"{", 400), (json.dumps(dict(run, scenario={"viewers": 1000})).encode(), 400),
-                          (json.dumps(dict(run, pop="ftp://x")).encode(), 400), (b" " * 300_000, 413)):
+                          (json.dumps(dict(run, pop="ftp://x")).encode(), 400), (b" " * 300_000, 413),
+                          (json.dumps(dict(run, glb="ftp://x")).encode(), 400),
+                          (json.dumps(dict(run, glb=5)).encode(), 400),
+                          (json.dumps(dict(run, sources=["not a network"])).encode(), 400),
+                          (json.dumps(dict(run, sources="10.0.0.0/8")).encode(), 400),
+                          (json.dumps(dict(run, sources=["10.0.0.0/24"] * 2000)).encode(), 400)):
             response = yield treq.post(url, data=bad, headers=auth)
             assert response.code == code, (bad[:60], (yield response.text()))
         response = yield treq.post(url, data=json.dumps(run).encode(), headers=auth)
@@ -62,6 +67,7 @@ def test_a_run_is_started_watched_and_reported_and_bad_asks_are_refused():
         # The controller adds agents up from their histograms.
         both = combine([state, state])
         assert both["viewers"] == 20 and both["ttfb_p50"] is not None and both["startup_p50"] is not None
+        assert both["sent_to"] == {run["pop"][7:]: 20} and both["redirects"] == 0
         response = yield treq.get(url + "?from=2", headers=auth)
         assert len((yield response.json())["seconds"]) == len(state["seconds"]) - 2
     finally:
