@@ -130,7 +130,7 @@ def build_proxy_layer(parent: MultiService, config: RoleConfig, reactor: IReacto
     root.putChild(b"time", TimeResource(reactor))
     from fbstream import player
 
-    player.install(root, config["pop.player_dir"])
+    player.install(root, config["pop.player_dir"], (config["glb.player_url"] or config["glb.url"]).rstrip("/"))
     return proxy
 
 

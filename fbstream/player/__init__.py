@@ -6,6 +6,7 @@ npm registry (``npm install --prefix web``) and are served from there.
 
 from __future__ import annotations
 
+import html
 import os
 from importlib import resources
 
@@ -21,11 +22,19 @@ PLAYER_FILES = {
 
 
 class PageResource(Resource):
+    """
+    The page; with ``glb`` (the global load balancer's URL as players reach
+    it), the page asks it which PoP to play from and measures its round
+    trips to the PoPs for it.
+    """
+
     isLeaf = True
 
-    def __init__(self) -> None:
+    def __init__(self, glb: str = "") -> None:
         super().__init__()
-        self.page = resources.files(__name__).joinpath("index.html").read_bytes()
+        page = resources.files(__name__).joinpath("index.html").read_bytes()
+        self.page = page.replace(b'<meta name="fbstream-glb" content="">',
+                                 b'<meta name="fbstream-glb" content="%s">' % (html.escape(glb).encode(),))
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -82,7 +91,7 @@ class PingResource(Resource):
         return b""
 
 
-def install(root: Resource, node_modules: str) -> None:
-    root.putChild(b"", PageResource())
+def install(root: Resource, node_modules: str, glb: str = "") -> None:
+    root.putChild(b"", PageResource(glb))
     root.putChild(b"static", StaticPlayers(node_modules))
     root.putChild(b"ping", PingResource())

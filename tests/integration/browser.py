@@ -11,6 +11,9 @@ watches; the result is always the last line.
     python -m tests.integration.browser URL SECONDS [SCREENSHOT]
     python -m tests.integration.browser --go-live LOGIN-LINK TITLE
 
+With ``FBSTREAM_BROWSER_STATE=<file>`` the page starts with the local
+storage kept there, and leaves its own there: a viewer coming back.
+
 A request counts as failed if the server answered 400 or more, or if it
 ended without a whole response for any reason but the player's own abort
 (``net::ERR_ABORTED``: dash.js cancels a request when it abandons a segment
@@ -106,7 +109,11 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        # A returning viewer: what the page kept (its local storage) from an earlier run.
+        state = os.environ.get("FBSTREAM_BROWSER_STATE")
+        context = browser.new_context(viewport={"width": 1280, "height": 800},
+                                      storage_state=state if state and os.path.exists(state) else None)
+        page = context.new_page()
         page.on("console", lambda m: console.append("%.3f %s" % (time.time(), m.text)))
         page.on("response", lambda r: failed.append("%.3f %d %s" % (time.time(), r.status, r.url))
                 if r.status >= 400 else None)
@@ -136,6 +143,8 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
         top = page.evaluate("window.fbstreamStats.top")
         if screenshot:
             page.screenshot(path=screenshot)
+        if state:
+            context.storage_state(path=state)
         browser.close()
     aborted = [entry for entry in aborted if entry.split()[-1] not in loaded]
     if console_path:

@@ -106,3 +106,88 @@ def test_dash_js_follows_the_steering_to_the_second_pop_when_the_first_is_full(t
             viewer.transport.loseConnection()
         pop2.kill()
         yield defer.maybeDeferred(glb.stopService)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_page_plays_from_its_map_s_pop_reports_its_round_trips_and_keeps_the_last_map(tmp_path):
+    # No steering in the MPD here: the page alone chooses, by its map.
+    glb_port, pop1_port, cache2 = free_port(), free_port(), free_port()
+    glb_url = "http://127.0.0.1:%d" % (glb_port,)
+    seed = tmp_path / "seed.toml"
+    seed.write_text('["127.0.0.0/24"]\npop1 = 5.0\npop2 = 20.0\n')
+    pop2 = Node("pop2", "pop", [], str(tmp_path))
+    pops = {"pop1": "http://127.0.0.1:%d" % (pop1_port,), "pop2": "http://127.0.0.1:%d" % (pop2.http,)}
+    glb = build_role(load("glb", None, [
+        "http.listen=tcp:%d:interface=127.0.0.1" % (glb_port,),
+        "glb.pops=%s" % (json.dumps(["%s=%s" % item for item in pops.items()]),),
+        "glb.seed_file=%s" % (seed,),
+    ])["glb"], ROLES_REACTOR)
+    glb.startService()
+    extra = ("--demo", "--set", "pop.glb.url=" + glb_url, "--set", "pop.glb.name=pop1",
+             "--set", "pop.glb.capacity=%d" % (CAPACITY,))
+    env = dict(os.environ, FBSTREAM_BROWSER_STATE=str(tmp_path / "browser-state.json"))
+    held = []
+
+    @defer.inlineCallbacks
+    def watch(seconds):
+        out, err, code = yield run(sys.executable, "-m", "tests.integration.browser", pops["pop1"] + "/?v=demo",
+                                   str(seconds), timeout=seconds + 90, env=env)
+        assert code == 0, err.decode()[-3000:]
+        return json.loads(out.decode().strip().splitlines()[-1])
+
+    try:
+        with all_role_process(tmp_path, extra=extra, ports={"pop": pop1_port}) as (ports, log):
+            pop2.args = [
+                "--set", "rtmp.listen=[]", "--set", "relay.dc_proxies=[]", "--set", "pop.workers=1",
+                "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache2,),
+                "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache2,),
+                "--set", "pop.origins=tcp:127.0.0.1:%d" % (ports["origin"],),
+                "--set", "glb.url=" + glb_url, "--set", "glb.name=pop2", "--set", "glb.capacity=100",
+            ]
+            pop2.start()
+            code = yield wait_for_ok(pops["pop2"] + "/live/demo/manifest.mpd", 40)
+            assert code == 200, log.read_text()[-3000:]
+            for _ in range(CAPACITY):
+                factory = ViewerFactory()
+                reactor.connectTCP("127.0.0.1", pop1_port, factory)
+                held.append((yield factory.connected))
+            for _ in range(40):
+                if (yield steering(glb_url)) == ["pop2", "pop1"]:
+                    break
+                yield sleep(0.25)
+            assert (yield steering(glb_url)) == ["pop2", "pop1"]
+
+            # The page at pop1 asks the balancer, plays from pop2, and
+            # reports its round trips to both.
+            seen = yield watch(SECONDS)
+            summary = seen["summary"]
+            why = "%s\nmap %s\nloaded from %s\nserver log:\n%s" % (
+                json.dumps(summary), seen["samples"][-1].get("map"), seen["loaded_from"], log.read_text()[-2000:])
+            print("by the map: %s, %s" % (json.dumps(seen["samples"][-1].get("map")), json.dumps(
+                {k: summary[k] for k in ("stalls", "stalled_seconds", "latency_p50", "failed_count")})))
+            assert summary["failed"] == [] and summary["stalls"] == 0, why
+            shown = seen["samples"][-1]["map"]
+            assert shown["from"] == "balancer" and shown["playingFrom"] == "pop2" and shown["reported"] == 200, why
+            assert set(shown["rtt"]) == {"pop1", "pop2"} and all(0 < ms < 1000 for ms in shown["rtt"].values()), why
+            assert seen["loaded_from"].get("127.0.0.1:%d" % (pop2.http,), 0) >= SECONDS, why
+            assert "127.0.0.1:%d" % (pop1_port,) not in seen["loaded_from"], why
+            measured = glb.glb.balancer.rtts.get("127.0.0.0/24", {})
+            assert set(measured) == {"pop1", "pop2"}, glb.glb.balancer.rtts
+
+            # The balancer gone, a viewer coming back plays by its last map.
+            yield defer.maybeDeferred(glb.stopService)
+            seen = yield watch(15)
+            summary = seen["summary"]
+            why = "%s\nmap %s\nloaded from %s" % (json.dumps(summary), seen["samples"][-1].get("map"),
+                                                seen["loaded_from"])
+            shown = seen["samples"][-1]["map"]
+            assert shown["from"] == "last" and shown["playingFrom"] == "pop2", why
+            # What failed is the balancer's map and the round trips' report, nothing else.
+            assert all("127.0.0.1:%d/" % (glb_port,) in entry for entry in summary["failed"]), why
+            assert summary["stalls"] == 0 and seen["loaded_from"].get("127.0.0.1:%d" % (pop2.http,), 0) >= 10, why
+    finally:
+        for viewer in held:
+            viewer.transport.loseConnection()
+        pop2.kill()
+        if glb.running:
+            yield defer.maybeDeferred(glb.stopService)
