@@ -346,3 +346,19 @@ def test_the_window_holds_as_many_points_whatever_the_jitter():
         if k >= 3:
             placed.append(sum(balancer.plan.assigned.get(NEAR, {}).values()))
     assert min(placed) > 5, placed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), max_size=12),
+       st.integers(0, 2**32 - 1))
+def test_the_seed_is_the_longest_matching_prefix(prefixes, address):
+    import ipaddress
+
+    table = {str(ipaddress.ip_network((a, n), strict=False)): {"p": float(n)} for a, n in prefixes}
+    seed = SeedMap.parse(table)
+    network = network_of(str(ipaddress.ip_address(address)))
+    net = ipaddress.IPv4Network(network)
+    matching = [ipaddress.IPv4Network(p) for p in table if net.subnet_of(ipaddress.IPv4Network(p))]
+    expected = table[str(max(matching, key=lambda p: p.prefixlen))] if matching else {}
+    assert seed.lookup(network) == expected
+    assert seed.lookup(network) == expected  # remembered

@@ -74,6 +74,8 @@ CANDIDATES = 8
 FULL_MARGIN = 1.0
 #: The series of a PoP's viewers that no reported network accounts for is REST + the PoP's name.
 REST = "~"
+#: Networks whose seeded round trips a seed map remembers.
+SEED_CACHE = 200_000
 #: Intervals a new point of the networks' viewers waits for every PoP's next report, at most.
 STALE_POINT = 2.0
 
@@ -92,9 +94,22 @@ class SeedMap:
     """
     Configured round-trip times, ``{prefix: {pop: ms}}``: what a network no
     player has measured yet is assumed to have (the longest matching prefix).
+
+    A lookup is a dictionary lookup per prefix length the map uses, and its
+    answer is remembered (for :data:`SEED_CACHE` networks): the balancer
+    asks for every network's round trips to every PoP at each decision and
+    each map it gives, on the reactor.
     """
 
     entries: list[tuple[Any, dict[str, float]]] = attrs.field(factory=list)
+    #: {(version, prefix length): {the prefix's address as an integer: round trips}}, longest first.
+    index: dict[tuple[int, int], dict[int, dict[str, float]]] = attrs.field(init=False, factory=dict)
+    cache: dict[str, dict[str, float]] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        for prefix, rtts in sorted(self.entries, key=lambda entry: -entry[0].prefixlen):
+            self.index.setdefault((prefix.version, prefix.prefixlen), {}).setdefault(
+                int(prefix.network_address), rtts)
 
     @classmethod
     def parse(cls, table: Mapping[str, Mapping[str, Any]]) -> SeedMap:
@@ -105,15 +120,26 @@ class SeedMap:
             if any(not math.isfinite(ms) or ms < 0 for ms in rtts.values()):
                 raise ValueError("seed %s: round-trip times must be finite and not negative" % (prefix,))
             entries.append((net, rtts))
-        entries.sort(key=lambda entry: -entry[0].prefixlen)
         return cls(entries)
 
     def lookup(self, network: str) -> dict[str, float]:
+        found = self.cache.get(network)
+        if found is not None:
+            return found
         net = ipaddress.ip_network(network, strict=False)
-        for prefix, rtts in self.entries:
-            if net.version == prefix.version and net.subnet_of(prefix):
-                return rtts
-        return {}
+        bits = net.max_prefixlen
+        address = int(net.network_address)
+        found = {}
+        for (version, length), prefixes in self.index.items():
+            if version == net.version and length <= net.prefixlen:
+                rtts = prefixes.get(address >> (bits - length) << (bits - length))
+                if rtts is not None:
+                    found = rtts
+                    break
+        if len(self.cache) >= SEED_CACHE:
+            self.cache.clear()
+        self.cache[network] = found
+        return found
 
 
 @attrs.define

@@ -17,9 +17,11 @@ The ``glb`` role's HTTP side and its clock.
   secret, for its holders only.
 
 Each ``glb.interval`` the fresh reports are summed per PoP and handed to the
-:class:`~fbstream.glb.balance.Balancer`, whose linear program is solved on a
-thread of its own (the reactor only copies its inputs and adopts its plan);
-a solve still running when the next is due makes that one wait.
+:class:`~fbstream.glb.balance.Balancer`, whose problem (a prediction per
+client network: O(networks)) is built and solved on a thread of its own; the
+reactor only sums reports, adopts plans and answers from them. A decision
+due while the last is still on the thread is skipped, and the reports wait
+for the next (the thread reads them; players' maps and measurements go on).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ POP_FIRST = Gauge("fbstream_glb_pop_networks_first",
 POP_ASSIGNED = Gauge("fbstream_glb_pop_assigned_viewers",
                      "new viewers the plan gives each PoP while it is in force", ["pop"])
 OVERFLOW = Gauge("fbstream_glb_overflow_viewers", "predicted new viewers that fit in no PoP's headroom")
-SOLVE = Histogram("fbstream_glb_solve_seconds", "one linear program, solved on the balancer's thread",
+SOLVE = Histogram("fbstream_glb_solve_seconds", "one decision (its prediction and linear program), on the balancer's thread",
                   buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 SKIPPED = Gauge("fbstream_glb_solves_skipped", "decisions skipped because the last solve was still running")
 
@@ -166,6 +168,11 @@ class GLB(Service):
 
     def tick(self) -> None:
         now = self.reactor.seconds()
+        if self.solving:
+            # The thread reads the balancer's reports: they wait (the
+            # parts keep the newest) until the next tick after it is done.
+            SKIPPED.inc()
+            return
         for pop, parts in self.parts.items():
             for number in [n for n, p in parts.items() if now - p.received > self.balancer.down_after]:
                 del parts[number]
@@ -185,15 +192,11 @@ class GLB(Service):
             POP_LOAD.labels(pop=pop).set(viewers)
             POP_CAPACITY.labels(pop=pop).set(self.balancer.pops[pop].capacity)
             POP_ALIVE.labels(pop=pop).set(1)
-        if self.solving:
-            SKIPPED.inc()
-            return
-        problem = self.balancer.problem(now)
         self.solving = True
 
-        def timed(problem: Any) -> tuple[Plan, float]:
+        def timed(now: float) -> tuple[Plan, float]:
             started = time.perf_counter()
-            plan = self.solver(problem)
+            plan = self.solver(self.balancer.problem(now))
             return plan, time.perf_counter() - started
 
         def adopt(result: tuple[Plan, float]) -> None:
@@ -206,7 +209,7 @@ class GLB(Service):
             self.solving = False
             return result
 
-        d = deferToThreadPool(self.reactor, self.pool, timed, problem)
+        d = deferToThreadPool(self.reactor, self.pool, timed, now)
         d.addCallback(adopt)
         d.addBoth(done)
         d.addErrback(lambda f: self.log.failure("a plan could not be made", f))

@@ -132,11 +132,13 @@ def test_a_herd_spills_before_its_pop_is_full_and_a_full_pop_redirects_new_viewe
     for name, summary in summaries.items():
         assert summary["errors"] == {} and summary["started"] == summary["viewers"], (name, why)
     # The balancer spilled the herd to the next nearest PoP before pop1 was
-    # full: it sent pop1 at most its capacity and one second of the herd
-    # (the margin its predictions are allowed); pop1's valve turned away
-    # whatever would have taken it past its capacity, which it never passed.
+    # full: it sent pop1 at most its capacity and two seconds of the herd
+    # (its stated margin: a report's second and a plan's; 35 to 43 sent in
+    # runs on an idle machine, its headroom being 36); pop1's valve turned
+    # away whatever would have taken it past its capacity, which it never
+    # passed.
     assert went.get("pop1", 0) >= 20 and went.get("pop1", 0) + went.get("pop2", 0) == HERD, why
-    assert went["pop1"] <= CAPACITY["pop1"] + HERD / JOIN, why
+    assert went["pop1"] <= CAPACITY["pop1"] + 2 * HERD / JOIN, why
     assert most["pop1"] <= CAPACITY["pop1"], why
     assert went.get("pop3", 0) == 0 and summaries["far"]["sent_to"] == {urls["pop3"].split("//")[1]: 3}, why
     # Straight to a full pop1: redirected to pop2, before and after the balancer went.
