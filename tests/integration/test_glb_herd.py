@@ -20,15 +20,13 @@ import json
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from fbstream.config import load
 from fbstream.load.crowd import Crowd
 from fbstream.load.scenario import Scenario
 from fbstream.load.viewer import Settings
-from fbstream.roles.build import build_role
 
-from .conftest import ROLES_REACTOR, free_port, sleep
+from .conftest import free_port, sleep
 from .test_twistd import all_role_process, wait_for_ok
-from .topology import Node
+from .topology import Node, origin_pop_args, start_balancer
 
 NEAR, FAR = "127.0.1", "127.0.2"
 CAPACITY = {"pop1": 40, "pop2": 400, "pop3": 400}
@@ -38,37 +36,21 @@ HERD, JOIN, SECONDS = 90, 12.0, 26.0
 DIRECT = 10
 
 
-def pop_args(name, origin, cache, glb_url):
-    return ["--set", "rtmp.listen=[]", "--set", "relay.dc_proxies=[]", "--set", "pop.workers=1",
-            "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
-            "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
-            "--set", "pop.origins=tcp:127.0.0.1:%d" % (origin,),
-            "--set", "glb.url=" + glb_url, "--set", "glb.name=" + name,
-            "--set", "glb.capacity=%d" % (CAPACITY[name],)]
-
-
 @pytest_twisted.inlineCallbacks
 def test_a_herd_spills_before_its_pop_is_full_and_a_full_pop_redirects_new_viewers(tmp_path):
     glb_port, pop1_port = free_port(), free_port()
     glb_url = "http://127.0.0.1:%d" % (glb_port,)
-    seed = tmp_path / "seed.toml"
-    seed.write_text('["%s.0/24"]\npop1 = 5.0\npop2 = 20.0\npop3 = 40.0\n'
-                    '["%s.0/24"]\npop1 = 40.0\npop2 = 20.0\npop3 = 5.0\n' % (NEAR, FAR))
     nodes = {name: Node(name, "pop", [], str(tmp_path)) for name in ("pop2", "pop3")}
     urls = {"pop1": "http://127.0.0.1:%d" % (pop1_port,)} | {
         name: "http://127.0.0.1:%d" % (node.http,) for name, node in nodes.items()}
-    glb = build_role(load("glb", None, [
-        "http.listen=tcp:%d:interface=127.0.0.1" % (glb_port,),
-        "glb.pops=%s" % (json.dumps(["%s=%s" % item for item in urls.items()]),),
-        "glb.seed_file=%s" % (seed,),
-    ])["glb"], ROLES_REACTOR)
-    glb.startService()
+    glb = start_balancer(tmp_path, glb_port, urls, '["%s.0/24"]\npop1 = 5.0\npop2 = 20.0\npop3 = 40.0\n'
+                         '["%s.0/24"]\npop1 = 40.0\npop2 = 20.0\npop3 = 5.0\n' % (NEAR, FAR))
     extra = ("--demo", "--set", "pop.pop.workers=1", "--set", "pop.glb.url=" + glb_url,
              "--set", "pop.glb.name=pop1", "--set", "pop.glb.capacity=%d" % (CAPACITY["pop1"],))
     try:
         with all_role_process(tmp_path, extra=extra, ports={"pop": pop1_port}) as (ports, log):
             for name, node in nodes.items():
-                node.args = pop_args(name, ports["origin"], free_port(), glb_url)
+                node.args = origin_pop_args(name, ports["origin"], glb_url, CAPACITY[name])
                 node.start()
             for url in urls.values():
                 code = yield wait_for_ok(url + "/live/demo/manifest.mpd", 40)

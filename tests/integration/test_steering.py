@@ -1,9 +1,10 @@
 """
-DASH Content Steering in a real player: dash.js in headless Chromium opens
-the page of the ``all`` role's PoP (pop1, the nearest by the balancer's seed
-map) while pop1 is full, and fetches the live demo's segments from the second
-PoP (pop2, its own process on the same origin), because the global load
-balancer's steering answer puts pop2 first.
+Steering in a real player. dash.js in headless Chromium opens the page of
+the ``all`` role's PoP (pop1, the nearest by the balancer's seed map) while
+pop1 is full, and fetches the live demo's segments from the second PoP
+(pop2, its own process on the same origin): by the MPD's DASH Content
+Steering, which the balancer answers; and, without it, by the map the page
+asks the balancer for (kept for when the balancer is gone).
 """
 
 from __future__ import annotations
@@ -11,22 +12,38 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.web.client import Agent, readBody
 
-from fbstream.config import load
-from fbstream.roles.build import build_role
-
-from .conftest import ROLES_REACTOR, ROOT, free_port, run, sleep
+from .conftest import free_port, run, sleep
 from .test_glb import ViewerFactory
 from .test_twistd import all_role_process, wait_for_ok
-from .topology import Node
+from .topology import Node, origin_pop_args, start_balancer
 
 SECONDS = 25
 #: pop1's capacity: the viewers held open there fill it past its headroom.
 CAPACITY = 4
+
+
+def two_pops(tmp_path):
+    """The balancer (started) for pop1, the all role's PoP on a port chosen here, and pop2, a PoP of its own."""
+    glb_port, pop1_port = free_port(), free_port()
+    pop2 = Node("pop2", "pop", [], str(tmp_path))
+    pops = {"pop1": "http://127.0.0.1:%d" % (pop1_port,), "pop2": "http://127.0.0.1:%d" % (pop2.http,)}
+    glb = start_balancer(tmp_path, glb_port, pops, '["127.0.0.0/24"]\npop1 = 5.0\npop2 = 20.0\n')
+    return glb, "http://127.0.0.1:%d" % (glb_port,), pop1_port, pop2, pops
+
+
+@defer.inlineCallbacks
+def fill(pop1_port, held):
+    """Viewers fill pop1 (keep-alive connections, as players hold)."""
+    for _ in range(CAPACITY):
+        factory = ViewerFactory()
+        reactor.connectTCP("127.0.0.1", pop1_port, factory)
+        held.append((yield factory.connected))
 
 
 @defer.inlineCallbacks
@@ -37,34 +54,16 @@ def steering(base):
 
 @pytest_twisted.inlineCallbacks
 def test_dash_js_follows_the_steering_to_the_second_pop_when_the_first_is_full(tmp_path):
-    glb_port, pop1_port, cache2 = free_port(), free_port(), free_port()
-    glb_url = "http://127.0.0.1:%d" % (glb_port,)
-    seed = tmp_path / "seed.toml"
-    seed.write_text('["127.0.0.0/24"]\npop1 = 5.0\npop2 = 20.0\n')
-    pop2 = Node("pop2", "pop", [], str(tmp_path))
-    pops = {"pop1": "http://127.0.0.1:%d" % (pop1_port,), "pop2": "http://127.0.0.1:%d" % (pop2.http,)}
-    glb = build_role(load("glb", None, [
-        "http.listen=tcp:%d:interface=127.0.0.1" % (glb_port,),
-        "glb.pops=%s" % (json.dumps(["%s=%s" % item for item in pops.items()]),),
-        "glb.seed_file=%s" % (seed,),
-    ])["glb"], ROLES_REACTOR)
-    glb.startService()
+    glb, glb_url, pop1_port, pop2, pops = two_pops(tmp_path)
     extra = ("--demo",
              "--set", "encoder.steering.server=%s/v1/steering" % (glb_url,),
              "--set", "encoder.steering.pops=%s" % (json.dumps(["%s=%s" % item for item in pops.items()]),),
              "--set", "pop.glb.url=" + glb_url, "--set", "pop.glb.name=pop1",
              "--set", "pop.glb.capacity=%d" % (CAPACITY,))
-    held = []
+    held: list[Any] = []
     try:
         with all_role_process(tmp_path, extra=extra, ports={"pop": pop1_port}) as (ports, log):
-            pop2.args = [
-                "--set", "rtmp.listen=[]", "--set", "relay.dc_proxies=[]", "--set", "pop.workers=1",
-                "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache2,),
-                "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache2,),
-                "--set", "pop.origins=tcp:127.0.0.1:%d" % (ports["origin"],),
-                "--set", "pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),),
-                "--set", "glb.url=" + glb_url, "--set", "glb.name=pop2", "--set", "glb.capacity=100",
-            ]
+            pop2.args = origin_pop_args("pop2", ports["origin"], glb_url, 100, player_dir=True)
             pop2.start()
             code = yield wait_for_ok(pops["pop1"] + "/live/demo/manifest.mpd", 40)
             assert code == 200, log.read_text()[-3000:]
@@ -74,11 +73,7 @@ def test_dash_js_follows_the_steering_to_the_second_pop_when_the_first_is_full(t
                     break
                 yield sleep(0.25)
             assert (yield steering(glb_url)) == ["pop1", "pop2"]
-            # Viewers fill pop1 (keep-alive connections, as players hold).
-            for _ in range(CAPACITY):
-                factory = ViewerFactory()
-                reactor.connectTCP("127.0.0.1", pop1_port, factory)
-                held.append((yield factory.connected))
+            yield fill(pop1_port, held)
             for _ in range(40):
                 if (yield steering(glb_url)) == ["pop2", "pop1"]:
                     break
@@ -111,22 +106,12 @@ def test_dash_js_follows_the_steering_to_the_second_pop_when_the_first_is_full(t
 @pytest_twisted.inlineCallbacks
 def test_the_page_plays_from_its_map_s_pop_reports_its_round_trips_and_keeps_the_last_map(tmp_path):
     # No steering in the MPD here: the page alone chooses, by its map.
-    glb_port, pop1_port, cache2 = free_port(), free_port(), free_port()
-    glb_url = "http://127.0.0.1:%d" % (glb_port,)
-    seed = tmp_path / "seed.toml"
-    seed.write_text('["127.0.0.0/24"]\npop1 = 5.0\npop2 = 20.0\n')
-    pop2 = Node("pop2", "pop", [], str(tmp_path))
-    pops = {"pop1": "http://127.0.0.1:%d" % (pop1_port,), "pop2": "http://127.0.0.1:%d" % (pop2.http,)}
-    glb = build_role(load("glb", None, [
-        "http.listen=tcp:%d:interface=127.0.0.1" % (glb_port,),
-        "glb.pops=%s" % (json.dumps(["%s=%s" % item for item in pops.items()]),),
-        "glb.seed_file=%s" % (seed,),
-    ])["glb"], ROLES_REACTOR)
-    glb.startService()
+    glb, glb_url, pop1_port, pop2, pops = two_pops(tmp_path)
+    glb_port = int(glb_url.rsplit(":", 1)[1])
     extra = ("--demo", "--set", "pop.glb.url=" + glb_url, "--set", "pop.glb.name=pop1",
              "--set", "pop.glb.capacity=%d" % (CAPACITY,))
     env = dict(os.environ, FBSTREAM_BROWSER_STATE=str(tmp_path / "browser-state.json"))
-    held = []
+    held: list[Any] = []
 
     @defer.inlineCallbacks
     def watch(seconds):
@@ -137,20 +122,11 @@ def test_the_page_plays_from_its_map_s_pop_reports_its_round_trips_and_keeps_the
 
     try:
         with all_role_process(tmp_path, extra=extra, ports={"pop": pop1_port}) as (ports, log):
-            pop2.args = [
-                "--set", "rtmp.listen=[]", "--set", "relay.dc_proxies=[]", "--set", "pop.workers=1",
-                "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache2,),
-                "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache2,),
-                "--set", "pop.origins=tcp:127.0.0.1:%d" % (ports["origin"],),
-                "--set", "glb.url=" + glb_url, "--set", "glb.name=pop2", "--set", "glb.capacity=100",
-            ]
+            pop2.args = origin_pop_args("pop2", ports["origin"], glb_url, 100)
             pop2.start()
             code = yield wait_for_ok(pops["pop2"] + "/live/demo/manifest.mpd", 40)
             assert code == 200, log.read_text()[-3000:]
-            for _ in range(CAPACITY):
-                factory = ViewerFactory()
-                reactor.connectTCP("127.0.0.1", pop1_port, factory)
-                held.append((yield factory.connected))
+            yield fill(pop1_port, held)
             for _ in range(40):
                 if (yield steering(glb_url)) == ["pop2", "pop1"]:
                     break

@@ -188,3 +188,38 @@ class Topology:
     def stop(self):
         for node in self.nodes():
             node.kill()
+
+
+def origin_pop_args(name, origin, glb_url, capacity, player_dir=False):
+    """
+    The settings of a PoP of its own (no RTMP, one process) whose cache
+    layer fetches from ``origin`` (a port) and which reports to the balancer
+    at ``glb_url`` as ``name``, of ``capacity`` viewers.
+    """
+    cache = free_port()
+    args = ["--set", "rtmp.listen=[]", "--set", "relay.dc_proxies=[]", "--set", "pop.workers=1",
+            "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
+            "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
+            "--set", "pop.origins=tcp:127.0.0.1:%d" % (origin,),
+            "--set", "glb.url=" + glb_url, "--set", "glb.name=" + name, "--set", "glb.capacity=%d" % (capacity,)]
+    if player_dir:
+        args += ["--set", "pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),)]
+    return args
+
+
+def start_balancer(tmp_path, glb_port, urls, seed):
+    """A glb role on ``glb_port`` (in this process, started) for the PoPs ``urls`` ({name: URL}), seeded with ``seed`` (TOML)."""
+    from fbstream.config import load
+    from fbstream.roles.build import build_role
+
+    from .conftest import ROLES_REACTOR
+
+    path = tmp_path / "seed.toml"
+    path.write_text(seed)
+    glb = build_role(load("glb", None, [
+        "http.listen=tcp:%d:interface=127.0.0.1" % (glb_port,),
+        "glb.pops=%s" % (json.dumps(["%s=%s" % item for item in urls.items()]),),
+        "glb.seed_file=%s" % (path,),
+    ])["glb"], ROLES_REACTOR)
+    glb.startService()
+    return glb
