@@ -272,7 +272,7 @@ GLB_REPORTS: dict[str, Setting] = {
     "glb.capacity": Setting(float, 5000.0, "viewers this PoP can serve; the balancer fills it to its headroom"),
     "glb.secret_file": Setting(str, "", "the balancer's bearer secret (empty: $FBSTREAM_GLB_SECRET; unset: none)"),
     "glb.player_url": Setting(str, "", "the balancer's URL as players reach it, for the page's map and round "
-                              "trips (empty: glb.url)"),
+                              "trips (empty: glb.url; \"off\": the page asks no balancer)"),
     "glb.redirect": Setting(bool, True, "once this PoP carries its capacity, a new viewer's first manifest request "
                             "is answered 302 to the PoP the balancer names for the viewer's network"),
 }

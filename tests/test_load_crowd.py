@@ -155,3 +155,33 @@ def test_with_no_balancer_answering_viewers_play_from_the_pop_they_were_given():
     assert summary["errors"] == {} and summary["started"] == 5, summary
     assert summary["map_failures"] == 5
     assert summary["sent_to"] == {pop: 5}
+
+
+class Silent(Resource):
+    """A balancer that takes the request and never answers."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+
+        return NOT_DONE_YET
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_balancer_that_never_answers_costs_a_viewer_its_map_wait_and_no_more():
+    reactor = the_reactor()
+    live = Live()
+    port = reactor.listenTCP(0, Site(live), interface="127.0.0.1")
+    pop = "127.0.0.1:%d" % (port.getHost().port,)
+    silent = reactor.listenTCP(0, Site(Silent()), interface="127.0.0.1")
+    try:
+        crowd = Crowd(reactor, "127.0.0.1", port.getHost().port, Settings(startup=1.0),
+                      glb="http://127.0.0.1:%d" % (silent.getHost().port,))
+        summary = yield crowd.run(Scenario(viewers=3, seconds=4.5, join_over=0.1, startup=1.0))
+    finally:
+        yield port.stopListening()
+        yield silent.stopListening()
+    # Each waited 1.5 s for its map, then played from the PoP it was given.
+    assert summary["errors"] == {} and summary["started"] == 3 and summary["map_failures"] == 3, summary
+    assert summary["watching_at"] == {pop: 3} and live.asked["demo"] > 0

@@ -78,3 +78,18 @@ def test_any_first_bytes_and_address_are_served_or_redirected_never_an_error(dat
     v, _ = valve(open_here=20, others=0)
     answer = v.redirect(address, data)
     assert answer is None or answer.startswith(b"HTTP/1.1 302 Found\r\n")
+
+
+@given(st.binary(max_size=120), st.binary(max_size=120))
+def test_what_a_viewer_asked_never_puts_anything_but_uri_characters_in_the_location(name, query):
+    v, _ = valve(open_here=20, others=0)
+    data = b"GET /live/" + name + b"/manifest.mpd?" + query + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    answer = v.redirect("127.0.1.9", data)
+    if answer is not None:
+        location = answer.split(b"\r\nLocation: ", 1)[1].split(b"\r\n", 1)[0]
+        assert all(0x21 <= byte <= 0x7E for byte in location), location
+
+
+def test_a_request_line_smuggling_a_header_is_served_here_not_redirected():
+    v, _ = valve(open_here=20, others=0)
+    assert v.redirect("127.0.1.9", b"GET /live/x\r\nSet-Cookie:a=b/manifest.mpd HTTP/1.1\r\n\r\n") is None

@@ -130,7 +130,8 @@ def build_proxy_layer(parent: MultiService, config: RoleConfig, reactor: IReacto
     root.putChild(b"time", TimeResource(reactor))
     from fbstream import player
 
-    player.install(root, config["pop.player_dir"], (config["glb.player_url"] or config["glb.url"]).rstrip("/"))
+    glb = config["glb.player_url"] or config["glb.url"]
+    player.install(root, config["pop.player_dir"], "" if glb == "off" else glb.rstrip("/"))
     return proxy
 
 

@@ -97,8 +97,8 @@ class SeedMap:
 
     A lookup is a dictionary lookup per prefix length the map uses, and its
     answer is remembered (for :data:`SEED_CACHE` networks): the balancer
-    asks for every network's round trips to every PoP at each decision and
-    each map it gives, on the reactor.
+    asks for every network's round trips to every PoP at each decision (on
+    its thread) and each map it gives (on the reactor).
     """
 
     entries: list[tuple[Any, dict[str, float]]] = attrs.field(factory=list)
@@ -376,6 +376,12 @@ class Balancer:
         state.figures = dict(figures)
         state.reported = max(state.reported, now)
 
+    def heard(self, pop: str, now: float) -> None:
+        """PoP ``pop`` reported at ``now`` (its figures wait for :meth:`report`): it is alive."""
+        state = self.pops.get(pop)
+        if state is not None:
+            state.reported = max(state.reported, now)
+
     def measured(self, network: str, pop: str, ms: float) -> None:
         """A player of ``network`` measured ``ms`` to ``pop``: smoothed into what is known."""
         if not math.isfinite(ms) or ms < 0:
@@ -448,7 +454,7 @@ class Balancer:
         # reported again would stamp one PoP's old count with a newer time,
         # a flat step in a rising series (the herd then went on to its
         # nearest PoP for a second). So a new point waits for every PoP
-        # alive, for at most STALE_POINT intervals.
+        # alive, until its reports' time is STALE_POINT intervals old.
         fresh = all(self.pops[name].times[-1] > self.used.get(name, -math.inf) for name in alive)
         if fresh or not self.demand or now - self.demand[-1][0] >= STALE_POINT * self.interval:
             seen_at = min(now, sum(self.pops[name].times[-1] for name in alive) / len(alive)) if alive else now

@@ -54,8 +54,10 @@ MAX_PARTS = 256
 MAX_FIGURE = 1e12
 #: A round trip longer than this is no measurement, ms.
 MAX_RTT_MS = 60_000.0
-#: A PoP this full (a share of its capacity) is told where its new viewers could go instead.
+#: A PoP this full (a share of its capacity) is told where its new viewers could go instead,
+#: for its busiest networks (the others go by room).
 VALVE_MAPS_FROM = 0.5
+VALVE_NETWORKS = 200
 
 POP_LOAD = Gauge("fbstream_glb_pop_viewers", "viewers each PoP reported (all its processes)", ["pop"])
 POP_PREDICTED = Gauge("fbstream_glb_pop_predicted_viewers",
@@ -168,16 +170,19 @@ class GLB(Service):
 
     def tick(self) -> None:
         now = self.reactor.seconds()
-        if self.solving:
-            # The thread reads the balancer's reports: they wait (the
-            # parts keep the newest) until the next tick after it is done.
-            SKIPPED.inc()
-            return
+        solving = self.solving
         for pop, parts in self.parts.items():
             for number in [n for n, p in parts.items() if now - p.received > self.balancer.down_after]:
                 del parts[number]
             if not parts:
                 POP_ALIVE.labels(pop=pop).set(0)
+                continue
+            if solving:
+                # The thread reads the balancer's reports: they wait (the
+                # parts keep the newest) for the next tick after it is
+                # done; only that the PoP is alive is said now, so that a
+                # slow decision does not take live PoPs off the maps.
+                self.balancer.heard(pop, sum(p.received for p in parts.values()) / len(parts))
                 continue
             networks: dict[str, float] = {}
             for p in parts.values():
@@ -192,6 +197,9 @@ class GLB(Service):
             POP_LOAD.labels(pop=pop).set(viewers)
             POP_CAPACITY.labels(pop=pop).set(self.balancer.pops[pop].capacity)
             POP_ALIVE.labels(pop=pop).set(1)
+        if solving:
+            SKIPPED.inc()
+            return
         self.solving = True
 
         def timed(now: float) -> tuple[Plan, float]:
@@ -236,16 +244,18 @@ class GLB(Service):
         What a PoP process's report is answered with: the PoP's viewers in
         all its processes (so that each knows when the PoP is full), and
         where the PoP may redirect new viewers once it is: the PoPs for each
-        network of the report, and for any other (its safety valve, kept
-        for when the balancer cannot be reached). The maps come only once
-        the PoP is half full; until then it has no use for them.
+        of the report's :data:`VALVE_NETWORKS` busiest networks, and for any
+        other (its safety valve, kept for when the balancer cannot be
+        reached). The maps come only once the PoP is half full; until then
+        it has no use for them.
         """
         now = self.reactor.seconds()
         parts = [p for p in self.parts[pop].values() if now - p.received <= self.balancer.down_after]
         viewers = sum(p.viewers for p in parts)
         capacity = max((p.capacity for p in parts), default=report.capacity)
         near = viewers >= VALVE_MAPS_FROM * capacity
-        maps, spill = self.balancer.elsewhere(pop, report.networks if near else (), now)
+        busiest = sorted(report.networks, key=lambda n: -report.networks[n])[:VALVE_NETWORKS] if near else ()
+        maps, spill = self.balancer.elsewhere(pop, busiest, now)
         return {"accepted": True, "viewers": viewers, "maps": maps, "spill": spill,
                 "urls": {name: self.pops[name] for name in spill}}
 

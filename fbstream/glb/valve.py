@@ -5,8 +5,9 @@ capacity, but a map is seconds old and a player may come straight to a PoP
 capacity answers a new viewer's first request, a live stream's manifest
 (``manifest.mpd`` or ``master.m3u8``) on a new connection, with a ``302`` to
 the PoP the balancer named for the viewer's network, before any of the
-PoP's HTTP sees it. Viewers already watching are not moved: their requests
-come on connections they hold, or are not for a stream's first document.
+PoP's HTTP sees it. Viewers already watching stay: their requests come on
+the connections they hold (a player that reconnects for its next manifest
+is taken for a new viewer, and sent on like one).
 
 What the PoP knows comes back with each load report (the answer to
 ``POST /v1/load``): the PoP's viewers in all its processes, and the PoPs
@@ -30,8 +31,10 @@ from fbstream.glb.balance import network_of
 REDIRECTED = Counter("fbstream_pop_redirected_viewers",
                      "new viewers a full PoP sent to another PoP (its safety valve)")
 
-#: A new viewer's first request: a live stream's manifest or HLS master playlist.
-_ENTRY = re.compile(rb"(?:GET|HEAD) (/live/[^/?# ]{1,256}/(?:manifest\.mpd|master\.m3u8)(?:\?[^ ]{0,2048})?) HTTP/1\.[01]\r\n")
+#: A new viewer's first request: a live stream's manifest or HLS master playlist. What it
+#: asked goes into the Location header: URI characters only (no CR, LF or control bytes).
+_ENTRY = re.compile(rb"(?:GET|HEAD) (/live/[A-Za-z0-9._~%!$&'()*+,;=:@-]{1,256}/(?:manifest\.mpd|master\.m3u8)"
+                    rb"(?:\?[!-~]{0,2048})?) HTTP/1\.[01]\r\n")
 #: The most PoPs, and networks, an answer is taken with.
 MAX_POPS = 256
 MAX_NETWORKS = 10_000
@@ -55,6 +58,8 @@ class Valve:
         self.maps: dict[str, list[str]] = {}
         self.spill: list[str] = []
         self.urls: dict[str, str] = {}
+        #: Whether the last answer could not be used (said once, not each second).
+        self.unusable = False
 
     def heard(self, answer: Any, reported: float) -> None:
         """The balancer's answer to a report of ``reported`` viewers (this process's)."""
@@ -72,8 +77,12 @@ class Valve:
                 raise ValueError("maps: at most %d networks" % (MAX_NETWORKS,))
             maps = {str(network): [str(name) for name in pops if name in urls] for network, pops in maps.items()}
         except (KeyError, TypeError, ValueError) as e:
-            self.log.warn("the balancer's answer to a load report cannot be used: {why}", why=str(e)[:200])
+            if not self.unusable:
+                self.log.warn("the balancer's answers to load reports cannot be used (an older balancer?): {why}; "
+                              "this PoP redirects no one until they can", why=str(e)[:200])
+            self.unusable = True
             return
+        self.unusable = False
         self.others = max(0.0, viewers - reported)
         self.urls, self.spill, self.maps = urls, spill, maps
 

@@ -39,6 +39,17 @@ MAX_PATHS = 200_000
 #: Client networks whose last map a crowd keeps, and PoPs it counts viewers of.
 MAX_MAPS = 10_000
 MAX_POPS = 1_000
+#: Seconds a viewer waits for the balancer's map (then plays by its network's last one), as the page does.
+MAP_TIMEOUT = 1.5
+
+
+def network_key(address: str | None) -> str:
+    """The client network of ``address`` (its /24, its /48 for IPv6) that a map is kept for."""
+    if not address:
+        return ""
+    if ":" in address:
+        return str(ipaddress.ip_network(address + "/48", strict=False))
+    return address.rpartition(".")[0]
 
 
 def first_pop(body: bytes) -> tuple[str, int] | None:
@@ -111,15 +122,18 @@ class Sources:
 class _Watcher:
     """One viewer, its connection and its timer."""
 
-    __slots__ = ("asking", "channel", "crowd", "request", "source", "timer", "viewer")
+    __slots__ = ("arrived", "asking", "channel", "crowd", "request", "source", "timer", "viewer", "waiting")
 
     def __init__(self, crowd: Crowd, viewer: Viewer, source: str | None) -> None:
         self.crowd = crowd
         self.viewer = viewer
         self.source = source
         self.channel = Channel(crowd.reactor, crowd.host, crowd.port, self._answered, source)
-        #: The balancer's map being asked for, first.
+        #: The balancer's map being asked for, first, and how long it may take.
         self.asking: Channel | None = None
+        self.waiting: IDelayedCall | None = None
+        #: Whether the PoP has answered it yet (after any redirect).
+        self.arrived = False
         self.request: Request | None = None
         self.timer: IDelayedCall | None = None
 
@@ -129,15 +143,22 @@ class _Watcher:
             return
         host, port = self.crowd.glb
         self.asking = Channel(self.crowd.reactor, host, port, self._mapped, self.source)
+        self.waiting = self.crowd.reactor.callLater(MAP_TIMEOUT, self._mapped, None)
         self.asking.get("/v1/map", keep=True)
 
     def _mapped(self, answer: Answer | None) -> None:
-        """The balancer's map: its first PoP; else the last map of this network; else the crowd's PoP."""
+        """
+        The balancer's map (None: none in :data:`MAP_TIMEOUT` seconds): its
+        first PoP; else the last map of this network; else the crowd's PoP.
+        """
         asking, self.asking = self.asking, None
         if asking is None:
             return  # stopped meanwhile
+        if self.waiting is not None and self.waiting.active():
+            self.waiting.cancel()
+        self.waiting = None
         asking.close()
-        network = (self.source or "").rpartition(".")[0]
+        network = network_key(self.source)
         pop = None
         if answer is not None and answer.status == 200 and answer.body is not None:
             pop = first_pop(answer.body)
@@ -164,6 +185,9 @@ class _Watcher:
         if self.asking is not None:
             self.asking.close()
             self.asking = None
+        if self.waiting is not None and self.waiting.active():
+            self.waiting.cancel()
+        self.waiting = None
         self.channel.close()
         self.crowd.redirects += self.channel.redirects
 
@@ -185,6 +209,7 @@ class _Watcher:
         request, self.request = self.request, None
         if request is None:
             return  # stopped meanwhile
+        self.arrived = True
         now = self.crowd.reactor.seconds()
         if answer is None:
             self._act(self.viewer.failed(now, request))
@@ -351,9 +376,11 @@ class Crowd:
             self.done.callback(summary)
 
     def watching_at(self) -> dict[str, int]:
-        """Viewers watching now at each PoP ("host:port"), after any redirect."""
+        """Viewers watching now at each PoP ("host:port"): those it has answered (after any redirect)."""
         at: dict[str, int] = {}
         for watcher in self.watching:
+            if not watcher.arrived:
+                continue
             key = "%s:%d" % (watcher.channel.host, watcher.channel.port)
             at[key] = at.get(key, 0) + 1
         return dict(sorted(at.items()))

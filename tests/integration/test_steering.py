@@ -59,7 +59,10 @@ def test_dash_js_follows_the_steering_to_the_second_pop_when_the_first_is_full(t
              "--set", "encoder.steering.server=%s/v1/steering" % (glb_url,),
              "--set", "encoder.steering.pops=%s" % (json.dumps(["%s=%s" % item for item in pops.items()]),),
              "--set", "pop.glb.url=" + glb_url, "--set", "pop.glb.name=pop1",
-             "--set", "pop.glb.capacity=%d" % (CAPACITY,))
+             "--set", "pop.glb.capacity=%d" % (CAPACITY,),
+             # Only the MPD's steering moves the player here: the page asks
+             # the balancer for no map, and pop1 redirects no one.
+             "--set", "pop.glb.player_url=off", "--set", "pop.glb.redirect=false")
     held: list[Any] = []
     try:
         with all_role_process(tmp_path, extra=extra, ports={"pop": pop1_port}) as (ports, log):
@@ -92,6 +95,7 @@ def test_dash_js_follows_the_steering_to_the_second_pop_when_the_first_is_full(t
             assert summary["engine"] == "dash.js", why
             assert summary["failed"] == [] and len(seen["samples"]) >= SECONDS - 2, why
             # The segments came from pop2; pop1 served the page and the MPD.
+            assert seen["samples"][-1].get("map") is None, why  # the page asked no balancer
             from_pop2 = seen["loaded_from"].get("127.0.0.1:%d" % (pop2.http,), 0)
             from_pop1 = seen["loaded_from"].get("127.0.0.1:%d" % (pop1_port,), 0)
             assert from_pop2 >= SECONDS and from_pop2 > 5 * from_pop1, why
