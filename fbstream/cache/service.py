@@ -75,6 +75,14 @@ class OwnerUpstreams:
         d = self._owner(match.group(1).decode())
         return d.addCallback(lambda endpoint: self._upstreams(endpoint).get(path))
 
+    def post(self, path: bytes, body: bytes) -> Deferred[Any]:
+        """POST to the stream's owner (a viewer's comment or reaction, for its encoder)."""
+        match = self.STREAM.match(path)
+        if match is None:
+            return self.fallback.post(path, body)
+        d = self._owner(match.group(1).decode())
+        return d.addCallback(lambda endpoint: self._upstreams(endpoint).post(path, body))
+
     def _upstreams(self, endpoint: str | None) -> Upstreams:
         if endpoint is None:
             return self.fallback
@@ -108,14 +116,16 @@ class OwnerUpstreams:
 
 def build_origin(parent: MultiService, config: RoleConfig, reactor: IReactorClients, root: Resource,
                  registry: Any = None) -> CachingResource:
+    """The origin's cache on ``root``; viewers' comments and reactions pass through it to their encoder."""
+    from fbstream.live.posts import PostsFirst, UpstreamPosts
+
+    upstreams = Upstreams(reactor, config["origin.upstreams"], tier="origin")
+    _ClosePool(upstreams).setServiceParent(parent)
+    fetch: Any = upstreams
     if registry is not None:
-        fallback = Upstreams(reactor, config["origin.upstreams"], tier="origin")
-        _ClosePool(fallback).setServiceParent(parent)
-        fetch = OwnerUpstreams(parent, reactor, registry, fallback)
-        cache = CachingResource("origin", fetch.get, reactor, cache_settings(config))
-    else:
-        cache = caching_tier(parent, "origin", config["origin.upstreams"], cache_settings(config), reactor)
-    root.putChild(b"live", cache)
+        fetch = OwnerUpstreams(parent, reactor, registry, upstreams)
+    cache = CachingResource("origin", fetch.get, reactor, cache_settings(config))
+    root.putChild(b"live", PostsFirst(cache, UpstreamPosts(fetch.post)))
     root.putChild(b"time", TimeResource(reactor))
     return cache
 
@@ -133,6 +143,21 @@ def build_proxy_layer(parent: MultiService, config: RoleConfig, reactor: IReacto
     glb = config["glb.player_url"] or config["glb.url"]
     player.install(root, config["pop.player_dir"], "" if glb == "off" else glb.rstrip("/"))
     return proxy
+
+
+def viewer_posts(parent: MultiService, config: RoleConfig, reactor: IReactorClients, root: Resource) -> None:
+    """
+    The viewers' comments and reactions on ``root`` (a viewers' site),
+    limited per viewer there and passed on to the origins (``pop.origins``).
+    """
+    from fbstream.live.posts import PostsFirst, ViewerPosts
+
+    if not config["pop.origins"]:
+        return  # no data center to pass them to
+    upstreams = Upstreams(reactor, config["pop.origins"], tier="pop-posts")
+    _ClosePool(upstreams).setServiceParent(parent)
+    api = root.children.get(b"api") or Resource()
+    root.putChild(b"api", PostsFirst(api, ViewerPosts(reactor, upstreams.post)))
 
 
 def build_pop(

@@ -7,12 +7,19 @@ hashing and a host that cannot be reached is passed over for the next one.
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
-from twisted.web.client import Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -87,6 +94,29 @@ class Upstreams:
         retried: list[int] = []
         attempt(0)
         return result
+
+    def post(self, path: bytes, body: bytes) -> Deferred[Any]:
+        """
+        POST ``body`` (JSON) to ``path``'s host, falling over to the next
+        only where it cannot have arrived (no connection); fires with the
+        response (its body unread).
+        """
+        hosts = list(self.ring.walk(path))
+        headers = self.headers.copy()
+        headers.setRawHeaders(b"content-type", [b"application/json"])
+
+        def attempt(i: int) -> Deferred[Any]:
+            d = self.agent.request(b"POST", b"http://upstream%d%s" % (hosts[i], path), headers,
+                                   FileBodyProducer(BytesIO(body)))
+
+            def failed(failure: Any) -> Any:
+                if failure.check(ConnectError, ConnectionRefusedError, DNSLookupError) and i + 1 < len(hosts):
+                    return attempt(i + 1)
+                return failure
+
+            return d.addErrback(failed)
+
+        return attempt(0)
 
     def close(self) -> Deferred[Any]:
         return self.pool.closeCachedConnections()

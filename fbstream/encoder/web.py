@@ -35,7 +35,18 @@ from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
 from fbstream.httpbody import BodyProducer, Outcome
 from fbstream.live.blocking import BLOCKED_CACHE_CONTROL, HLS_EDGE_HEADER
 from fbstream.live.clock import iso_time
-from fbstream.live.urls import INIT, LIVE_EDGE_HEADER, PART, RENDITION, SEGMENT, STREAM_ID, playlist_query
+from fbstream.live.comments import MAX_BATCH_BODY, PostError, Track, parse_batch
+from fbstream.live.posts import UPSTREAM_PATH
+from fbstream.live.urls import (
+    COMMENTS,
+    INIT,
+    LIVE_EDGE_HEADER,
+    PART,
+    RENDITION,
+    SEGMENT,
+    STREAM_ID,
+    playlist_query,
+)
 
 IMMUTABLE = b"public, max-age=31536000, immutable"
 #: A live segment that does not exist yet may exist a moment later (an
@@ -97,6 +108,9 @@ TEXT_TYPE = b"text/plain; charset=utf-8"
 #: Why a manifest is a 404 before the video is published (see ``LiveResource.min_segments``).
 STARTING = "the stream is starting"
 M3U8_TYPE = b"application/vnd.apple.mpegurl"
+JSON_TYPE = b"application/json"
+#: A second's comments asked for up to this long before it is over are held until it is.
+COMMENTS_HOLD = 2.0
 
 
 def typed(content_type: bytes, cache: bytes) -> list[tuple[bytes, bytes]]:
@@ -111,6 +125,12 @@ def media_type(rendition: Rendition) -> bytes:
 def _headers(request: Request, content_type: bytes, cache: bytes) -> None:
     for name, value in typed(content_type, cache):
         request.setHeader(name, value)
+
+
+def _json(request: Request, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    _headers(request, JSON_TYPE, b"no-store")
+    return json.dumps(body).encode() + b"\n"
 
 
 def _error(request: Request, code: int, message: str, cache: bytes = b"public, max-age=1") -> bytes:
@@ -162,6 +182,64 @@ class LiveResource(Resource):
         #: everywhere: a player joining earlier would compute a segment number
         #: before the first one (ffmpeg's DASH demuxer then asks for garbage).
         self.min_segments = 4
+        #: Each live video's comments and reactions (:mod:`fbstream.live.comments`).
+        self.tracks: dict[str, Track] = {}
+
+    def render_POST(self, request: Request) -> bytes:
+        """A PoP's batch of viewers' comments and reactions (through the origin), into the stream's timed track."""
+        match = UPSTREAM_PATH.match(request.path)
+        if match is None:
+            return _json(request, 404, {"error": "no such resource"})
+        stream = match.group(1).decode()
+        video = self.registry.get(stream)
+        if video is None:
+            return _json(request, 404, {"error": "no live video %s here" % (stream,)})
+        if video.ended:
+            return _json(request, 409, {"error": "the live video has ended"})
+        raw = request.content.read(MAX_BATCH_BODY + 1) if request.content is not None else b""
+        try:
+            comments, reactions = parse_batch(raw)
+        except PostError as e:
+            return _json(request, e.code, {"error": str(e)})
+        second = self._track(stream).batch(self.clock.seconds(), comments, reactions)
+        return _json(request, 202, {"second": second})
+
+    def _track(self, stream: str) -> Track:
+        track = self.tracks.get(stream)
+        if track is None:
+            # One per video this encoder serves (the registry bounds them).
+            for gone in [s for s in self.tracks if self.registry.get(s) is None]:
+                del self.tracks[gone]
+            track = self.tracks[stream] = Track()
+        return track
+
+    def _comments(self, request: Request, video: LiveVideo, name: bytes) -> bytes | int:
+        """Second n's comments and reactions, once it is over; held until then if it is about to be."""
+        match = COMMENTS.match(name)
+        if match is None:
+            return _error(request, 404, "no such playback URL")
+        n, now = int(match.group(1)), self.clock.seconds()
+        track = self.tracks.get(video.stream) or Track()
+        if track.gone(n) or n < now - track.keep - 1:
+            return _error(request, 404, "those comments are no longer kept", b"public, max-age=60")
+        if n + 1 > now + COMMENTS_HOLD:
+            return _error(request, 404, "that second has not come yet", NOT_YET)
+        document = track.document(n, now)
+        if document is not None:
+            _headers(request, JSON_TYPE, IMMUTABLE)
+            return document
+
+        def over() -> None:
+            if request.finished or request.channel is None:
+                return
+            body = (self.tracks.get(video.stream) or Track()).document(n, self.clock.seconds() + 1e-6)
+            _headers(request, JSON_TYPE, IMMUTABLE)
+            request.write(body or b"")
+            request.finish()
+
+        call = self.clock.callLater(max(0.0, n + 1 - now), over)
+        request.notifyFinish().addErrback(lambda _: call.cancel() if call.active() else None)
+        return NOT_DONE_YET
 
     def render_GET(self, request: Request) -> bytes | int:
         parts = request.postpath
@@ -178,6 +256,8 @@ class LiveResource(Resource):
             if parts[1] == b"master.m3u8":
                 return self._manifest(request, video, "hls")
             return _error(request, 404, "no such playback URL")
+        if len(parts) == 3 and parts[1] == b"comments":
+            return self._comments(request, video, parts[2])
         if len(parts) != 3 or not RENDITION.match(parts[1]):
             return _error(request, 404, "no such playback URL")
         rendition = video.renditions.get(parts[1].decode())

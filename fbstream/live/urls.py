@@ -9,6 +9,8 @@ caches in front pass them (and nothing else) upstream.
   (period k, after a reconnect), ``<n>.m4s``
 - ``/live/<id>/<rendition>/<n>.<p>.m4s``: part ``p`` (from 0) of segment
   ``n``, its p-th CMAF chunk: an LL-HLS ``EXT-X-PART``
+- ``/live/<id>/comments/<n>.json``: the comments and reactions of second
+  ``n`` (Unix time), immutable once it is over (:mod:`fbstream.live.comments`)
 
 A media playlist may carry LL-HLS's blocking-reload directives
 (``?_HLS_msn=<n>&_HLS_part=<p>``); :func:`playlist_query` gives the one form
@@ -27,6 +29,7 @@ _RENDITION = rb"[A-Za-z0-9_]{1,32}"
 _SEGMENT = rb"([0-9]{1,18})\.m4s"
 _INIT = rb"init(?:-([0-9]{1,6}))?\.mp4"
 _PART = rb"([0-9]{1,18})\.([0-9]{1,3})\.m4s"
+_COMMENTS = rb"([0-9]{1,12})\.json"
 
 STREAM_ID = re.compile(rb"^%s$" % (_STREAM_ID,))
 RENDITION = re.compile(rb"^%s$" % (_RENDITION,))
@@ -36,10 +39,13 @@ INIT = re.compile(rb"^%s$" % (_INIT,))
 #: Groups: the segment's number, the part's index in it.
 PART = re.compile(rb"^%s$" % (_PART,))
 
+#: Group 1 is the second (Unix time) whose comments and reactions it is.
+COMMENTS = re.compile(rb"^%s$" % (_COMMENTS,))
+
 #: A whole playback path.
 PLAYBACK_PATH = re.compile(
-    rb"^/live/(index\.json|%s/(manifest\.mpd|master\.m3u8|%s/(playlist\.m3u8|%s|%s|%s)))$"
-    % (_STREAM_ID, _RENDITION, _INIT, _SEGMENT, _PART)
+    rb"^/live/(index\.json|%s/(manifest\.mpd|master\.m3u8|comments/%s|%s/(playlist\.m3u8|%s|%s|%s)))$"
+    % (_STREAM_ID, _COMMENTS, _RENDITION, _INIT, _SEGMENT, _PART)
 )
 
 #: A segment or part path. Groups: the stream id, the segment's number;

@@ -297,6 +297,9 @@ def build_pop(config: RoleConfig, process: Process) -> RoleService:
     if workers > 1:
         service.site = listen_http_workers(service, config, process, root, workers)
     else:
+        from fbstream.cache.service import viewer_posts
+
+        viewer_posts(service, config, process.reactor, root)
         service.site = listen_http(service, config, process, root, service.caches["pop-proxy"])
         if config["glb.url"]:
             limits = cast(Any, service.site).limits

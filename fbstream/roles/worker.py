@@ -63,7 +63,7 @@ def serve(reactor: Any, spec: dict[str, Any]) -> MultiService:
     """The worker's service: the viewers' site on the inherited sockets."""
     from prometheus_client import Counter
 
-    from fbstream.cache.service import build_proxy_layer
+    from fbstream.cache.service import build_proxy_layer, viewer_posts
     from fbstream.roles.build import bounded_site, load_reporter
 
     config = RoleConfig("pop", spec["config"])
@@ -73,6 +73,7 @@ def serve(reactor: Any, spec: dict[str, Any]) -> MultiService:
     proxy = build_proxy_layer(service, config, reactor, root)
     for name in (b"api", b"metrics"):
         root.putChild(name, ReverseProxyResource("127.0.0.1", spec["forward_port"], b"/" + name))
+    viewer_posts(service, config, reactor, root)  # here, where each viewer's address is known
     factory = bounded_site(config, reactor, root, "%s-http" % (config.role,), proxy)
     for fd, family in spec["sockets"]:
         reactor.adoptStreamPort(fd, family, factory)

@@ -131,6 +131,11 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
                     playing()
                 break
             time.sleep(0.1)
+        # A viewer who says something (FBSTREAM_BROWSER_COMMENT): through the page's form, once playing.
+        comment = os.environ.get("FBSTREAM_BROWSER_COMMENT")
+        if comment and first_frame is not None:
+            page.fill("#comment-text", comment)
+            page.click("#comment-form button[type=submit]")
         began = time.monotonic()
         for i in range(int(seconds)):
             # One sample a second on the clock, however long sampling takes.
@@ -139,6 +144,8 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
             loaded.update(sample.pop("loaded", None) or ())
             samples.append(sample)
         listing = page.evaluate("Array.from(document.querySelectorAll('#videos a')).map(a => a.textContent)")
+        comments = page.evaluate("Array.from(document.querySelectorAll('#comments li')).map(li => li.textContent)")
+        comments_html = page.evaluate("document.getElementById('comments').innerHTML")
         stats_line = page.evaluate("document.getElementById('stats').textContent")
         top = page.evaluate("window.fbstreamStats.top")
         if screenshot:
@@ -156,6 +163,7 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
         host = urlsplit(url).netloc
         origins[host] = origins.get(host, 0) + 1
     seen = {"samples": samples, "listing": listing, "stats": stats_line, "top": top, "loaded_from": origins,
+            "comments": comments, "comments_html": comments_html,
             "first_frame_seconds": first_frame, "console": console[-30:],
             "failed": failed[:50], "failed_count": len(failed),
             "aborted": aborted[:50], "aborted_count": len(aborted)}

@@ -48,7 +48,8 @@ def test_a_minute_of_the_demo_without_a_stall(demo, engine, query):
     out, err, code = yield run(
         sys.executable, "-m", "tests.integration.browser", pop + "/?v=demo" + query, str(SECONDS),
         str(directory / ("%s.png" % (engine,))), timeout=SECONDS + 90,
-        env=dict(__import__("os").environ, FBSTREAM_BROWSER_CONSOLE=str(console)),
+        env=dict(__import__("os").environ, FBSTREAM_BROWSER_CONSOLE=str(console),
+                 FBSTREAM_BROWSER_COMMENT="<b>hi</b> from %s" % (engine,)),
     )
     assert code == 0, err.decode()[-3000:]
     seen = json.loads(out.decode().strip().splitlines()[-1])
@@ -71,3 +72,8 @@ def test_a_minute_of_the_demo_without_a_stall(demo, engine, query):
     # the first frame on.
     assert summary["stalls"] == 0, why
     assert stalls_in(samples) == [], why
+    # The viewer's comment, posted with the page's form once playing, came
+    # back as its second's document and is shown beside the video, as text.
+    assert any(c.endswith("<b>hi</b> from %s" % (engine,)) for c in seen["comments"]), (seen["comments"], why)
+    assert "<b>hi" not in seen["comments_html"] and "&lt;b&gt;hi" in seen["comments_html"], why
+    assert samples[-1]["comments"]["seconds"] >= SECONDS - 5, why  # a document read every second

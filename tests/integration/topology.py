@@ -190,18 +190,19 @@ class Topology:
             node.kill()
 
 
-def origin_pop_args(name, origin, glb_url, capacity, player_dir=False):
+def origin_pop_args(name, origin, glb_url=None, capacity=0, player_dir=False):
     """
     The settings of a PoP of its own (no RTMP, one process) whose cache
     layer fetches from ``origin`` (a port) and which reports to the balancer
-    at ``glb_url`` as ``name``, of ``capacity`` viewers.
+    at ``glb_url`` (if any) as ``name``, of ``capacity`` viewers.
     """
     cache = free_port()
     args = ["--set", "rtmp.listen=[]", "--set", "relay.dc_proxies=[]", "--set", "pop.workers=1",
             "--set", "pop.cache_listen=tcp:%d:interface=127.0.0.1" % (cache,),
             "--set", "pop.cache_hosts=tcp:127.0.0.1:%d" % (cache,),
-            "--set", "pop.origins=tcp:127.0.0.1:%d" % (origin,),
-            "--set", "glb.url=" + glb_url, "--set", "glb.name=" + name, "--set", "glb.capacity=%d" % (capacity,)]
+            "--set", "pop.origins=tcp:127.0.0.1:%d" % (origin,)]
+    if glb_url:
+        args += ["--set", "glb.url=" + glb_url, "--set", "glb.name=" + name, "--set", "glb.capacity=%d" % (capacity,)]
     if player_dir:
         args += ["--set", "pop.player_dir=%s" % (os.path.join(ROOT, "web", "node_modules"),)]
     return args
