@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest_twisted
@@ -80,4 +81,13 @@ def test_tiers_and_their_leak_from_two_scrapes() -> None:
     after = {"fbstream_cache_requests_total|pop-cache": 1100.0, "fbstream_cache_upstream_fetches_total|pop-cache": 20.0,
              "fbstream_cache_hits_total|pop-cache": 900.0, "process_cpu_seconds_total|": 3.0}
     tiers = tiers_of(before, after)
+    assert math.isnan(tiers["pop-cache"].pop("manifest_leak"))  # no manifest asked for
     assert tiers == {"pop-cache": {"requests": 1000.0, "upstream": 18.0, "hits": 900.0, "leak": 0.018}}
+
+
+def test_the_leak_is_the_segments_and_manifests_have_their_own() -> None:
+    after = {"fbstream_cache_requests_total|pop-proxy": 1000.0, "fbstream_cache_upstream_fetches_total|pop-proxy": 60.0,
+             "fbstream_cache_manifest_requests_total|pop-proxy": 200.0,
+             "fbstream_cache_manifest_fetches_total|pop-proxy": 50.0}
+    figures = tiers_of({}, after)["pop-proxy"]
+    assert figures["leak"] == 10 / 800 and figures["manifest_leak"] == 50 / 200

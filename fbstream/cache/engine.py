@@ -88,6 +88,8 @@ PIN_SLACK = 3.0
 #: What the PoP's cache layer says of a manifest or playlist to the proxy
 #: layers in front (``manifests_uncached``): coalesce requests for it, keep none.
 UNCACHED_DOWNSTREAM = b"public, max-age=0"
+#: How a manifest's or playlist's path ends (a segment's never does).
+MANIFEST_SUFFIXES = (b".mpd", b".m3u8")
 #: An ``Age`` beyond this is nonsense (a year): taken as "already stale".
 MAX_AGE_HEADER = 365 * 86400
 #: LL-HLS blocking reloads a tier holds at once waiting for a pushed
@@ -309,7 +311,7 @@ class Viewer:
             request.setHeader(name, value)
         request.setHeader(b"x-cache", b"%s %s" % (self.status, self.cache.tier.encode()))
         request.setHeader(b"age", b"%d" % (obj.age(self.cache.clock.seconds()),))
-        if self.cache.manifests_uncached and obj.key.endswith((b".mpd", b".m3u8")):
+        if self.cache.manifests_uncached and obj.key.endswith(MANIFEST_SUFFIXES):
             # One copy of each manifest per PoP, here: the proxy layers in
             # front (one per worker process or host) must ask again each
             # time. Each keeping a version for its max-age, a viewer whose
@@ -447,7 +449,9 @@ class Fetch:
 
     def _attempt(self) -> None:
         cache = self.cache
-        cm.UPSTREAM_FETCHES.labels(tier=cache.tier).inc()
+        cache.m_upstream.inc()
+        if self.key.partition(b"?")[0].endswith(MANIFEST_SUFFIXES):
+            cache.m_manifest_fetches.inc()
         d = cache.upstream(self.key)
         self._attempts.append(d)
 
@@ -725,6 +729,9 @@ class CachingResource(Resource):
         self.m_hits = cm.HITS.labels(tier=tier)
         self.m_misses = cm.MISSES.labels(tier=tier)
         self.m_coalesced = cm.COALESCED.labels(tier=tier)
+        self.m_upstream = cm.UPSTREAM_FETCHES.labels(tier=tier)
+        self.m_manifest_requests = cm.MANIFEST_REQUESTS.labels(tier=tier)
+        self.m_manifest_fetches = cm.MANIFEST_FETCHES.labels(tier=tier)
         self.m_bytes_served = cm.BYTES_SERVED.labels(tier=tier)
         self.m_bytes_upstream = cm.BYTES_UPSTREAM.labels(tier=tier)
         #: Told the stream id of every request for a stream's objects (the
@@ -759,6 +766,8 @@ class CachingResource(Resource):
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"not a playback URL\n"
+        if path.endswith(MANIFEST_SUFFIXES):
+            self.m_manifest_requests.inc()
         if self.asked is not None and path.count(b"/") >= 3:
             self.asked(path.split(b"/", 3)[2].decode())
         playlist, directives = path, None
@@ -847,7 +856,7 @@ class CachingResource(Resource):
         if not PLAYBACK_PATH.match(path):
             return None
         now = self.clock.seconds()
-        versioned = path.endswith((b".mpd", b".m3u8"))
+        versioned = path.endswith(MANIFEST_SUFFIXES)
         if not versioned and self.store.get(path, now) is not None:
             return None
         fetch = self.fetches.get(path)
@@ -947,7 +956,7 @@ class CachingResource(Resource):
 
     def pinned(self, path: bytes) -> bool:
         """Whether ``path`` is a manifest or playlist of a stream whose pushes flow (see :attr:`pushing`)."""
-        if not path.endswith((b".mpd", b".m3u8")) or self.pushing is None or path.count(b"/") < 3:
+        if not path.endswith(MANIFEST_SUFFIXES) or self.pushing is None or path.count(b"/") < 3:
             return False
         return self.pushing(path.split(b"/", 3)[2].decode())
 

@@ -7,6 +7,11 @@ HITS = Counter("fbstream_cache_hits", "Requests served from the store", ["tier"]
 MISSES = Counter("fbstream_cache_misses", "Requests that started an upstream fetch", ["tier"])
 COALESCED = Counter("fbstream_cache_coalesced_waiters", "Requests that waited on another's fetch", ["tier"])
 UPSTREAM_FETCHES = Counter("fbstream_cache_upstream_fetches", "Requests sent upstream", ["tier"])
+# Of those, the manifests and playlists: asked again as they change (and each
+# time by a PoP's proxy layers, see engine.UNCACHED_DOWNSTREAM), so their
+# share says nothing of how well the segments coalesce.
+MANIFEST_REQUESTS = Counter("fbstream_cache_manifest_requests", "Requests received for manifests and playlists", ["tier"])
+MANIFEST_FETCHES = Counter("fbstream_cache_manifest_fetches", "Manifests and playlists fetched upstream", ["tier"])
 UPSTREAM_ERRORS = Counter("fbstream_cache_upstream_errors", "Upstream fetches that failed or timed out", ["tier"])
 UPSTREAM_CANCELLED = Counter("fbstream_cache_upstream_cancelled", "Upstream fetches cancelled when every waiter left", ["tier"])
 LOCK_TIMEOUTS = Counter("fbstream_cache_lock_timeouts", "Cache-blocking timeouts (one more upstream try each)", ["tier"])

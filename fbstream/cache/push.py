@@ -18,7 +18,7 @@ from collections import OrderedDict
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from fbstream.cache.engine import CachedObject, CachingResource, Fetch, _Body
+from fbstream.cache.engine import MANIFEST_SUFFIXES, CachedObject, CachingResource, Fetch, _Body
 from fbstream.push import metrics as pm
 from fbstream.push.channel import IPushTarget, Offer, PushClient, PushHub
 from fbstream.push.core import made_at
@@ -116,7 +116,7 @@ class CachePushSink:
     def _offer(self, stream: str, obj: CachedObject, headers: list[tuple[bytes, bytes]]) -> Offer:
         """Offer ``obj`` on to the relay's subscribers, stamped as the push that brought it was."""
         assert self.relay is not None
-        offer = Offer(stream, obj.key, obj.code, obj.headers, obj, latest_wins=obj.key.endswith((b".mpd", b".m3u8")),
+        offer = Offer(stream, obj.key, obj.code, obj.headers, obj, latest_wins=obj.key.endswith(MANIFEST_SUFFIXES),
                       made=made_at(headers))
         self._remember(offer)
         self.relay.offer(offer)
@@ -128,7 +128,7 @@ class CachePushSink:
         is fetching it): the subscribers downstream are offered this tier's
         copy instead, growing as its fetch reads it.
         """
-        if path.endswith((b".mpd", b".m3u8")):
+        if path.endswith(MANIFEST_SUFFIXES):
             return  # what is held may be older than the version refused: never offered as the newest
         stored = self.cache.store.get(path, self.cache.clock.seconds())
         if stored is not None:

@@ -15,8 +15,10 @@ plots: viewers, latency and time to first byte, stalls, requests and leak
 per tier, the PoP's CPU).
 
 Per tier it reports requests, hits, coalesced waiters, upstream fetches and
-the leak ratio (upstream fetches over requests) over the run, from the
-``fbstream_cache_*`` counters; with ``--metrics NAME=URL`` naming each role.
+the leak ratio over the run, from the ``fbstream_cache_*`` counters, with
+``--metrics NAME=URL`` naming each role. The leak is the segments' (their
+upstream fetches over their requests), the one Facebook measured; manifests
+and playlists, fetched again as they change, have their own.
 
 This is a console script, not a role: it runs no reactor (it waits with
 ``time.sleep`` and asks the agents with ``urllib``), and what it prints on
@@ -50,6 +52,8 @@ COUNTERS = {
     "hits": "fbstream_cache_hits_total",
     "coalesced": "fbstream_cache_coalesced_waiters_total",
     "upstream": "fbstream_cache_upstream_fetches_total",
+    "manifest_requests": "fbstream_cache_manifest_requests_total",
+    "manifest_fetches": "fbstream_cache_manifest_fetches_total",
 }
 _SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})? ([0-9.eE+-]+|NaN)$', re.M)
 
@@ -106,9 +110,19 @@ def tiers_of(before: dict[str, float], after: dict[str, float]) -> dict[str, dic
             if name == metric and tier:
                 tiers.setdefault(tier, {})[label] = value - before.get(key, 0.0)
     for figures in tiers.values():
-        requests = figures.get("requests", 0.0)
-        figures["leak"] = figures.get("upstream", 0.0) / requests if requests else float("nan")
+        # The leak Facebook measured is the segments': a manifest changes
+        # every second, and a PoP's proxy layers ask its cache layer for it
+        # each time a viewer does (coalesced only while a fetch is out), so
+        # it has a ratio of its own.
+        manifests = figures.get("manifest_requests", 0.0)
+        segments = figures.get("requests", 0.0) - manifests
+        figures["leak"] = _ratio(figures.get("upstream", 0.0) - figures.get("manifest_fetches", 0.0), segments)
+        figures["manifest_leak"] = _ratio(figures.get("manifest_fetches", 0.0), manifests)
     return tiers
+
+
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else float("nan")
 
 
 #: The CPU a role's /metrics counts: its process's, and its PoP workers'.
@@ -310,10 +324,10 @@ def _plots(report: dict[str, Any]) -> list[tuple[str, str]]:
             figures = [tiers.get(role, {}).get(tier, {}) for _, tiers, _ in scrapes]
             series.append(("%s requests/s" % (tier,), [f.get("requests") for f in figures]))
             series.append(("%s upstream/s" % (tier,), [f.get("upstream") for f in figures]))
-            leaks.append(("%s leak" % (tier,), [f.get("leak") for f in figures]))
+            leaks.append(("%s segment leak" % (tier,), [f.get("leak") for f in figures]))
     if series:
         figure("Requests and upstream fetches per tier", series, "per second", xs)
-        figure("Leak per tier (upstream fetches / requests)", leaks, "ratio", xs)
+        figure("Segment leak per tier (upstream fetches / requests, manifests aside)", leaks, "ratio", xs)
     roles = sorted({name for _, _, cores in scrapes for name in cores})
     if roles:
         figure("CPU of each role scraped (the PoP's workers included)",
@@ -327,8 +341,9 @@ def render_html(report: dict[str, Any]) -> str:
                    for k, v in summary.items())
     tier_rows = "".join(
         "<tr><td>%s</td><td>%s</td>%s</tr>" % (html.escape(role), html.escape(tier), "".join(
-            "<td>%s</td>" % (("%.4f" % figures[k]) if k == "leak" else "%d" % figures.get(k, 0))
-            for k in ("requests", "hits", "coalesced", "upstream", "leak")))
+            "<td>%s</td>" % (("%.4f" % figures.get(k, math.nan)) if k.endswith("leak") else "%d" % figures.get(k, 0))
+            for k in ("requests", "hits", "coalesced", "upstream", "leak", "manifest_requests", "manifest_fetches",
+                      "manifest_leak")))
         for role, tiers in sorted(report.get("tiers", {}).items()) for tier, figures in sorted(tiers.items()))
     plots = _plots(report)
     images = "".join('<h2>%s</h2><img alt="%s" src="data:image/png;base64,%s">' % (
@@ -339,7 +354,8 @@ def render_html(report: dict[str, Any]) -> str:
 <h1>Load test: %s</h1><p>Against %s, from %d agent(s).</p>
 <h2>What the viewers saw</h2><table>%s</table>
 <h2>Cost per tier</h2><table><tr><th>role</th><th>tier</th><th>requests</th><th>hits</th><th>coalesced</th>
-<th>upstream fetches</th><th>leak</th></tr>%s</table>%s""" % (
+<th>upstream fetches</th><th>segment leak</th><th>manifest requests</th><th>manifest fetches</th>
+<th>manifest leak</th></tr>%s</table>%s""" % (
         html.escape(json.dumps(report["scenario"])), html.escape(report["pop"]), len(report["agents"]), rows,
         tier_rows, images)
 
@@ -368,9 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report["summary"]))
     for role, tiers in sorted(report["tiers"].items()):
         for tier, figures in sorted(tiers.items()):
-            print("%s %s: %d requests, %d hits, %d coalesced, %d upstream fetches, leak %.4f" % (
-                role, tier, figures.get("requests", 0), figures.get("hits", 0), figures.get("coalesced", 0),
-                figures.get("upstream", 0), figures.get("leak", float("nan"))))
+            print("%s %s: %d requests, %d hits, %d coalesced, %d upstream fetches, segment leak %.4f,"
+                  " manifests %d asked %d fetched" % (
+                      role, tier, figures.get("requests", 0), figures.get("hits", 0), figures.get("coalesced", 0),
+                      figures.get("upstream", 0), figures.get("leak", math.nan), figures.get("manifest_requests", 0),
+                      figures.get("manifest_fetches", 0)))
     print("report: %s, %s" % (json_path, html_path))
     return 0
 

@@ -67,7 +67,12 @@ def test_500_viewers_of_the_demo_cost_each_tier_one_fetch_per_object(tmp_path):
         "".join(path.read_text() for path in tmp_path.glob("twistd.log*"))))
     assert fetched and set(fetched.values()) == {1}, fetched.most_common(5)
     assert len({path for path, tier in fetched if tier == "pop-proxy"}) <= summary["distinct_paths"]
+    # The segments' leak (Facebook saw 1.8 % before coalescing). The proxy
+    # layer's manifests are asked of the cache layer beside it whenever a
+    # viewer wants one (each coalesced while a fetch is out): how many
+    # depends on how fast that layer answers, so they are not in it.
     assert tiers["pop-proxy"]["leak"] < 0.02, tiers
+    assert tiers["pop-proxy"]["manifest_requests"] > 0, tiers
     for tier in ("pop-cache", "origin"):
         assert tiers[tier]["upstream"] <= 0.05 * tiers["pop-proxy"]["upstream"], tiers
     print("loadgen: %s | %s" % (json.dumps(summary), json.dumps(tiers)))
