@@ -603,6 +603,11 @@ class RTMPClientProtocol(Protocol):
         self._flush()
         return d
 
+    def ask_acknowledgements(self, window: int) -> None:
+        """Ask the server to acknowledge every ``window`` bytes (``conn.acknowledged`` counts them)."""
+        self.conn.ask_acknowledgements(window)
+        self._flush()
+
     def _await_status(self, stream_id: int) -> Deferred[c.StatusReceived]:
         d: Deferred[c.StatusReceived] = Deferred()
         self._status_waiters[stream_id] = d

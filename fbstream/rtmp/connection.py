@@ -199,8 +199,13 @@ class _Connection(Generic[_E]):
         self._state = _State.HANDSHAKE
         self._peer_window = 0
         self._acked = 0
-        #: What the peer last acknowledged having received from us.
+        #: What the peer last acknowledged having received from us (the
+        #: 32 bits it sends), and the same counted on past 4 GiB.
         self.peer_acknowledged = 0
+        self.acknowledged = 0
+        #: Bytes sent since the handshake: what the peer's acknowledgements count.
+        self.bytes_sent = 0
+        self._uncounted = 0
 
     # Plumbing ------------------------------------------------------------
 
@@ -212,7 +217,10 @@ class _Connection(Generic[_E]):
         if not out:
             return b""
         self._out = []
-        return b"".join(out)
+        data = b"".join(out)
+        self.bytes_sent += len(data) - self._uncounted
+        self._uncounted = 0
+        return data
 
     @property
     def bytes_received(self) -> int:
@@ -224,7 +232,9 @@ class _Connection(Generic[_E]):
             rest = self._handshake.receive(data)
             if rest is None:
                 return []
-            self._out.append(self._handshake.bytes_to_send())
+            last = self._handshake.bytes_to_send()
+            self._out.append(last)
+            self._uncounted = len(last)
             self._handshake_done()
             data = rest
         events: list[_E] = []
@@ -283,7 +293,9 @@ class _Connection(Generic[_E]):
         elif t == m.SET_CHUNK_SIZE or t == m.ABORT:
             pass  # applied by the decoder before the next chunk
         elif t == m.ACKNOWLEDGEMENT:
-            self.peer_acknowledged = parse_u32(msg.payload)
+            value = parse_u32(msg.payload)
+            self.acknowledged += (value - self.peer_acknowledged) & 0xFFFFFFFF
+            self.peer_acknowledged = value
         elif t == m.WINDOW_ACK_SIZE:
             self._peer_window = parse_u32(msg.payload)
         elif t == m.SET_PEER_BANDWIDTH:
@@ -573,6 +585,10 @@ class ClientConnection(_Connection[ClientEvent]):
 
     def create_stream(self) -> None:
         self._call("createStream", None)
+
+    def ask_acknowledgements(self, window: int) -> None:
+        """Ask the server to acknowledge every ``window`` bytes it receives from us."""
+        self._control(m.WINDOW_ACK_SIZE, m.u32(window))
 
     def publish(self, stream_id: int, name: str, publish_type: str = "live") -> None:
         self._command(0, "releaseStream", 0, None, name)

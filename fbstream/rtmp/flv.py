@@ -224,6 +224,51 @@ def file_tag(type_id: int, timestamp: int, payload: bytes) -> bytes:
     return header + payload + (size + 11).to_bytes(4, "big")
 
 
+class FileTags:
+    """
+    An FLV byte stream split into its tags as it comes (sans-IO): what a
+    muxer writes, fed in pieces of any size, out as ``(type_id, timestamp,
+    payload)``. ProtocolError if it does not start as FLV.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._header = True
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back: a tag not yet whole."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        buffer = self._buffer
+        buffer += data
+        if self._header:
+            if buffer[:3] != b"FLV"[: len(buffer)]:
+                raise ProtocolError("not an FLV stream")
+            if len(buffer) < 9:
+                return []
+            skip = int.from_bytes(buffer[5:9], "big") + 4
+            if skip < 13 or skip > 1024:
+                raise ProtocolError("an FLV header of %d bytes" % (skip - 4,))
+            if len(buffer) < skip:
+                return []
+            del buffer[:skip]
+            self._header = False
+        tags = []
+        pos, end = 0, len(buffer)
+        while pos + 11 <= end:
+            size = int.from_bytes(buffer[pos + 1 : pos + 4], "big")
+            body = pos + 11
+            if body + size + 4 > end:
+                break
+            ts = int.from_bytes(buffer[pos + 4 : pos + 7], "big") | (buffer[pos + 7] << 24)
+            tags.append((buffer[pos] & 0x1F, ts, bytes(buffer[body : body + size])))
+            pos = body + size + 4
+        del buffer[:pos]
+        return tags
+
+
 def read_file(data: bytes) -> Iterator[tuple[int, int, bytes]]:
     """
     ``(type_id, timestamp, payload)`` of every tag of an FLV file, for tools and
@@ -231,14 +276,7 @@ def read_file(data: bytes) -> Iterator[tuple[int, int, bytes]]:
     """
     if len(data) < 13 or data[:3] != b"FLV":
         raise ProtocolError("not an FLV file")
-    pos = int.from_bytes(data[5:9], "big") + 4
-    end = len(data)
-    while pos + 11 <= end:
-        type_id = data[pos] & 0x1F
-        size = int.from_bytes(data[pos + 1 : pos + 4], "big")
-        ts = int.from_bytes(data[pos + 4 : pos + 7], "big") | (data[pos + 7] << 24)
-        body = pos + 11
-        if body + size > end:
-            raise ProtocolError("truncated FLV tag at %d" % (pos,))
-        yield type_id, ts, data[body : body + size]
-        pos = body + size + 4
+    tags = FileTags()
+    yield from tags.feed(data)
+    if tags.pending >= 11:
+        raise ProtocolError("truncated FLV tag at %d" % (len(data) - tags.pending,))
