@@ -47,24 +47,12 @@ def publish(
 ) -> dict[str, Any]:
     """Publish until ``duration`` seconds of media are sent (forever if None)."""
     import av
-    import av.filter
     from av.video.frame import PictureType
 
-    width, height = (int(v) for v in size.split("x"))
-    graph = av.filter.Graph()
-    vsrc = graph.add("testsrc2", "size=%dx%d:rate=%d" % (width, height, rate))
-    vsink = graph.add("buffersink")
-    vsrc.link_to(vsink)
-    graph.configure()
-    if audio:
-        agraph = av.filter.Graph()
-        asrc = agraph.add("sine", "frequency=440:beep_factor=4:sample_rate=48000:samples_per_frame=1024")
-        aformat = agraph.add("aformat", "sample_fmts=fltp:channel_layouts=stereo")
-        asink = agraph.add("abuffersink")
-        asrc.link_to(aformat)
-        aformat.link_to(asink)
-        agraph.configure()
+    from fbstream.broadcast.sources import pattern_pulls
 
+    width, height = (int(v) for v in size.split("x"))
+    pull_video, pull_audio = pattern_pulls(width, height, rate, audio)
     container = av.open(url, "w", format="flv")
     video = container.add_stream("libx264", rate=rate)
     video.width = width
@@ -104,7 +92,7 @@ def publish(
     frame_no = 0
     audio_samples = 0
     while duration is None or frame_no < duration * rate:
-        frame = vsink.pull()
+        frame = pull_video()
         assert isinstance(frame, av.VideoFrame)
         # Source filters mark every frame I; let the encoder place keyframes.
         frame.pict_type = PictureType.NONE
@@ -114,7 +102,7 @@ def publish(
         frame_no += 1
         if astream is not None:
             while audio_samples < frame_no * 48000 // rate:
-                aframe = asink.pull()
+                aframe = pull_audio()
                 assert isinstance(aframe, av.AudioFrame)
                 aframe.pts = audio_samples
                 aframe.time_base = Fraction(1, 48000)

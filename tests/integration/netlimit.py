@@ -158,11 +158,15 @@ class LimitedLink:
     whose root end (``fbs<pid>h``, address :attr:`host`) sends through a
     ``tbf`` of ``rate_kbit`` and whose other end (address :attr:`viewer`) is
     in the namespace; on exit all of it is gone, and whatever still ran in
-    the namespace is killed.
+    the namespace is killed. With ``upload`` the bucket is on the
+    namespace's end instead: it limits what the namespace sends.
     """
 
-    def __init__(self, rate_kbit: int) -> None:
+    def __init__(self, rate_kbit: int, upload: bool = False) -> None:
         pid = os.getpid()
+        #: Whether the bucket is on the namespace's end (what the host in
+        #: it sends: a broadcaster's upload) rather than on ours.
+        self.upload = upload
         self.namespace = "%s-%d" % (PREFIX, pid)
         self.device = "%s%dh" % (PREFIX, pid)
         self.peer = "%s%dv" % (PREFIX, pid)
@@ -177,10 +181,11 @@ class LimitedLink:
         return ["ip", "netns", "exec", self.namespace]
 
     def limit(self, rate_kbit: int) -> None:
-        """Set the rate from the server towards the viewer, now."""
+        """Set the rate of the limited direction (towards the namespace, or from it), now."""
         import time
 
-        _tc("qdisc", "replace", "dev", self.device, "root", "tbf",
+        inside = ["-n", self.namespace] if self.upload else []
+        _tc(*inside, "qdisc", "replace", "dev", self.peer if self.upload else self.device, "root", "tbf",
             "rate", "%dkbit" % (rate_kbit,), "burst", str(burst_bytes(rate_kbit)),
             "latency", "%dms" % (LATENCY_MS,))
         self.rate_kbit = rate_kbit
@@ -188,7 +193,8 @@ class LimitedLink:
 
     def qdisc(self) -> str:
         """``tc -s qdisc`` of the limited end: rate, sent bytes, drops, overlimits."""
-        result = subprocess.run(["tc", "-s", "qdisc", "show", "dev", self.device],
+        inside = ["-n", self.namespace] if self.upload else []
+        result = subprocess.run(["tc", *inside, "-s", "qdisc", "show", "dev", self.peer if self.upload else self.device],
                                 capture_output=True, text=True, timeout=30)
         return " ".join(result.stdout.split())
 

@@ -51,7 +51,7 @@ def wait_for_ok(url, seconds):
 
 @contextlib.contextmanager
 def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, pop_interfaces=("127.0.0.1",),
-                     stderr=None, push=True, ports=None):
+                     stderr=None, push=True, ports=None, rtmp_interfaces=("127.0.0.1",)):
     """
     ``twistd fbstream --role=all`` on free ports, running; yields its ports and
     log file, and stops it (SIGTERM) afterwards. The PoP's viewers' HTTP
@@ -59,6 +59,7 @@ def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, p
     path for the process's standard error (where the login link goes).
     ``push``: the push channel between the tiers (else TTL pulls only).
     ``ports``: some of the ports, chosen by the caller (the others are free ones).
+    ``rtmp_interfaces``: where the PoP's RTMP listens, on the same port.
     """
     ports = {key: free_port() for key in ("rtmp", "pop", "dc-proxy", "encoder", "origin", "cache",
                                           "encoder-push", "origin-push") if key not in (ports or {})} | (ports or {})
@@ -69,7 +70,8 @@ def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, p
     args += [
         "fbstream", "--role=all", *extra,
         "--config", os.path.join(ROOT, "conf", "all.toml"),
-        "--set", "pop.rtmp.listen=tcp:%d:interface=127.0.0.1" % (ports["rtmp"],),
+        "--set", "pop.rtmp.listen=%s" % (json.dumps(
+            ["tcp:%d:interface=%s" % (ports["rtmp"], interface) for interface in rtmp_interfaces]),),
         "--set", "dc-proxy.rtmp.listen=tcp:%d:interface=127.0.0.1" % (dc_rtmp,),
         "--set", "encoder.rtmp.listen=tcp:%d:interface=127.0.0.1" % (encoder_rtmp,),
         # What points at a moved port moves with it.

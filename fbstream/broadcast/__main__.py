@@ -1,0 +1,5 @@
+import sys
+
+from fbstream.broadcast.cli import main
+
+sys.exit(main())
