@@ -40,7 +40,8 @@ def test_under_the_floor_the_video_stops_and_comes_back_at_the_floor():
     steps = [(0, 4_000_000), (10, 150_000), (40, 4_000_000)]
     samples = simulate.run("ours", steps, 70, maximum=2_000_000, floor=200_000)
     narrow = [s.video for s in samples if 15 <= s.t < 40]
-    assert narrow and set(narrow[-500:]) == {0}, sorted(set(narrow))
+    # Audio alone, but for a try at the floor now and then (every 5 s clean).
+    assert narrow and set(narrow) == {0, 200_000} and narrow.count(0) > 0.6 * len(narrow), sorted(set(narrow))
     assert any(s.video == 200_000 for s in samples if s.t >= 40)
     assert samples[-1].video > 1_000_000
 

@@ -92,3 +92,22 @@ def test_any_body_is_a_comment_or_a_clear_error(raw):
         assert e.code in (400, 413)
     else:
         assert text and len(text) <= MAX_TEXT and all(c.isprintable() for c in name + text)
+
+
+def test_the_documents_carry_the_viewers_the_pops_reported_in_the_last_seconds():
+    from fbstream.live.comments import parse_batch
+
+    track = Track()
+    track.batch(200.1, [], {}, {"pop1:1": 40, "pop1:2": 35})
+    track.batch(200.6, [], {}, {"pop2:7": 25})
+    track.batch(201.2, [], {}, {"pop1:1": 42})
+    assert json.loads(doc_of(track, 200, 201.5))["viewers"] == 100
+    assert json.loads(doc_of(track, 201, 202.5))["viewers"] == 102
+    track.batch(205.0, [], {}, {"pop2:7": 20})  # the others fell silent 3 s ago
+    assert json.loads(doc_of(track, 205, 206.0))["viewers"] == 20
+    assert "viewers" not in json.loads(doc_of(Track(), 300, 301.0))
+    assert parse_batch(b'{"viewers": {"pop1:1": 3}}') == ([], {}, {"pop1:1": 3})
+    for bad in (b'{"viewers": {"p": -1}}', b'{"viewers": {"p": true}}', b'{"viewers": [1]}',
+                json.dumps({"viewers": {"p%d" % (i,): 1 for i in range(65)}}).encode()):
+        with pytest.raises(PostError):
+            parse_batch(bad)

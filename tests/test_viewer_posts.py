@@ -91,3 +91,35 @@ class PostsCase(SynchronousTestCase):
         self.assertTrue(batches.add(b"b", reaction="like"))
         self.assertFalse(batches.add(b"c", reaction="like"))
         self.assertTrue(batches.add(b"a", reaction="wow"))  # a stream already waiting still takes posts
+
+
+class AudienceCase(PostsCase):
+    def test_each_stream_s_viewers_go_with_its_batch_once_a_second(self) -> None:
+        from fbstream.live.posts import AUDIENCE_WINDOW, Audience
+
+        audience = Audience(self.clock, self.posts.batches, "pop1:42")
+        viewers = [object() for _ in range(5)]
+        for viewer in viewers:
+            for _ in range(3):  # a viewer's many requests count once
+                audience.saw(b"s1", viewer)
+        audience.saw(b"s2", viewers[0])
+        audience.report()
+        self.clock.advance(0)
+        batches = {path: batch for path, batch in self.sent}
+        self.assertEqual(batches[b"/live/s1/posts"]["viewers"], {"pop1:42": 5})
+        self.assertEqual(batches[b"/live/s2/posts"]["viewers"], {"pop1:42": 1})
+        # Gone quiet past the window: no longer counted, and nothing sent for it.
+        self.clock.advance(AUDIENCE_WINDOW + 1)
+        audience.saw(b"s1", viewers[0])
+        del self.sent[:]
+        audience.report()
+        self.clock.advance(1)
+        self.assertEqual([(path, batch["viewers"]) for path, batch in self.sent], [(b"/live/s1/posts", {"pop1:42": 1})])
+
+    def test_the_streams_counted_are_bounded(self) -> None:
+        from fbstream.live.posts import Audience
+
+        audience = Audience(self.clock, self.posts.batches, "pop1:42", max_streams=10)
+        for i in range(100):
+            audience.saw(b"s%d" % (i,), object())
+        self.assertEqual(len(audience.streams), 10)

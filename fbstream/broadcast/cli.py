@@ -101,6 +101,7 @@ class Display:
             "t": round(now - self.began, 1),
             "state": "live" if self.broadcast.live else "connecting",
             "upload_kbps": round(upload / 1000),
+            "sending_kbps": round(rate.sending / 1000),
             "video_kbps": self.encoder.bitrate // 1000,
             "link_kbps": round(rate.measured / 1000),
             "queue_s": round(rate.queue, 2),
@@ -175,6 +176,17 @@ def go_live(reactor: Any, api: str, key: str, title: str, tls: bool) -> Any:
     return video["id"], ingest, watch
 
 
+@inlineCallbacks
+def end_video(reactor: Any, api: str, key: str, video_id: str) -> Any:
+    response = yield treq.delete("%s/api/v1/live_videos/%s" % (api.rstrip("/"), video_id),
+                                 headers=Headers({b"authorization": [b"Bearer " + key.encode()]}),
+                                 timeout=10, reactor=reactor)
+    yield response.content()
+    if response.code != 200:
+        raise RuntimeError("the live API answered %d" % (response.code,))
+    log.info("live video {id} ended: its replay is at the same URLs", id=video_id)
+
+
 def parse_size(value: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in value.lower().split("x"))
@@ -200,6 +212,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--api-key-file", help="the API key (else $FBSTREAM_API_KEY)")
     parser.add_argument("--title", default="", help="the live video's title (with --api)")
     parser.add_argument("--rtmp", action="store_true", help="with --api: publish over RTMP, not RTMPS")
+    parser.add_argument("--keep-open", action="store_true",
+                        help="with --api: leave the live video open when this stops (else it ends, a replay)")
     parser.add_argument("--pop", help="where viewers watch (http://HOST:8080), to read the comments; "
                         "with --api, the API's playback URL")
     parser.add_argument("--video-id", help="the live video's id, for the comments (default: the stream key's)")
@@ -240,6 +254,7 @@ def _run(reactor: Any, args: argparse.Namespace, outcome: list[int]) -> Any:
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     broadcast = encoder = None
+    key = ""
     try:
         watch, video_id = args.pop, args.video_id
         if args.api:
@@ -270,9 +285,18 @@ def _run(reactor: Any, args: argparse.Namespace, outcome: list[int]) -> Any:
         LoopingCall(display.show).start(1.0, now=False)
         watchdog = LoopingCall(_check_encoder, encoder, broadcast)
         watchdog.start(0.5, now=False)
+        def finish() -> Deferred[Any]:
+            # The broadcast's end, and with --api the live video's: it
+            # becomes its replay (unless --keep-open: a broadcaster to come back).
+            d = broadcast.stop()
+            if args.api and not args.keep_open:
+                d.addCallback(lambda _: end_video(reactor, args.api, key, video_id))
+                d.addErrback(lambda f: log.warn("could not end the live video: {why}", why=f.getErrorMessage()))
+            return d
+
         if args.duration is not None:
-            reactor.callLater(args.duration, broadcast.stop)
-        stop_on_signal = reactor.addSystemEventTrigger("before", "shutdown", broadcast.stop)
+            reactor.callLater(args.duration, finish)
+        stop_on_signal = reactor.addSystemEventTrigger("before", "shutdown", finish)
         yield broadcast.done
         reactor.removeSystemEventTrigger(stop_on_signal)
         running.clear()

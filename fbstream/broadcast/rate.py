@@ -13,8 +13,7 @@ a second and moves the video bitrate:
   :data:`RATE_WINDOW`, less a margin, less the audio, less what drains the
   queue within :data:`DRAIN` seconds (at most a fifth of the link);
 - **up, slowly**, by :data:`STEP_UP` after :data:`CLEAN_FOR` seconds with a
-  queue under :data:`QUEUE_LOW` and the acknowledgements keeping up with
-  what is sent; near the rate where the link last ran out (its ceiling) by
+  queue under :data:`QUEUE_LOW` and not growing; near the rate where the link last ran out (its ceiling) by
   :data:`MIN_STEP_UP` only, after :data:`CLEAN_NEAR_CEILING` seconds;
 - **never below the floor**: what would go under it sends audio alone, and
   video comes back at the floor after a longer clean spell.
@@ -78,10 +77,14 @@ MOST_CUT = 0.5
 SETTLE = 1.0
 DRAINING = 0.9
 #: How much a step up adds, and at least (bit/s).
-STEP_UP = 0.15
+STEP_UP = 0.25
 MIN_STEP_UP = 50_000
+#: A queue under :data:`QUEUE_LOW` that grew by this many acknowledgement
+#: windows since it was last at its shortest is not clean: a link full by a
+#: little fills slowly, but steadily.
+GROWING = 2
 #: Seconds of clean queue before a step up, and before video comes back.
-CLEAN_FOR = 1.5
+CLEAN_FOR = 1.0
 VIDEO_BACK_AFTER = 5.0
 #: Near the rate the link last ran out at (the ceiling: within this share of
 #: it), steps up need :data:`CLEAN_NEAR_CEILING` seconds of clean queue and
@@ -95,6 +98,8 @@ PROBE_SHARE = 0.05
 GREW = 1.1
 #: Seconds of acknowledgements the rates are measured over.
 RATE_WINDOW = 0.75
+#: Seconds a queue must have stood for the rate since to be the link's.
+STANDING_FOR = 0.5
 #: The least rate a queue's delay is reckoned at (bit/s): a stalled link's
 #: queue is long, not infinite.
 LEAST_RATE = 8_000
@@ -133,14 +138,16 @@ class UploadRate:
     _samples: deque[tuple[float, int, int]] = attrs.field(factory=deque)
     _changed_at: float = -1e9
     _clean_since: float | None = None
+    _clean_queued: float = 0.0
     #: What the link carried when it last ran out (bit/s; 0: never), and
     #: the queue then (bits).
     ceiling: float = 0.0
     _queued_at_drop: float = 0.0
     _probe: int = 0
-    #: Since when a queue has stood (past :data:`QUEUE_LOW`; now: none does).
+    #: Since when a queue has stood (past :data:`QUEUE_LOW`; now: none does),
+    #: and the bytes acknowledged then.
     _standing_since: float = 0.0
-    _spell_best: float = 0.0
+    _standing_acked: int = 0
     #: The link's rate (what was acknowledged) and the sending rate, last
     #: measured (bit/s), and the queue's delay (seconds).
     measured: float = 0.0
@@ -181,21 +188,19 @@ class UploadRate:
             self.ack_window = window
         self.queue = queued / max(self.measured, LEAST_RATE)
         if self.queue <= QUEUE_LOW:
-            self._standing_since = now
-            self._spell_best = 0.0
-        elif measured and now - self._standing_since >= RATE_WINDOW:
-            # A queue stood all through the window: the link was full, and
-            # what it carried is its rate (the most seen in this spell: a
-            # loss's recovery carries less for a while).
-            self._spell_best = max(self._spell_best, self.measured)
-            self.ceiling = self._spell_best
+            self._standing_since, self._standing_acked = now, acknowledged
+        elif now - self._standing_since >= STANDING_FOR:
+            # A queue has stood since then: the link was full, and what it
+            # carried since is its rate, from before any step of its rate
+            # (a window of the last second could straddle one).
+            self.ceiling = (acknowledged - self._standing_acked) * 8 / (now - self._standing_since)
         if self.queue > QUEUE_HIGH:
             self._clean_since = None
             if now - self._changed_at < SETTLE or not measured:
                 return None
             if now - self._changed_at < 2 * SETTLE and queued < DRAINING * self._queued_at_drop:
                 return None  # the last drop is working: wait for it
-            if not self._spell_best:
+            if now - self._standing_since < STANDING_FOR:
                 self.ceiling = self.measured
             self._queued_at_drop = queued
             self._probe = 0
@@ -208,7 +213,12 @@ class UploadRate:
             self._clean_since = None
             return None
         if self._clean_since is None:
-            self._clean_since = now
+            self._clean_since, self._clean_queued = now, queued
+        elif queued > self._clean_queued + GROWING * self.ack_window * 8:
+            # Short, but growing: the link is full, if only just.
+            self._clean_since, self._clean_queued = now, queued
+            return None
+        self._clean_queued = min(self._clean_queued, queued)
         clean = now - max(self._clean_since, self._changed_at)
         if self.video == 0:
             if clean >= VIDEO_BACK_AFTER:

@@ -10,7 +10,8 @@ rate, after a one-way delay, from the kernel's socket buffer (at most
 sender's own queue: Twisted's buffer for ours (unbounded: the controller
 measures it with everything else), OBS's packet queue for OBS (whose
 length is what triggers it). The server acknowledges every
-``ack_window`` bytes.
+``ack_window`` bytes. Ours drops video while its queue is past
+:data:`~fbstream.broadcast.rate.QUEUE_DROP` (OBS's dynamic bitrate drops none).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def run(controller: str, steps: Sequence[tuple[float, int]], duration: float, *,
     while t < duration:
         while schedule and schedule[0][0] <= t:
             link = float(schedule.pop(0)[1])
-        made_now = (video + audio) / 8 * STEP
+        dropping = controller == "ours" and ours.should_drop()  # video waits for a keyframe
+        made_now = ((0 if dropping else video) + audio) / 8 * STEP
         made += made_now
         made_marks.append((made, t))
         if controller == "ours":

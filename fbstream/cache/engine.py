@@ -737,6 +737,9 @@ class CachingResource(Resource):
         #: Told the stream id of every request for a stream's objects (the
         #: push channel subscribes to what viewers ask for).
         self.asked: Callable[[str], None] | None = None
+        #: Told the stream id and the connection of every viewer's request
+        #: for a stream's manifests or media (the audience it is counted in).
+        self.viewing: Callable[[bytes, Any], None] | None = None
         #: Whether a stream's pushes flow now (None: no push channel).
         self.pushing: Callable[[str], bool] | None = None
         #: How long a request for a segment of such a stream waits for its
@@ -770,6 +773,8 @@ class CachingResource(Resource):
             self.m_manifest_requests.inc()
         if self.asked is not None and path.count(b"/") >= 3:
             self.asked(path.split(b"/", 3)[2].decode())
+        if self.viewing is not None and not path.endswith(b".json"):  # a comments reader is not a viewer
+            self.viewing(path.split(b"/", 3)[2], request.channel)
         playlist, directives = path, None
         if path.endswith(b"/playlist.m3u8"):
             # An LL-HLS blocking reload is its own object: every viewer

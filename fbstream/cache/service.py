@@ -145,19 +145,32 @@ def build_proxy_layer(parent: MultiService, config: RoleConfig, reactor: IReacto
     return proxy
 
 
-def viewer_posts(parent: MultiService, config: RoleConfig, reactor: IReactorClients, root: Resource) -> None:
+def viewer_posts(parent: MultiService, config: RoleConfig, reactor: IReactorClients, root: Resource,
+                 proxy: CachingResource) -> None:
     """
     The viewers' comments and reactions on ``root`` (a viewers' site),
-    limited per viewer there and passed on to the origins (``pop.origins``).
+    limited per viewer there and passed on to the origins (``pop.origins``),
+    with this process's count of each stream's viewers (``proxy``'s).
     """
-    from fbstream.live.posts import PostsFirst, ViewerPosts
+    import os
+    import socket
+
+    from twisted.application.internet import TimerService
+
+    from fbstream.live.posts import Audience, PostsFirst, ViewerPosts
 
     if not config["pop.origins"]:
         return  # no data center to pass them to
     upstreams = Upstreams(reactor, config["pop.origins"], tier="pop-posts")
     _ClosePool(upstreams).setServiceParent(parent)
     api = root.children.get(b"api") or Resource()
-    root.putChild(b"api", PostsFirst(api, ViewerPosts(reactor, upstreams.post)))
+    posts = ViewerPosts(reactor, upstreams.post)
+    root.putChild(b"api", PostsFirst(api, posts))
+    audience = Audience(reactor, posts.batches, "%s:%d" % (socket.gethostname()[:40], os.getpid()))
+    proxy.viewing = audience.saw
+    counting = TimerService(1.0, audience.report)
+    counting.clock = reactor
+    counting.setServiceParent(parent)
 
 
 def build_pop(

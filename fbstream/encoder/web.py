@@ -198,10 +198,10 @@ class LiveResource(Resource):
             return _json(request, 409, {"error": "the live video has ended"})
         raw = request.content.read(MAX_BATCH_BODY + 1) if request.content is not None else b""
         try:
-            comments, reactions = parse_batch(raw)
+            comments, reactions, viewers = parse_batch(raw)
         except PostError as e:
             return _json(request, e.code, {"error": str(e)})
-        second = self._track(stream).batch(self.clock.seconds(), comments, reactions)
+        second = self._track(stream).batch(self.clock.seconds(), comments, reactions, viewers)
         return _json(request, 202, {"second": second})
 
     def _track(self, stream: str) -> Track:

@@ -12,7 +12,12 @@ document counts them per kind.
 A document::
 
     {"second": n, "comments": [{"name": "...", "text": "...", "at": 1795470000.25}, ...],
-     "reactions": {"like": 12, "love": 3}, "dropped": 0}
+     "reactions": {"like": 12, "love": 3}, "dropped": 0, "viewers": 1200}
+
+``viewers`` is the live video's audience: each PoP process counts the
+connections that asked for its media in the last few seconds and reports
+the count with its batch, once a second; the document sums the counts
+reported in the last 3 s (none reported: no ``viewers``).
 
 Comment text is kept as posted (plain text: whoever shows it shows it as
 text, never as HTML). Everything is bounded: the text's length, the
@@ -94,13 +99,20 @@ def parse_reaction(raw: bytes) -> str:
 MAX_BATCH_BODY = 1024 * 1024
 #: A reaction count one batch may carry, per kind.
 MAX_REACTIONS = 10_000_000
+#: Viewer counts one batch may carry (one per PoP process), each at most;
+#: the reporters a stream keeps, and for how long a count stands.
+MAX_REPORTERS = 64
+MAX_VIEWERS = 10_000_000
+KEEP_REPORTERS = 4096
+VIEWERS_FRESH = 3.0
 
 
-def parse_batch(raw: bytes) -> tuple[list[tuple[str, str, float]], dict[str, int]]:
+def parse_batch(raw: bytes) -> tuple[list[tuple[str, str, float]], dict[str, int], dict[str, int]]:
     """
-    ``(comments, reactions)`` from a batch, ``{"comments": [{"name", "text",
-    "at"}, ...], "reactions": {"like": 12, ...}}``, each comment checked as a
-    viewer's is; or :class:`PostError`.
+    ``(comments, reactions, viewers)`` from a batch, ``{"comments": [{"name",
+    "text", "at"}, ...], "reactions": {"like": 12, ...}, "viewers": {"<PoP
+    process>": 120}}``, each comment checked as a viewer's is; or
+    :class:`PostError`.
     """
     if len(raw) > MAX_BATCH_BODY:
         raise PostError(413, "a batch is at most %d bytes" % (MAX_BATCH_BODY,))
@@ -125,7 +137,15 @@ def parse_batch(raw: bytes) -> tuple[list[tuple[str, str, float]], dict[str, int
         if kind not in REACTIONS or isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_REACTIONS:
             raise PostError(400, "reactions: counts of %s" % (", ".join(REACTIONS),))
         counts[str(kind)] = n
-    return taken, counts
+    audience = body.get("viewers", {})
+    if not isinstance(audience, dict) or len(audience) > MAX_REPORTERS:
+        raise PostError(400, "viewers: at most %d counts, by reporter" % (MAX_REPORTERS,))
+    viewers = {}
+    for reporter, n in audience.items():
+        if len(reporter) > MAX_NAME or isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_VIEWERS:
+            raise PostError(400, "viewers: a count (0 to %d) per reporter" % (MAX_VIEWERS,))
+        viewers[reporter] = n
+    return taken, counts, viewers
 
 
 @attrs.define
@@ -133,6 +153,10 @@ class Second:
     comments: list[dict[str, Any]] = attrs.Factory(list)
     reactions: dict[str, int] = attrs.Factory(dict)
     dropped: int = 0
+    #: The viewers when the second was last written (None: nobody reported).
+    viewers: int | None = None
+    #: A PoP's batch: its viewers of the stream, by reporter.
+    audience: dict[str, int] = attrs.Factory(dict)
 
 
 class Track:
@@ -144,15 +168,24 @@ class Track:
         self.seconds: OrderedDict[int, Second] = OrderedDict()
         #: The newest second forgotten (its document is gone, not empty).
         self.forgotten = -math.inf
+        #: Each PoP process's last count of the stream's viewers, and when.
+        self.audience: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def _second(self, now: float) -> tuple[int, Second]:
         n = math.floor(now)
         second = self.seconds.get(n)
         if second is None:
-            second = self.seconds[n] = Second()
+            second = self.seconds[n] = Second(viewers=self.viewers(now))
             while len(self.seconds) > self.keep:
                 self.forgotten = max(self.forgotten, self.seconds.popitem(last=False)[0])
         return n, second
+
+    def viewers(self, now: float) -> int | None:
+        """The viewers the PoPs reported in the last :data:`VIEWERS_FRESH` seconds (None: none did)."""
+        audience = self.audience
+        while audience and next(iter(audience.values()))[1] < now - VIEWERS_FRESH:
+            audience.popitem(last=False)
+        return sum(n for n, _ in audience.values()) if audience else None
 
     def comment(self, now: float, name: str, text: str) -> int:
         """Keep a comment posted at ``now``; the second it is published in."""
@@ -168,9 +201,17 @@ class Track:
         second.reactions[kind] = second.reactions.get(kind, 0) + count
         return n
 
-    def batch(self, now: float, comments: list[tuple[str, str, float]], reactions: dict[str, int]) -> int:
+    def batch(self, now: float, comments: list[tuple[str, str, float]], reactions: dict[str, int],
+              viewers: dict[str, int] | None = None) -> int:
         """A PoP's batch, arrived at ``now``: into the second it arrived in (each comment keeps its own time)."""
+        for reporter, count in (viewers or {}).items():
+            self.audience.pop(reporter, None)
+            self.audience[reporter] = (count, now)  # the newest last
+            if len(self.audience) > KEEP_REPORTERS:
+                self.audience.popitem(last=False)
         n, second = self._second(now)
+        if viewers:
+            second.viewers = self.viewers(now)
         for name, text, at in comments:
             if len(second.comments) < self.per_second:
                 second.comments.append({"name": name, "text": text, "at": round(at, 3)})
@@ -192,5 +233,8 @@ class Track:
         if n + 1 > now or self.gone(n):
             return None
         second = self.seconds.get(n) or Second()
-        return json.dumps({"second": n, "comments": second.comments, "reactions": second.reactions,
-                           "dropped": second.dropped}, ensure_ascii=False, separators=(",", ":")).encode()
+        doc: dict[str, Any] = {"second": n, "comments": second.comments, "reactions": second.reactions,
+                               "dropped": second.dropped}
+        if second.viewers is not None:
+            doc["viewers"] = second.viewers
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +54,9 @@ from fbstream.ratelimit import KeyedBuckets
 UPSTREAM_PATH = re.compile(rb"^/live/(%s)/posts$" % (STREAM_ID_PATTERN.encode(),))
 #: Streams with posts waiting at one process, at most.
 MAX_PENDING_STREAMS = 1000
+#: Seconds since its last request a connection still counts as a viewer
+#: (a player asks every second, and reloads the manifest every two).
+AUDIENCE_WINDOW = 4.0
 #: The viewers' path, under /api/. Groups: the stream, the kind.
 VIEWER_PATH = re.compile(rb"^/api/v1/live_videos/(%s)/(comments|reactions)$" % (STREAM_ID_PATTERN.encode(),))
 #: Per client address: comments (one every 2 s, 3 at once) and reactions (5 a second, 10 at once).
@@ -132,8 +136,9 @@ class Batches:
         #: When each stream's last batch went (those of the last interval only).
         self.sent: dict[bytes, float] = {}
 
-    def add(self, stream: bytes, comment: dict[str, Any] | None = None, reaction: str | None = None) -> bool:
-        """Join ``stream``'s batch; False if too many streams are waiting already."""
+    def add(self, stream: bytes, comment: dict[str, Any] | None = None, reaction: str | None = None,
+            viewers: tuple[str, int] | None = None) -> bool:
+        """Join ``stream``'s batch (a post, or this process's viewers of it); False if too many streams wait."""
         pending = self.pending.get(stream)
         if pending is None:
             if len(self.pending) >= self.max_streams:
@@ -149,6 +154,8 @@ class Batches:
                 pending.dropped += 1
         if reaction is not None:
             pending.reactions[reaction] = pending.reactions.get(reaction, 0) + 1
+        if viewers is not None:
+            pending.audience[viewers[0]] = viewers[1]
         return True
 
     def _send(self, stream: bytes) -> None:
@@ -159,11 +166,16 @@ class Batches:
             self.sent = {s: t for s, t in self.sent.items() if t > now - self.interval}
         if pending.dropped:
             POSTS.labels(kind="comments", outcome="dropped").inc(pending.dropped)
-        body = json.dumps({"comments": pending.comments, "reactions": pending.reactions}).encode()
+        batch: dict[str, Any] = {"comments": pending.comments, "reactions": pending.reactions}
+        if pending.audience:
+            batch["viewers"] = pending.audience
+        body = json.dumps(batch).encode()
         n = len(pending.comments) + sum(pending.reactions.values())
 
         def done(result: tuple[int, bytes]) -> None:
             code, raw = result
+            if not n:
+                return  # a count of viewers only
             if code == 202:
                 POSTS.labels(kind="all", outcome="delivered").inc(n)
             else:
@@ -172,6 +184,8 @@ class Batches:
                               code=code, why=raw[:200].decode("utf-8", "replace").strip())
 
         def lost(failure: Any) -> None:
+            if not n:
+                return
             POSTS.labels(kind="all", outcome="lost upstream").inc(n)
             self.log.warn("{n} posts to {stream} could not be passed on: {why}", n=n, stream=stream.decode(),
                           why=failure.getErrorMessage())
@@ -179,6 +193,46 @@ class Batches:
         d = self.poster(b"/live/%s/posts" % (stream,), body)
         d.addCallback(_read_answer)
         d.addCallbacks(done, lost)
+
+
+class Audience:
+    """
+    This process's viewers of each stream: the connections that asked for
+    its manifests or media in the last :data:`AUDIENCE_WINDOW` seconds,
+    reported with the stream's batch once a second (so the broadcaster, and
+    every viewer, reads the audience in the comments track). Bounded: the
+    streams (past the bound, the first seen go uncounted for a moment), the
+    viewers of each by the connections the PoP takes; half the streams a
+    process batches for at once, so posts keep room beside the counts.
+    """
+
+    def __init__(self, reactor: Any, batches: Batches, reporter: str,
+                 max_streams: int = MAX_PENDING_STREAMS // 2) -> None:
+        self.clock = reactor
+        self.batches = batches
+        self.reporter = reporter
+        self.max_streams = max_streams
+        self.streams: OrderedDict[bytes, dict[Any, float]] = OrderedDict()
+
+    def saw(self, stream: bytes, viewer: Any) -> None:
+        """A request of ``viewer`` (its connection) for ``stream``'s media: on each request, so cheap."""
+        seen = self.streams.get(stream)
+        if seen is None:
+            seen = self.streams[stream] = {}
+            if len(self.streams) > self.max_streams:
+                self.streams.popitem(last=False)
+        seen[viewer] = self.clock.seconds()
+
+    def report(self) -> None:
+        now = self.clock.seconds()
+        for stream in list(self.streams):
+            seen = self.streams[stream]
+            for viewer in [v for v, at in seen.items() if at < now - AUDIENCE_WINDOW]:
+                del seen[viewer]
+            if not seen:
+                del self.streams[stream]
+            else:
+                self.batches.add(stream, viewers=(self.reporter, len(seen)))
 
 
 class ViewerPosts(Resource):

@@ -299,7 +299,7 @@ def build_pop(config: RoleConfig, process: Process) -> RoleService:
     else:
         from fbstream.cache.service import viewer_posts
 
-        viewer_posts(service, config, process.reactor, root)
+        viewer_posts(service, config, process.reactor, root, service.caches["pop-proxy"])
         service.site = listen_http(service, config, process, root, service.caches["pop-proxy"])
         if config["glb.url"]:
             limits = cast(Any, service.site).limits

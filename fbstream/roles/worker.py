@@ -73,7 +73,7 @@ def serve(reactor: Any, spec: dict[str, Any]) -> MultiService:
     proxy = build_proxy_layer(service, config, reactor, root)
     for name in (b"api", b"metrics"):
         root.putChild(name, ReverseProxyResource("127.0.0.1", spec["forward_port"], b"/" + name))
-    viewer_posts(service, config, reactor, root)  # here, where each viewer's address is known
+    viewer_posts(service, config, reactor, root, proxy)  # here, where each viewer's address is known
     factory = bounded_site(config, reactor, root, "%s-http" % (config.role,), proxy)
     for fd, family in spec["sockets"]:
         reactor.adoptStreamPort(fd, family, factory)
