@@ -55,15 +55,16 @@ class PostError(ValueError):
         self.code = code
 
 
-def _body(raw: bytes) -> dict[str, Any]:
-    if len(raw) > MAX_BODY:
-        raise PostError(413, "a post is at most %d bytes" % (MAX_BODY,))
+def _body(raw: bytes, most: int = MAX_BODY, what: str = "a post") -> dict[str, Any]:
+    """A JSON object of at most ``most`` bytes (``what`` names it in the errors)."""
+    if len(raw) > most:
+        raise PostError(413, "%s is at most %d bytes" % (what, most))
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
-        raise PostError(400, "a post is a JSON object") from None
+        raise PostError(400, "%s is a JSON object" % (what,)) from None
     if not isinstance(body, dict):
-        raise PostError(400, "a post is a JSON object")
+        raise PostError(400, "%s is a JSON object" % (what,))
     return body
 
 
@@ -114,13 +115,8 @@ def parse_batch(raw: bytes) -> tuple[list[tuple[str, str, float]], dict[str, int
     process>": 120}}``, each comment checked as a viewer's is; or
     :class:`PostError`.
     """
-    if len(raw) > MAX_BATCH_BODY:
-        raise PostError(413, "a batch is at most %d bytes" % (MAX_BATCH_BODY,))
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise PostError(400, "a batch is a JSON object") from None
-    comments, reactions = (body.get("comments", []), body.get("reactions", {})) if isinstance(body, dict) else (0, 0)
+    body = _body(raw, MAX_BATCH_BODY, "a batch")
+    comments, reactions = body.get("comments", []), body.get("reactions", {})
     if not isinstance(comments, list) or not isinstance(reactions, dict):
         raise PostError(400, 'a batch is {"comments": [...], "reactions": {...}}')
     taken = []
