@@ -105,14 +105,12 @@ def mpd(
         })
         ET.SubElement(sd, "PlaybackRate", {"min": "0.9", "max": "1.1"})
     else:
-        last_period = video.periods[-1]
-        end_ms = last_period.start_ms + ((last_period.end_ms or last_period.base_ms) - last_period.base_ms)
-        root.set("mediaPresentationDuration", duration(end_ms / 1000))
+        root.set("mediaPresentationDuration", duration(video.periods[-1].ends_at_ms / 1000))
         root.set("publishTime", iso_time(video.publish_time))
     oldest_ms = (now - video.availability_start - video.window_seconds) * 1000 if live else None
     shown = []
     for p in video.periods:
-        content_ms = (p.end_ms if p.end_ms is not None else p.base_ms) - p.base_ms
+        content_ms = p.content_ms
         if oldest_ms is not None and p.end_ms is not None and p.start_ms + content_ms < oldest_ms:
             continue  # wholly out of the time-shift window
         if live and p.index > 0 and video.complete_through < p.first_number:

@@ -21,6 +21,7 @@ from fbstream.config import ConfigError, RoleConfig, named_urls
 from fbstream.diskio import ThreadPoolService
 from fbstream.encoder import manifest
 from fbstream.encoder import metrics as em
+from fbstream.encoder.chat import Chat
 from fbstream.encoder.ladder import VideoRendition, parse_rungs
 from fbstream.encoder.ownership import Broadcasts
 from fbstream.encoder.push import EncoderPushSource
@@ -245,11 +246,13 @@ def build_encoder(parent: MultiService, config: RoleConfig, reactor: IReactorTim
     # Held long enough for the furthest segment allowed to start on time,
     # and for an encoder as far behind as its backlog bound lets it fall.
     edge = LiveEdge(hold, config["encoder.max_held"], hold + 1 + config["encoder.max_lag_ms"] / 1000)
+    chat = Chat(registry, archive, reactor)
+    chat.setServiceParent(parent)
     resource = LiveResource(
         registry, archive, reactor, config["encoder.chunk_ms"],
         target_latency=config["encoder.target_latency"], edge=edge,
         part_hold_back=config["encoder.part_hold_back"], stall_timeout=config["encoder.stall_timeout"],
-        steering=steering(config),
+        steering=steering(config), chat=chat,
     )
     root.putChild(b"live", resource)
     if push is not None:

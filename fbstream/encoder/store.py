@@ -169,6 +169,16 @@ class Period:
     def clock(self) -> SegmentClock:
         return SegmentClock(self.first_number, self.base_ms)
 
+    @property
+    def content_ms(self) -> int:
+        """Its media, ms (what is made so far, for a period still going on)."""
+        return (self.end_ms if self.end_ms is not None else self.base_ms) - self.base_ms
+
+    @property
+    def ends_at_ms(self) -> int:
+        """Where its media ends, ms after the availability start: the end of the video, for its last period."""
+        return self.start_ms + self.content_ms
+
     def init_name(self) -> str:
         return "init.mp4" if self.index == 0 else "init-%d.mp4" % (self.index,)
 
@@ -483,7 +493,8 @@ class Archive:
     def path(self, stream: str, *parts: str) -> str:
         return os.path.join(self.directory, stream, *parts)
 
-    def _run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """``f(*args)`` on the archive's thread, after every write and append asked for before."""
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     #: Seconds before each retry of a write the system refused (out of file
@@ -502,7 +513,7 @@ class Archive:
         done: Deferred[bool] = Deferred()
 
         def attempt(n: int) -> None:
-            self._run(f, path, data).addCallbacks(lambda _: done.callback(True), failed, errbackArgs=(n,))
+            self.run(f, path, data).addCallbacks(lambda _: done.callback(True), failed, errbackArgs=(n,))
 
         def failed(failure: Any, n: int) -> None:
             if failure.check(OSError) and n < len(self.RETRY_DELAYS):
@@ -521,11 +532,11 @@ class Archive:
         return self._retrying(_append, self.path(stream, *relative), data)
 
     def read(self, stream: str, relative: tuple[str, ...]) -> Deferred[bytes | None]:
-        return self._run(_read_or_none, self.path(stream, *relative))
+        return self.run(_read_or_none, self.path(stream, *relative))
 
     def start(self, stream: str) -> Deferred[None]:
         """Make room for a new broadcast of ``stream`` (an old one is kept aside, named by the time now)."""
-        return self._run(_set_aside, self.path(stream), self.reactor.seconds())
+        return self.run(_set_aside, self.path(stream), self.reactor.seconds())
 
     def load_all(self) -> list[ArchiveState]:
         """Every archived video (at startup, before the reactor runs)."""
@@ -544,7 +555,7 @@ class Archive:
         return states
 
     def expire(self, retention_seconds: float, now: float) -> Deferred[list[str]]:
-        return self._run(_expire, self.directory, retention_seconds, now)
+        return self.run(_expire, self.directory, retention_seconds, now)
 
 
 def _write_atomically(path: str, data: bytes) -> None:

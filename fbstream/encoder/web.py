@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from fbstream.config import default
 from fbstream.encoder import manifest
 from fbstream.encoder import metrics as em
+from fbstream.encoder.chat import Chat
 from fbstream.encoder.fmp4 import chunks_of
 from fbstream.encoder.store import Archive, LiveVideo, Rendition, Segment
 from fbstream.httpbody import BodyProducer, Outcome
@@ -161,6 +162,7 @@ class LiveResource(Resource):
         part_hold_back: float = 1.5,
         stall_timeout: float = default("encoder.stall_timeout"),
         steering: manifest.Steering | None = None,
+        chat: Chat | None = None,
     ) -> None:
         super().__init__()
         #: DASH Content Steering in live MPDs, if configured.
@@ -182,8 +184,8 @@ class LiveResource(Resource):
         #: everywhere: a player joining earlier would compute a segment number
         #: before the first one (ffmpeg's DASH demuxer then asks for garbage).
         self.min_segments = 4
-        #: Each live video's comments and reactions (:mod:`fbstream.live.comments`).
-        self.tracks: dict[str, Track] = {}
+        #: Each video's comments and reactions, and their replay (:mod:`fbstream.encoder.chat`).
+        self.chat = chat or Chat(registry, archive, clock)
 
     def render_POST(self, request: Request) -> bytes:
         """A PoP's batch of viewers' comments and reactions (through the origin), into the stream's timed track."""
@@ -201,17 +203,8 @@ class LiveResource(Resource):
             comments, reactions, viewers = parse_batch(raw)
         except PostError as e:
             return _json(request, e.code, {"error": str(e)})
-        second = self._track(stream).batch(self.clock.seconds(), comments, reactions, viewers)
+        second = self.chat.track(video).batch(self.clock.seconds(), comments, reactions, viewers)
         return _json(request, 202, {"second": second})
-
-    def _track(self, stream: str) -> Track:
-        track = self.tracks.get(stream)
-        if track is None:
-            # One per video this encoder serves (the registry bounds them).
-            for gone in [s for s in self.tracks if self.registry.get(s) is None]:
-                del self.tracks[gone]
-            track = self.tracks[stream] = Track()
-        return track
 
     def _comments(self, request: Request, video: LiveVideo, name: bytes) -> bytes | int:
         """Second n's comments and reactions, once it is over; held until then if it is about to be."""
@@ -219,7 +212,9 @@ class LiveResource(Resource):
         if match is None:
             return _error(request, 404, "no such playback URL")
         n, now = int(match.group(1)), self.clock.seconds()
-        track = self.tracks.get(video.stream) or Track()
+        if video.ended and self.chat.archive is not None:
+            return self._replayed(request, video, n)
+        track = self.chat.kept(video.stream) or Track()
         if track.gone(n) or n < now - track.keep - 1:
             return _error(request, 404, "those comments are no longer kept", b"public, max-age=60")
         if n + 1 > now + COMMENTS_HOLD:
@@ -232,13 +227,36 @@ class LiveResource(Resource):
         def over() -> None:
             if request.finished or request.channel is None:
                 return
-            body = (self.tracks.get(video.stream) or Track()).document(n, self.clock.seconds() + 1e-6)
+            body = (self.chat.kept(video.stream) or Track()).document(n, self.clock.seconds() + 1e-6)
             _headers(request, JSON_TYPE, IMMUTABLE)
             request.write(body or b"")
             request.finish()
 
         call = self.clock.callLater(max(0.0, n + 1 - now), over)
         request.notifyFinish().addErrback(lambda _: call.cancel() if call.active() else None)
+        return NOT_DONE_YET
+
+    def _replayed(self, request: Request, video: LiveVideo, n: int) -> int:
+        """Second n's comments and reactions in the replay, from the archive."""
+
+        def answer(document: bytes | None) -> None:
+            if request.finished or request.channel is None:
+                return
+            if document is None:
+                body = _error(request, 404, "no such second in this video", b"public, max-age=60")
+            else:
+                _headers(request, JSON_TYPE, IMMUTABLE)
+                body = document
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            self.log.failure("the replay's comments of {stream}", failure, stream=video.stream)
+            if not request.finished and request.channel is not None:
+                request.write(_error(request, 503, "the replay's comments cannot be read now", NOT_YET))
+                request.finish()
+
+        self.chat.replay(video, n).addCallbacks(answer, failed)
         return NOT_DONE_YET
 
     def render_GET(self, request: Request) -> bytes | int:

@@ -14,6 +14,11 @@ A document::
     {"second": n, "comments": [{"name": "...", "text": "...", "at": 1795470000.25}, ...],
      "reactions": {"like": 12, "love": 3}, "dropped": 0, "viewers": 1200}
 
+The replay keeps the documents of the seconds anyone posted in (the
+encoder appends them to the video's archive, :mod:`fbstream.encoder.chat`):
+:meth:`Track.finished` hands each out once it is over, and
+:func:`empty_document` is a second nobody posted in.
+
 ``viewers`` is the live video's audience: each PoP process counts the
 connections that asked for its media in the last few seconds and reports
 the count with its batch, once a second; the document sums the counts
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import OrderedDict
 from typing import Any
 
@@ -166,6 +172,8 @@ class Track:
         self.forgotten = -math.inf
         #: Each PoP process's last count of the stream's viewers, and when.
         self.audience: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        #: The newest second :meth:`finished` has handed out.
+        self.handed_out = -math.inf
 
     def _second(self, now: float) -> tuple[int, Second]:
         n = math.floor(now)
@@ -228,9 +236,40 @@ class Track:
         """
         if n + 1 > now or self.gone(n):
             return None
-        second = self.seconds.get(n) or Second()
-        doc: dict[str, Any] = {"second": n, "comments": second.comments, "reactions": second.reactions,
-                               "dropped": second.dropped}
-        if second.viewers is not None:
-            doc["viewers"] = second.viewers
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        return _render(n, self.seconds.get(n) or Second())
+
+    def finished(self, now: float, everything: bool = False) -> list[tuple[int, bytes]]:
+        """
+        The documents of the seconds over at ``now`` (of every second kept,
+        if ``everything``: no more posts will come) that have a comment or a
+        reaction, each handed out once, oldest first: what the replay keeps.
+        """
+        out = []
+        for n, second in self.seconds.items():
+            if n <= self.handed_out:
+                continue
+            if not everything and n + 1 > now:
+                break
+            self.handed_out = n
+            if second.comments or second.reactions or second.dropped:
+                out.append((n, _render(n, second)))
+        return out
+
+
+def _render(n: int, second: Second) -> bytes:
+    """Second ``n``'s document. Its first member is ``"second"``, which :data:`SECOND_OF` reads."""
+    doc: dict[str, Any] = {"second": n, "comments": second.comments, "reactions": second.reactions,
+                           "dropped": second.dropped}
+    if second.viewers is not None:
+        doc["viewers"] = second.viewers
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def empty_document(n: int) -> bytes:
+    """The document of a second nobody posted in."""
+    return _render(n, Second())
+
+
+#: The second a document is of, read from its first bytes (a replay's index
+#: is built from these without parsing each document).
+SECOND_OF = re.compile(rb'^\{"second":(-?[0-9]{1,15}),')

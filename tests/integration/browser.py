@@ -12,7 +12,9 @@ watches; the result is always the last line.
     python -m tests.integration.browser --go-live LOGIN-LINK TITLE
 
 With ``FBSTREAM_BROWSER_STATE=<file>`` the page starts with the local
-storage kept there, and leaves its own there: a viewer coming back.
+storage kept there, and leaves its own there: a viewer coming back. With
+``FBSTREAM_BROWSER_SEEK=<after>:<to>`` the viewer seeks to ``<to>`` seconds
+``<after>`` seconds into the watching.
 
 A request counts as failed if the server answered 400 or more, or if it
 ended without a whole response for any reason but the player's own abort
@@ -136,10 +138,14 @@ def watch(url: str, seconds: float, screenshot: str | None = None, console_path:
         if comment and first_frame is not None:
             page.fill("#comment-text", comment)
             page.click("#comment-form button[type=submit]")
+        seek = os.environ.get("FBSTREAM_BROWSER_SEEK")
+        seek_after, seek_to = (float(x) for x in seek.split(":")) if seek else (-1.0, 0.0)
         began = time.monotonic()
         for i in range(int(seconds)):
             # One sample a second on the clock, however long sampling takes.
             time.sleep(max(0.0, began + i - time.monotonic()))
+            if i == int(seek_after):
+                page.evaluate("document.getElementById('video').currentTime = %f" % (seek_to,))
             sample = page.evaluate(SAMPLE)
             loaded.update(sample.pop("loaded", None) or ())
             samples.append(sample)

@@ -75,7 +75,7 @@ def test_dash_js_follows_the_steering_to_the_second_pop_when_the_first_is_full(t
                 if (yield steering(glb_url)) == ["pop1", "pop2"]:
                     break
                 yield sleep(0.25)
-            assert (yield steering(glb_url)) == ["pop1", "pop2"]
+            assert (yield steering(glb_url)) == ["pop1", "pop2"], glb.glb.balancer.state(reactor.seconds())
             yield fill(pop1_port, held)
             for _ in range(40):
                 if (yield steering(glb_url)) == ["pop2", "pop1"]:
