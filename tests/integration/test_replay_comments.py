@@ -2,9 +2,9 @@
 The replay keeps the comments in time with the video. A broadcaster goes
 live through the live API; viewers post comments at the PoP while it is
 live; it stops and ends its live video. Then a viewer opens the replay in
-Chromium (dash.js, the page the PoP serves): each comment must appear when
-the replay reaches the moment it was posted, and again, in step, after the
-viewer seeks back.
+Chromium (the page the PoP serves, with dash.js, then with hls.js): each
+comment must appear when the replay reaches the moment it was posted, and
+again, in step, after the viewer seeks back.
 """
 
 from __future__ import annotations
@@ -78,30 +78,42 @@ def test_the_replay_shows_each_comment_when_it_reaches_its_moment_and_again_afte
         finally:
             if broadcaster.poll() is None:
                 broadcaster.kill()
-        index = json.loads(urllib.request.urlopen(pop + "/live/index.json", timeout=10).read())
+        # The end reaches the encoder, and the listing (cached a second), soon after.
+        deadline = time.monotonic() + 10
+        while True:
+            index = json.loads(urllib.request.urlopen(pop + "/live/index.json", timeout=10).read())
+            if [v["live"] for v in index["videos"] if v["id"] == video] == [False] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert [v["live"] for v in index["videos"] if v["id"] == video] == [False], index
 
-        env = dict(os.environ, FBSTREAM_BROWSER_SEEK="%d:%s" % (SEEK_AFTER, SEEK_TO))
-        out = subprocess.run([sys.executable, "-m", "tests.integration.browser", pop + "/?v=" + video, str(WATCH)],
-                             capture_output=True, text=True, env=env, timeout=WATCH + 90)
-        assert out.returncode == 0, out.stderr[-3000:]
-        seen = json.loads(out.stdout.strip().splitlines()[-1])
-        samples = seen["samples"]
-        why = "%s\nfailed: %s\nserver log:\n%s" % (json.dumps(seen["summary"]), seen["failed"],
-                                                    log.read_text()[-2000:])
-        before = samples[SEEK_AFTER - 1]["comments"]
-        after = samples[-1]["comments"]
-        print("replay: before the seek %s; after it %s" % (
-            [(text, round(played - at, 2)) for at, played, text in before["shownAt"]],
-            [(text, round(played - at, 2)) for at, played, text in after["shownAt"]]))
-        assert seen["summary"]["engine"] == "dash.js" and before["replay"] and after["replay"], why
-        assert seen["failed"] == [], why
-        # Before the seek the replay had played past the first comments, each shown in step.
-        shown = [text for _, _, text in before["shownAt"]]
-        assert shown == texts[:len(shown)] and len(shown) >= 3, why
-        assert all(abs(played - at) <= IN_STEP for at, played, _ in before["shownAt"]), why
-        # The seek back started the list again, and every comment came again in step.
-        shown = [text for _, _, text in after["shownAt"]]
-        assert shown == texts, why
-        assert all(abs(played - at) <= IN_STEP for at, played, _ in after["shownAt"]), why
-        assert samples[-1]["currentTime"] < SEEK_TO + WATCH - SEEK_AFTER + 2, why
+        for engine in ("dash.js", "hls.js"):
+            check_replay(pop, video, engine, texts, tmp_path, log)
+
+
+def check_replay(pop, video, engine, texts, tmp_path, log):
+    """Watch the replay with ``engine``, seeking back once: every comment in step, before and after."""
+    env = dict(os.environ, FBSTREAM_BROWSER_SEEK="%d:%s" % (SEEK_AFTER, SEEK_TO))
+    url = pop + "/?v=" + video + ("&engine=hls" if engine == "hls.js" else "")
+    out = subprocess.run([sys.executable, "-m", "tests.integration.browser", url, str(WATCH)],
+                         capture_output=True, text=True, env=env, timeout=WATCH + 90)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    samples = seen["samples"]
+    why = "%s\nfailed: %s\nserver log:\n%s" % (json.dumps(seen["summary"]), seen["failed"], log.read_text()[-2000:])
+    before = samples[SEEK_AFTER - 1]["comments"]
+    after = samples[-1]["comments"]
+    print("%s replay: before the seek %s; after it %s" % (
+        engine, [(text, round(played - at, 2)) for at, played, text in before["shownAt"]],
+        [(text, round(played - at, 2)) for at, played, text in after["shownAt"]]))
+    assert seen["summary"]["engine"] == engine and before["replay"] and after["replay"], why
+    assert seen["failed"] == [], why
+    # Before the seek the replay had played past the first comments, each shown in step.
+    shown = [text for _, _, text in before["shownAt"]]
+    assert shown == texts[:len(shown)] and len(shown) >= 3, why
+    assert all(abs(played - at) <= IN_STEP for at, played, _ in before["shownAt"]), why
+    # The seek back started the list again, and every comment came again in step.
+    shown = [text for _, _, text in after["shownAt"]]
+    assert shown == texts, why
+    assert all(abs(played - at) <= IN_STEP for at, played, _ in after["shownAt"]), why
+    assert samples[-1]["currentTime"] < SEEK_TO + WATCH - SEEK_AFTER + 2, why
