@@ -81,3 +81,12 @@ def test_any_bytes_are_read_or_refused_never_anything_else(data: bytes) -> None:
         read(b"HTTP/1.1 200 OK\r\n" + data, [7, 40])
     except ProtocolError:
         pass
+
+
+def test_a_long_head_and_headers_in_any_case() -> None:
+    data = (b"HTTP/1.1 302 Found\r\nX-Pad: " + b"p" * 3000 + b"\r\nLOCATION: http://b:8/x \r\n"
+            b"content-LENGTH:3\r\nCache-Control: public, max-age=2\r\n\r\nabc")
+    for cuts in ([], [20], [3100]):
+        reader, rest = read(data, cuts)
+        assert rest == b"" and reader.status == 302 and reader.location == b"http://b:8/x"
+        assert (reader.size, reader.max_age, b"".join(reader.body or [])) == (3, 2.0, b"abc")

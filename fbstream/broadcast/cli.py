@@ -285,14 +285,19 @@ def _run(reactor: Any, args: argparse.Namespace, outcome: list[int]) -> Any:
         LoopingCall(display.show).start(1.0, now=False)
         watchdog = LoopingCall(_check_encoder, encoder, broadcast)
         watchdog.start(0.5, now=False)
+        ending: list[Deferred[Any]] = []
+
         def finish() -> Deferred[Any]:
             # The broadcast's end, and with --api the live video's: it
             # becomes its replay (unless --keep-open: a broadcaster to come back).
-            d = broadcast.stop()
-            if args.api and not args.keep_open:
-                d.addCallback(lambda _: end_video(reactor, args.api, key, video_id))
-                d.addErrback(lambda f: log.warn("could not end the live video: {why}", why=f.getErrorMessage()))
-            return d
+            if not ending:
+                d = broadcast.stop()
+                if args.api and not args.keep_open:
+                    d.addCallback(lambda _: end_video(reactor, args.api, key, video_id))
+                    d.addErrback(lambda f: log.warn("could not end the live video: {why}",
+                                                    why=f.getErrorMessage()))
+                ending.append(d)
+            return ending[0]
 
         if args.duration is not None:
             reactor.callLater(args.duration, finish)
@@ -300,6 +305,11 @@ def _run(reactor: Any, args: argparse.Namespace, outcome: list[int]) -> Any:
         yield broadcast.done
         reactor.removeSystemEventTrigger(stop_on_signal)
         running.clear()
+        # ``done`` fires as the broadcast stops, before the live video's end
+        # (asked of the API after it) is over: that is waited for too, or the
+        # reactor would stop under it.
+        if ending:
+            yield ending[0]
         outcome.append(0)
     except (URLError, SourceError, RuntimeError, OSError, ValueError, KeyError) as e:
         print("fbstream-broadcast: %s" % (e,), file=sys.stderr)

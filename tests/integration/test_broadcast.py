@@ -346,3 +346,53 @@ def test_the_broadcaster_publishes_h264_and_aac_over_rtmps(pop, tls_files):
     assert tally.stream.metadata_values["width"] == 320
     lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     assert lines and all(line["connections"] == 1 for line in lines), lines
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_waits_for_the_live_api_to_end_the_live_video(pop):
+    """
+    With ``--api``, the broadcaster's last act is to end its live video:
+    it exits only once the live API has answered that (here a live API of
+    the test's own, slow to answer the end), not as its broadcast stops.
+    """
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET, Site
+
+    ends = []
+
+    class LiveVideos(Resource):
+        isLeaf = True
+
+        def render_POST(self, request):
+            request.setResponseCode(201)
+            return json.dumps({"id": "cam", "ingest": {"rtmp": pop.url("cam")},
+                               "playback": {"dash": "http://127.0.0.1:1/live/cam/manifest.mpd"}}).encode()
+
+        def render_DELETE(self, request):
+            def answer():
+                if not request.finished and request.channel is not None:
+                    request.write(b'{"status": "ended"}')
+                    request.finish()
+                    ends.append("answered")
+            ends.append(request.path.decode())
+            reactor.callLater(1.5, answer)
+            return NOT_DONE_YET
+
+    root = Resource()
+    api = Resource()
+    root.putChild(b"api", api)
+    v1 = Resource()
+    api.putChild(b"v1", v1)
+    v1.putChild(b"live_videos", LiveVideos())
+    port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+    try:
+        out, err, code = yield run(
+            sys.executable, "-m", "fbstream.broadcast", "--api", "http://127.0.0.1:%d" % (port.getHost().port,),
+            "--rtmp", "--size", "320x240", "--bitrate", "300", "--duration", "3", "--json",
+            env=dict(os.environ, FBSTREAM_API_KEY="k"), timeout=60)
+    finally:
+        yield port.stopListening()
+    assert code == 0, err.decode("utf-8", "replace")[-3000:]
+    assert ends == ["/api/v1/live_videos/cam", "answered"], (ends, err.decode("utf-8", "replace")[-2000:])
+    assert b"live video cam ended" in err, err.decode("utf-8", "replace")[-2000:]
