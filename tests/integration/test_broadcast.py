@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -355,10 +356,11 @@ def test_stopping_waits_for_the_live_api_to_end_the_live_video(pop):
     it exits only once the live API has answered that (here a live API of
     the test's own, slow to answer the end), not as its broadcast stops.
     """
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET, Site
 
+    reactor: Any = installed
     ends = []
 
     class LiveVideos(Resource):
