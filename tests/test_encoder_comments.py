@@ -172,7 +172,7 @@ class ReplayCase(SynchronousTestCase):
         self.pool.run_all()
         for request in requests:
             self.assertEqual(json.loads(request.body())["comments"][0]["text"], "last words")
-        self.assertIn("cam", self.chat.replays)
+        self.assertIn(("cam", self.START), self.chat.replays)
 
     def test_a_torn_last_line_is_skipped_and_a_restarted_encoder_serves_the_replay(self) -> None:
         s = int(self.START)

@@ -91,7 +91,8 @@ class Chat(Service):
         #: Each video's track (one per video the registry holds: it bounds them).
         self.tracks: dict[str, Track] = {}
         #: The replays' indexes (or, while one is read, who waits for it), the most recently asked last.
-        self.replays: OrderedDict[str, Index | list[Deferred[Index]]] = OrderedDict()
+        #: Keyed by the video's stream and start: a stream broadcast again is another video.
+        self.replays: OrderedDict[tuple[str, float], Index | list[Deferred[Index]]] = OrderedDict()
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -145,7 +146,8 @@ class Chat(Service):
             return
         self.archive.append(stream, (COMMENTS_FILE,), b"".join(doc + b"\n" for _, doc in documents))
         # An index read before this append lacks its seconds.
-        self.replays.pop(stream, None)
+        for key in [key for key in self.replays if key[0] == stream]:
+            del self.replays[key]
 
     # The replay
 
@@ -166,30 +168,30 @@ class Chat(Service):
                 return archive.run(read_at, path, *where)
             return succeed(empty_document(n) if first <= n <= max(last, max(seconds, default=last)) else None)
 
-        return self._index(video.stream, path).addCallback(found)
+        return self._index((video.stream, video.availability_start), path).addCallback(found)
 
-    def _index(self, stream: str, path: str) -> Deferred[Index]:
-        """The index of ``stream``'s replay: read once, however many ask while it is read."""
+    def _index(self, key: tuple[str, float], path: str) -> Deferred[Index]:
+        """The index of the replay ``key`` names: read once, however many ask while it is read."""
         assert self.archive is not None
-        known = self.replays.pop(stream, None)
+        known = self.replays.pop(key, None)
         if known is None:
             waiting: list[Deferred[Index]] = []
             known = waiting
 
             def loaded(index: Index) -> None:
-                if self.replays.get(stream) is waiting:
-                    self.replays[stream] = index
+                if self.replays.get(key) is waiting:
+                    self.replays[key] = index
                 for d in waiting:
                     d.callback(index)
 
             def failed(failure: Any) -> None:
-                if self.replays.get(stream) is waiting:
-                    del self.replays[stream]
+                if self.replays.get(key) is waiting:
+                    del self.replays[key]
                 for d in waiting:
                     d.errback(failure)
 
             self.archive.run(index_of, path).addCallbacks(loaded, failed)
-        self.replays[stream] = known
+        self.replays[key] = known
         while len(self.replays) > MAX_REPLAYS:
             self.replays.popitem(last=False)
         if isinstance(known, dict):
