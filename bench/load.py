@@ -19,9 +19,13 @@ rebuffer ratio is under 1 %, their time to first byte p99 under 500 ms, and
 no request failed; the figure is the largest step that held. Neither server
 writes an access log.
 
-Each crowd measures its own CPU: the viewers one core of load generator
-simulates is printed too, and a step where a crowd saturated its core is
-marked, since its figures are the load generator's from there on.
+Each crowd measures its own CPU, and a step where a crowd saturated its
+core is marked, since its figures are the load generator's from there on.
+What one core of load generator simulates is measured first, on its own:
+one crowd of ``--generator-viewers`` against nginx with one worker (which
+needs little CPU), so that the generator has a core to itself. (In the
+steps that follow, the generators and the server share this machine's
+cores, and a generator's CPU per request grows with the contention.)
 
     python bench/load.py                 (needs nginx: apt-get install nginx)
     python bench/load.py --smoke         (CI: one short step of 100 viewers each)
@@ -178,13 +182,15 @@ def main() -> int:
     parser.add_argument("--steps", default="500,1000,2000,3000,4000,6000,8000", help="viewers of each step")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="PoP workers, nginx workers")
     parser.add_argument("--generators", type=int, default=os.cpu_count() or 1, help="load generator processes")
+    parser.add_argument("--generator-viewers", type=int, default=4000,
+                        help="viewers of the one crowd that measures the load generator alone")
     parser.add_argument("--smoke", action="store_true", help="one step of 100 viewers for 6 s (CI)")
     args = parser.parse_args()
     if args.origin:
         origin(args.origin, args.kbps)
         return 0
     if args.smoke:
-        args.seconds, args.steps = 6.0, "100"
+        args.seconds, args.steps, args.generator_viewers = 6.0, "100", 300
     steps = [int(n) for n in args.steps.split(",")]
     if shutil.which("nginx") is None:
         print("the bench broke: nginx is not installed (apt-get install -y nginx)", file=sys.stderr)
@@ -211,6 +217,20 @@ def main() -> int:
         print("Viewers of one live stream (%d kbps video + 64 kbps audio, 1 s segments) each server held with "
               "rebuffer < 1%%, TTFB p99 < 500 ms, no errors; %d s steps, %d load generator processes, %d cores"
               % (args.kbps, args.seconds, args.generators, os.cpu_count() or 1), flush=True)
+        port, proc, log = nginx(1)
+        wait_port(port, proc, "nginx", log)
+        alone = step("http://127.0.0.1:%d" % (port,), args.generator_viewers, max(args.seconds, 20.0), 1, work)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        cores, rate = alone["generator_cores"], alone["requests_per_second"]
+        print("Load generator alone (one process, %d viewers, against nginx with 1 worker): %.2f of a core for "
+              "%.0f requests/s, %.0f us a request: %.0f simulated viewers per core (rebuffer %.2f%%, TTFB p99 "
+              "%.0f ms, errors %d)%s" % (
+                  args.generator_viewers, cores, rate, 1e6 * cores / rate if rate else 0.0,
+                  args.generator_viewers / cores if cores else 0.0, 100 * alone["rebuffer"],
+                  1000 * alone["ttfb_p99"], alone["errors"],
+                  "  (it saturated its core: more viewers than one core simulates)" if alone["saturated"] else ""),
+              flush=True)
         held_by: dict[str, int] = {}
         per_core: list[float] = []
         for name, start, workers in servers:
@@ -242,7 +262,8 @@ def main() -> int:
             if held_by[theirs]:
                 print("  ratio %s / %s: %.2f" % (ours, theirs, held_by[ours] / held_by[theirs]))
         if per_core:
-            print("Load generator: %.0f simulated viewers per core (median over the steps)"
+            print("Load generator, sharing the cores with the server: %.0f simulated viewers per core (median over "
+                  "the steps)"
                   % (sorted(per_core)[len(per_core) // 2],))
     except (Broken, subprocess.TimeoutExpired) as e:
         print("the bench broke: %s" % (e,), file=sys.stderr)

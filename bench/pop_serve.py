@@ -247,7 +247,8 @@ def start_pop(procs: list[subprocess.Popen[bytes]], work: str, upstream: int, wo
 def start_nginx(procs: list[subprocess.Popen[bytes]], work: str, conf: str, upstream: int,
                 workers: int) -> tuple[int, subprocess.Popen[bytes], str]:
     """nginx with ``conf`` (its port, upstream, workers and directory filled in): its port, process and error log."""
-    port, where = free_port(), os.path.join(work, "nginx-%d" % (workers,))
+    port = free_port()
+    where = os.path.join(work, "nginx-%d-%d" % (workers, port))  # one of its own, however many are started
     os.makedirs(where)
     with open(os.path.join(where, "nginx.conf"), "w") as f:
         f.write(conf.format(dir=where, port=port, upstream=upstream, workers=workers))
