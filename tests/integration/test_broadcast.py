@@ -120,11 +120,14 @@ def test_the_upload_fits_a_real_limit_and_the_viewers_play_on(tmp_path, request)
     fits = next((t for t, line in narrow if line["video_kbps"] + AUDIO_KBPS <= PHASES[1][0]), None)
     settled = [line for t, line in narrow if fits is not None and t >= fits]
     over = [line["video_kbps"] for line in settled if line["video_kbps"] + AUDIO_KBPS > PHASES[1][0] + PROBE_KBPS]
-    totals = sorted(line["video_kbps"] + AUDIO_KBPS for line in settled)
+    # What the broadcaster sent, not the bitrate it asked of the encoder:
+    # its probing takes that past the link for a few seconds at a time (held
+    # under it by ``over``), and x264 does not always fill what it is asked.
+    totals = sorted(line["sending_kbps"] for line in settled)
     used = [line["video_kbps"] + AUDIO_KBPS for t, line in narrow if t >= PHASES[1][1] - 10]
     top = next((t for t, line in wide if line["video_kbps"] >= 0.9 * MAXIMUM), None)
     last = lines[-1][1] if lines else {}
-    print("broadcast: fits 1 Mbit/s after %s s (video %s kbit/s), then median %s kbit/s, %d s over it by more "
+    print("broadcast: fits 1 Mbit/s after %s s (video %s kbit/s), then sent a median %s kbit/s, %d s over it by more "
           "than %d, the last 10 s at %s kbit/s (queue up to %.2f s); back to the top after %s s; connections %s, "
           "video tags dropped %s; viewers: %s | %d segments of each, %d missing | %s" % (
               fits, [line["video_kbps"] for _, line in narrow[:8]], totals[len(totals) // 2] if totals else None,
