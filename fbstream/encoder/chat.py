@@ -26,10 +26,10 @@ import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from fbstream.encoder.store import Archive, Change, LiveVideo
@@ -77,34 +77,25 @@ def read_at(path: str, offset: int, length: int) -> bytes | None:
     return data if len(data) == length else None
 
 
-class Chat(Service):
+class Chat(MultiService):
     """Every video's comments track; the finished seconds appended to its archive each ``interval``."""
 
     log = Logger()
 
     def __init__(self, registry: VideoRegistry, archive: Archive | None, clock: IReactorTime,
                  interval: float = 1.0) -> None:
+        super().__init__()
         self.registry = registry
         self.archive = archive
         self.clock = clock
-        self.interval = interval
         #: Each video's track (one per video the registry holds: it bounds them).
         self.tracks: dict[str, Track] = {}
         #: The replays' indexes (or, while one is read, who waits for it), the most recently asked last.
         #: Keyed by the video's stream and start: a stream broadcast again is another video.
         self.replays: OrderedDict[tuple[str, float], Index | list[Deferred[Index]]] = OrderedDict()
-        self._loop: LoopingCall | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(self.flush)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Any:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        return super().stopService()
+        timer = TimerService(interval, self.flush)
+        timer.clock = clock
+        timer.setServiceParent(self)
 
     def track(self, video: LiveVideo) -> Track:
         """``video``'s track, started on its first post."""
