@@ -69,6 +69,8 @@ class BodyProducer:
     done with the request for whatever reason, so it can forget it.
 
     :param sent: called with the size of every write, for a byte counter.
+    :param skip: body bytes the client has been sent already (by its owner):
+        the producer starts after them.
     :param clock: and ``stall_timeout``: a viewer paused that long is dropped
         (``None``: never).
     """
@@ -83,12 +85,13 @@ class BodyProducer:
         clock: IReactorTime | None = None,
         stall_timeout: float | None = None,
         max_write: int = MAX_WRITE,
+        skip: int = 0,
     ) -> None:
         self.request = request
         self.body = body
         self.outcome: Outcome | None = None
         #: Body bytes written so far.
-        self.written = 0
+        self.written = skip
         #: Times its transport paused it.
         self.pauses = 0
         self._ended = ended
@@ -100,6 +103,12 @@ class BodyProducer:
         #: The next byte to write: chunk index, and offset in that chunk.
         self._chunk = 0
         self._offset = 0
+        for chunk in body.chunks:
+            if skip < len(chunk):
+                break
+            skip -= len(chunk)
+            self._chunk += 1
+        self._offset = skip
         self._stall: IDelayedCall | None = None
 
     @property

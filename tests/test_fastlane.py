@@ -11,6 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
@@ -18,6 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
+from fbstream.cache.engine import IMMUTABLE, CachedObject, CacheSettings, CachingResource
 from fbstream.cache.fastlane import MAX_HEAD, ViewerSite
 
 
@@ -28,6 +30,9 @@ class Playback:
         self.held: list[Any] = []
         self.seen: list[bytes] = []
 
+    def whole_hit(self, path: bytes, viewer: Any) -> None:
+        return None  # every request rendered
+
     def render_GET(self, request: Any) -> bytes | int:
         self.seen.append(request.uri)
         if request.path.endswith(b"/held"):
@@ -37,11 +42,11 @@ class Playback:
         return b"body of " + request.path
 
 
-def lane(clock: Clock | None = None) -> tuple[Any, StringTransportWithDisconnection, Playback, Any]:
+def lane(clock: Clock | None = None, playback: Any = None) -> tuple[Any, StringTransportWithDisconnection, Any, Any]:
     root = Resource()
     root.putChild(b"page", Data(b"the page", "text/html"))
     site = Site(root)
-    playback = Playback()
+    playback = playback or Playback()
     factory = ViewerSite(site, playback, clock or Clock())
     factory.doStart()
     channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
@@ -84,6 +89,104 @@ def test_requests_on_one_connection_are_answered_in_order_and_kept_alive():
         (b"HTTP/1.1 200 OK", b"body of /live/s/1.m4s"), (b"HTTP/1.1 200 OK", b"body of /live/s/2.m4s")]
     assert got[0][1][b"content-type"] == b"video/mp4" and b"date" in got[0][1]
     assert transport.connected
+
+
+def holding(clock: Clock, objects: dict[bytes, list[bytes]]) -> CachingResource:
+    """A cache holding whole ``objects`` (path: its chunks), born now, 3 s old by ``clock``'s end."""
+    cache = CachingResource("pop-proxy", lambda path: Deferred(), clock, CacheSettings())
+    for path, chunks in objects.items():
+        obj = CachedObject(path, 200, [(b"content-type", b"video/mp4"), (b"cache-control", IMMUTABLE)])
+        obj.chunks, obj.size, obj.complete = chunks, sum(map(len, chunks)), True
+        obj.born, obj.expires = clock.seconds(), clock.seconds() + 86400 * 365
+        cache.store.put(obj, clock.seconds())
+    clock.advance(3)
+    return cache
+
+
+def test_a_whole_hit_is_answered_as_a_request_through_the_cache_is():
+    clock = Clock()
+    cache = holding(clock, {b"/live/s/v/1.m4s": [b"one ", b"two ", b"three"]})
+    channel, transport, _, _ = lane(clock, cache)
+    counted = (cache.m_requests, cache.m_hits, cache.m_bytes_served)
+    before = [counter._value.get() for counter in counted]
+    # The first plain, kept alive: the lane's whole hit. The second has a
+    # query, so the cache renders it as any request. Both are hits, alike.
+    channel.dataReceived(b"GET /live/s/v/1.m4s HTTP/1.1\r\nHost: x\r\n\r\n"
+                         b"GET /live/s/v/1.m4s?x=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    whole, rendered = answers(transport.value())
+    assert whole == rendered
+    assert whole[0] == b"HTTP/1.1 200 OK" and whole[2] == b"one two three"
+    assert whole[1] == {b"content-type": b"video/mp4", b"cache-control": IMMUTABLE, b"x-cache": b"HIT pop-proxy",
+                        b"content-length": b"13", b"age": b"3", b"date": whole[1][b"date"]}
+    assert [counter._value.get() - was for counter, was in zip(counted, before)] == [2, 2, 26]
+    assert transport.connected
+
+
+class Filling(StringTransportWithDisconnection):
+    """A transport full (its producer paused) once it holds 64 KiB more than the test has read."""
+
+    read = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and len(self.value()) - self.read >= 64 * 1024:
+            self.producer.pauseProducing()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def drain(self) -> None:
+        self.read = len(self.value())
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+def filling_lane(clock: Clock, cache: CachingResource) -> tuple[Any, Filling]:
+    channel, _, _, factory = lane(clock, cache)
+    channel = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5001))
+    transport = Filling()
+    transport.protocol = channel
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_what_a_whole_hit_could_not_send_at_once_is_read_out_as_the_viewer_reads():
+    clock = Clock()
+    body = bytes(range(256)) * 1000
+    cache = holding(clock, {b"/live/s/v/1.m4s": [body[:100_000], body[100_000:]], b"/live/s/v/2.m4s": [b"next"]})
+    channel, transport = filling_lane(clock, cache)
+    served = cache.m_bytes_served._value.get()
+    channel.dataReceived(b"GET /live/s/v/1.m4s HTTP/1.1\r\n\r\nGET /live/s/v/2.m4s HTTP/1.1\r\n\r\n")
+    # No socket under this transport, so nothing leaves at once: a producer
+    # reads the body out a piece at a time, paused while the transport is full.
+    assert transport.producer is not None and channel.current is not None
+    assert len(transport.value()) < 2 * 64 * 1024
+    while transport.producer is not None:
+        transport.drain()
+    first, second = answers(transport.value())
+    assert first[2] == body and first[1][b"x-cache"] == b"HIT pop-proxy" and second[2] == b"next"
+    assert cache.m_bytes_served._value.get() - served == len(body) + 4
+
+
+def test_a_whole_hit_to_a_viewer_gone_mid_answer_is_let_go():
+    clock = Clock()
+    cache = holding(clock, {b"/live/s/v/1.m4s": [b"x" * 200_000]})
+    channel, transport = filling_lane(clock, cache)
+    channel.dataReceived(b"GET /live/s/v/1.m4s HTTP/1.1\r\n\r\n")
+    assert transport.producer is not None and channel.current is not None
+    transport.loseConnection()
+    assert channel.current is None and not transport.connected
+    clock.advance(3600)  # nothing of it is left to fire
+
+
+def test_thousands_of_pipelined_hits_are_answered_in_order_without_recursing():
+    clock = Clock()
+    cache = holding(clock, {b"/live/s/v/%d.m4s" % n: [b"%d" % n] for n in range(3)})
+    channel, transport, _, _ = lane(clock, cache)
+    channel.dataReceived(b"".join(b"GET /live/s/v/%d.m4s HTTP/1.1\r\n\r\n" % (n % 3) for n in range(3000)))
+    got = answers(transport.value())
+    assert [body for _, _, body in got] == [b"%d" % (n % 3) for n in range(3000)]
+    assert channel.current is None and transport.connected
 
 
 def test_a_request_still_being_answered_holds_the_next_back():

@@ -112,7 +112,7 @@ class CacheSettings:
 class CachedObject:
     """An object in the store, or being fetched into it."""
 
-    __slots__ = ("born", "chunks", "code", "complete", "expires", "headers", "key", "size", "version")
+    __slots__ = ("born", "chunks", "code", "complete", "expires", "front_head", "headers", "key", "size", "version")
 
     def __init__(self, key: bytes, code: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.key = key
@@ -129,6 +129,9 @@ class CachedObject:
         #: The order its answer came in at this tier: of two versions of one
         #: URL, the later answered is the newer (a push may overtake a fetch).
         self.version = 0
+        #: The head of a whole HIT answer of it as the viewers' lane sends
+        #: it, less Age and Date: made once, by the lane, at the first hit.
+        self.front_head: bytes | None = None
 
     def age(self, now: float) -> int:
         return max(0, int(now - self.born))
@@ -307,23 +310,16 @@ class Viewer:
             return
         request = self.request
         request.setResponseCode(obj.code)
-        for name, value in obj.headers:
+        for name, value in self.cache.answer_headers(obj, self.status):
             request.setHeader(name, value)
-        request.setHeader(b"x-cache", b"%s %s" % (self.status, self.cache.tier.encode()))
         request.setHeader(b"age", b"%d" % (obj.age(self.cache.clock.seconds()),))
-        if self.cache.manifests_uncached and obj.key.endswith(MANIFEST_SUFFIXES):
-            # One copy of each manifest per PoP, here: the proxy layers in
-            # front (one per worker process or host) must ask again each
-            # time. Each keeping a version for its max-age, a viewer whose
-            # requests land on two of them would see the playlist go back
-            # in time, or a stream that has started answer "not yet" on one
-            # (a 404 kept from before); and a version pushed here replaces
-            # one at once.
-            request.setHeader(b"cache-control", UNCACHED_DOWNSTREAM)
-        if obj.complete:
-            request.setHeader(b"content-length", b"%d" % (obj.size,))
-        self.body = BodyProducer(request, obj, self._body_ended, sent=self.cache.m_bytes_served.inc,
-                                 clock=self.cache.clock, stall_timeout=self.cache.settings.stall_timeout)
+        self.stream(obj)
+
+    def stream(self, obj: CachedObject, skip: int = 0) -> None:
+        """Stream the body, its first ``skip`` bytes already sent (the response's head too)."""
+        self.body = BodyProducer(self.request, obj, self._body_ended, sent=self.cache.m_bytes_served.inc,
+                                 clock=self.cache.clock, stall_timeout=self.cache.settings.stall_timeout,
+                                 skip=skip)
         self.body.start()
 
     def more(self) -> None:
@@ -762,19 +758,60 @@ class CachingResource(Resource):
         self._n_blocked = 0
         self.max_blocked = MAX_BLOCKED
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def answer_headers(self, obj: CachedObject, status: bytes) -> list[tuple[bytes, bytes]]:
+        """The headers of an answer of ``obj`` (a ``status`` of HIT, MISS or COALESCED) but its ``Age``."""
+        headers = list(obj.headers)
+        headers.append((b"x-cache", b"%s %s" % (status, self.tier.encode())))
+        if self.manifests_uncached and obj.key.endswith(MANIFEST_SUFFIXES):
+            # One copy of each manifest per PoP, here: the proxy layers in
+            # front (one per worker process or host) must ask again each
+            # time. Each keeping a version for its max-age, a viewer whose
+            # requests land on two of them would see the playlist go back
+            # in time, or a stream that has started answer "not yet" on one
+            # (a 404 kept from before); and a version pushed here replaces
+            # one at once.
+            headers.append((b"cache-control", UNCACHED_DOWNSTREAM))
+        if obj.complete:
+            headers.append((b"content-length", b"%d" % (obj.size,)))
+        return headers
+
+    def whole_hit(self, path: bytes, viewer: Any) -> CachedObject | None:
+        """
+        The whole object held for a plain ``GET`` of ``path`` (no query) by
+        ``viewer`` (its connection), a segment's or another that is not a
+        manifest, counted as :meth:`render_GET` counts a hit; or None, and
+        :meth:`render_GET` answers it. What the viewers' lane answers without
+        a request's machinery (:mod:`fbstream.cache.fastlane`).
+        """
+        if path.endswith(MANIFEST_SUFFIXES):
+            return None
+        obj = self.store.get(path, self.clock.seconds())
+        if obj is None:
+            return None
+        self._asked(path, viewer)
+        self.m_hits.inc()
+        return obj
+
+    def _asked(self, path: bytes, viewer: Any) -> None:
+        """Count a request for the playback URL ``path``, and tell who follows what viewers ask."""
         self.m_requests.inc()
+        if path.endswith(MANIFEST_SUFFIXES):
+            self.m_manifest_requests.inc()
+        if path.count(b"/") >= 3:
+            stream = path.split(b"/", 3)[2]
+            if self.asked is not None:
+                self.asked(stream.decode())
+            if self.viewing is not None and not path.endswith(b".json"):  # a comments reader is not a viewer
+                self.viewing(stream, viewer)
+
+    def render_GET(self, request: Request) -> bytes | int:
         path = request.path
         if not PLAYBACK_PATH.match(path):
+            self.m_requests.inc()
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"not a playback URL\n"
-        if path.endswith(MANIFEST_SUFFIXES):
-            self.m_manifest_requests.inc()
-        if self.asked is not None and path.count(b"/") >= 3:
-            self.asked(path.split(b"/", 3)[2].decode())
-        if self.viewing is not None and not path.endswith(b".json"):  # a comments reader is not a viewer
-            self.viewing(path.split(b"/", 3)[2], request.channel)
+        self._asked(path, request.channel)
         playlist, directives = path, None
         if path.endswith(b"/playlist.m3u8"):
             # An LL-HLS blocking reload is its own object: every viewer

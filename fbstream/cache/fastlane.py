@@ -15,7 +15,16 @@ twisted.web request (status, headers, write, finish, producers,
 Everything else (another method, a URL outside ``/live/``, a body, an
 absolute URI) is twisted.web's: the first such request hands the connection
 over to the site's own ``HTTPChannel``, bytes already read included, for the
-rest of its life. Requests are answered one at a time, in order; those that
+rest of its life.
+
+Most of a PoP's answers are hits on a whole segment. For those (a plain
+HTTP/1.1 ``GET`` kept alive, no query) the cache hands the lane the object
+itself (:meth:`~fbstream.cache.engine.CachingResource.whole_hit`) and the
+answer goes out in one gathered system call: a head made once per object,
+its ``Age`` and ``Date``, and the object's own chunks, without a viewer, a
+body producer or a Deferred. Only what the socket does not take at once is
+read out by a :class:`~fbstream.httpbody.BodyProducer` as the client reads,
+so a slow client still holds no copy of the object. Requests are answered one at a time, in order; those that
 come meanwhile wait in a bounded buffer. An idle connection is closed after
 the site's timeout, as twisted.web does, by one sweep for them all.
 """
@@ -36,6 +45,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.server import NOT_DONE_YET, Site
 
+from fbstream.cache.engine import Viewer
+
 #: The most a request head may be (twisted.web's total of header lines).
 MAX_HEAD = 16384
 #: Bytes of requests to come buffered while one is answered, before the
@@ -43,6 +54,9 @@ MAX_HEAD = 16384
 MAX_WAITING = 4 * MAX_HEAD
 #: Seconds between sweeps for idle connections.
 SWEEP = 5.0
+
+#: The most pieces one gathered write hands the socket (the system's IOV_MAX is 1024).
+_MAX_PIECES = 512
 
 _HEAD_END = b"\r\n\r\n"
 _LIVE = b"/live/"
@@ -79,6 +93,13 @@ class _Headers:
         return default if value is None else [value]
 
 
+def status_and_headers(version: bytes, code: int, message: bytes, headers: Any) -> bytes:
+    """A response's status line and ``headers`` (name, value pairs), each line ended, the blank line not."""
+    lines = [b"%s %d %s\r\n" % (version, code, message)]
+    lines.extend(b"%s: %s\r\n" % item for item in headers)
+    return b"".join(lines)
+
+
 class LaneRequest:
     """One ``GET /live/...``: what a cache's viewer writes its answer to."""
 
@@ -106,6 +127,8 @@ class LaneRequest:
             self.persistent = b"close" not in connection
         else:
             self.persistent = b"keep-alive" in connection
+        #: Whether a whole object's hit may be answered in one write (see the module's docstring).
+        self.plain = self.persistent and version == b"HTTP/1.1" and not query
 
     # What twisted.web's Request offers and the caches use.
     def getHeader(self, name: bytes) -> bytes | None:
@@ -147,10 +170,36 @@ class LaneRequest:
             headers[b"connection"] = b"close"
         headers.setdefault(b"content-type", b"text/plain; charset=utf-8")
         headers[b"date"] = _DATE.now()
-        lines = [b"%s %d %s" % (self.clientproto, self.code, self.code_message)]
-        lines.extend(b"%s: %s" % item for item in headers.items())
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
+        return status_and_headers(self.clientproto, self.code, self.code_message, headers.items()) + b"\r\n"
+
+    def answer_whole(self, obj: Any, cache: Any) -> None:
+        """
+        Answer with ``obj``, a whole object ``cache`` holds (a hit): head and
+        body handed to the socket at once, the rest, if it does not take it
+        all, read out as the client reads.
+        """
+        head = obj.front_head
+        if head is None:
+            headers = {name.lower(): value for name, value in cache.answer_headers(obj, b"HIT")}
+            headers.setdefault(b"content-type", b"text/plain; charset=utf-8")
+            code = obj.code
+            head = obj.front_head = status_and_headers(
+                b"HTTP/1.1", code, RESPONSES.get(code, b"Unknown Status"), headers.items())
+        head = b"%sage: %d\r\ndate: %s\r\n\r\n" % (head, obj.age(cache.clock.seconds()), _DATE.now())
+        self.started = True
+        self.code = obj.code
+        channel = self.channel
+        sent = channel.send_now([head, *obj.chunks])
+        body_sent = max(0, sent - len(head))
+        self.sentLength = body_sent
+        if body_sent:
+            cache.m_bytes_served.inc(body_sent)
+        if body_sent >= obj.size:
+            self.finish()
+            return
+        if sent < len(head):
+            channel.transport.write(head[sent:])  # type: ignore[union-attr]
+        Viewer(cache, cast(Any, self), b"HIT").stream(obj, skip=body_sent)
 
     def write(self, data: bytes) -> None:
         if self._disconnected or self.finished:
@@ -208,6 +257,7 @@ class ViewerChannel(Protocol):
         self.handed: Any = None  # twisted.web's HTTPChannel, once handed over
         self.last_active = 0.0
         self._paused = False
+        self._answering = False
         self.raw: tcp.Connection | None = None
 
     def connectionMade(self) -> None:
@@ -215,29 +265,38 @@ class ViewerChannel(Protocol):
         self.factory.open.add(self)
         # The TCP connection under the limits' wrapper, if that is what it is
         # (not TLS): what send() may write to directly.
-        raw = getattr(self.transport, "transport", None)
+        raw = self.transport if isinstance(self.transport, tcp.Connection) else getattr(self.transport, "transport", None)
         self.raw = raw if isinstance(raw, tcp.Connection) else None
 
-    def send(self, pieces: list[bytes]) -> None:
+    def send_now(self, pieces: list[bytes]) -> int:
         """
-        Write ``pieces``: straight to the socket, gathered, when nothing
-        waits in the transport before them (most answers then leave in one
-        system call, without Twisted's copy of them into its buffer and its
-        wait for the next turn of the reactor); what the socket does not
-        take, and everything when something waits, through the transport,
-        which pauses a producer when it is full.
+        Write ``pieces`` straight to the socket, gathered, if nothing waits
+        in the transport before them: the bytes it took at once (0 when
+        something waits, or the connection is not a plain TCP one).
         """
         raw = self.raw
         if (raw is not None and raw.connected and not raw.disconnecting and not raw._writeDisconnected
                 and not raw._tempDataBuffer and raw.offset == len(raw.dataBuffer)):
             try:
-                sent = raw.socket.sendmsg(pieces)
+                return raw.socket.sendmsg(pieces[:_MAX_PIECES])
             except (BlockingIOError, InterruptedError):
-                sent = 0
+                return 0
             except OSError:
-                sent = 0  # the transport finds the error when it writes
-            total = sum(len(piece) for piece in pieces)
-            if sent >= total:
+                return 0  # the transport finds the error when it writes
+        return 0
+
+    def send(self, pieces: list[bytes]) -> None:
+        """
+        Write ``pieces``: straight to the socket when nothing waits before
+        them (most answers then leave in one system call, without Twisted's
+        copy of them into its buffer and its wait for the next turn of the
+        reactor); what the socket does not take, and everything when
+        something waits, through the transport, which pauses a producer
+        when it is full.
+        """
+        sent = self.send_now(pieces)
+        if sent:
+            if sent >= sum(len(piece) for piece in pieces):
                 return
             pieces = [b"".join(pieces)[sent:]]
         self.transport.writeSequence(pieces)  # type: ignore[union-attr]
@@ -256,19 +315,25 @@ class ViewerChannel(Protocol):
 
     def _next(self) -> None:
         """Answer the requests buffered, one at a time, until one is still being answered."""
-        while self.current is None and self.handed is None and self.transport is not None:
-            end = self.buffer.find(_HEAD_END, 0, MAX_HEAD + 4)
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    self._hand_over()  # twisted.web answers a head too large
-                return
-            request = self._parse(self.buffer[:end])
-            if request is None:
-                self._hand_over()
-                return
-            self.buffer = self.buffer[end + 4:]
-            self.current = request
-            self._render(request)
+        if self._answering:
+            return  # a request answered at once, inside the loop below: it goes on
+        self._answering = True
+        try:
+            while self.current is None and self.handed is None and self.transport is not None:
+                end = self.buffer.find(_HEAD_END, 0, MAX_HEAD + 4)
+                if end < 0:
+                    if len(self.buffer) > MAX_HEAD:
+                        self._hand_over()  # twisted.web answers a head too large
+                    return
+                request = self._parse(self.buffer[:end])
+                if request is None:
+                    self._hand_over()
+                    return
+                self.buffer = self.buffer[end + 4:]
+                self.current = request
+                self._render(request)
+        finally:
+            self._answering = False
 
     def _parse(self, head: bytes) -> LaneRequest | None:
         """The lane's request for ``head``, or None if it is not one for the lane."""
@@ -287,10 +352,19 @@ class ViewerChannel(Protocol):
         return LaneRequest(self, parts[1], parts[2], headers)
 
     def _render(self, request: LaneRequest) -> None:
+        playback = self.factory.playback
         try:
-            body = self.factory.playback.render_GET(request)  # type: ignore[arg-type]
+            if request.plain:
+                obj = playback.whole_hit(request.path, self)
+                if obj is not None:
+                    request.answer_whole(obj, playback)
+                    return
+            body = playback.render_GET(request)  # type: ignore[arg-type]
         except Exception:
             self.factory.log_failure()
+            if request.started:  # too late for a 500: cut the answer short, as a broken body is
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
             request.setResponseCode(500)
             request.headers.clear()
             body = b"internal error\n"

@@ -2,7 +2,8 @@
 The viewers' lane on a real socket: an answer larger than the socket takes
 at once is sent partly straight to the socket, the rest through the
 transport, whole and in order, also to a client that is slow to read; and
-the next request on the connection is answered after it.
+the next request on the connection is answered after it. So is a whole hit
+on a cache's object, which the lane sends itself.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any, cast
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet import threads
+from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from fbstream.cache.engine import IMMUTABLE, CachedObject, CacheSettings, CachingResource
 from fbstream.cache.fastlane import ViewerSite
 
 from .conftest import free_port
@@ -26,6 +29,9 @@ BODY = bytes(range(256)) * (16 * 1024)  # 4 MiB, no two neighbouring chunks alik
 
 
 class Playback:
+    def whole_hit(self, path: bytes, viewer: Any) -> None:
+        return None  # every request rendered
+
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"video/mp4")
         return BODY if request.path.endswith(b"/big.m4s") else b"small"
@@ -57,3 +63,25 @@ def test_a_big_answer_to_a_slow_reader_arrives_whole_and_in_order():
         yield listening.stopListening()
     assert body == BODY
     assert after.startswith(b"HTTP/1.1 200 OK\r\n") and after.endswith(b"\r\n\r\nsmall")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_big_whole_hit_to_a_slow_reader_arrives_whole_and_in_order():
+    cache = CachingResource("pop-proxy", lambda path: Deferred(), reactor, CacheSettings())
+    now = reactor.seconds()
+    for path, body in ((b"/live/s/big.m4s", BODY), (b"/live/s/1.m4s", b"small")):
+        obj = CachedObject(path, 200, [(b"content-type", b"video/mp4"), (b"cache-control", IMMUTABLE)])
+        obj.chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)]
+        obj.size, obj.complete, obj.born, obj.expires = len(body), True, now, now + 3600
+        cache.store.put(obj, now)
+    hits = cache.m_hits._value.get()
+    port = free_port()
+    listening = reactor.listenTCP(port, ViewerSite(Site(Resource()), cache, reactor), interface="127.0.0.1")
+    try:
+        body, after = yield threads.deferToThread(fetch_twice_slowly, port)
+    finally:
+        yield listening.stopListening()
+    assert body == BODY
+    assert after.startswith(b"HTTP/1.1 200 OK\r\n") and after.endswith(b"\r\n\r\nsmall")
+    assert b"x-cache: HIT pop-proxy\r\n" in after
+    assert cache.m_hits._value.get() - hits == 2
