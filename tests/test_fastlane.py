@@ -91,14 +91,20 @@ def test_requests_on_one_connection_are_answered_in_order_and_kept_alive():
     assert transport.connected
 
 
+def hold(cache: CachingResource, path: bytes, chunks: list[bytes]) -> None:
+    """``cache`` holds the whole object ``path`` (its ``chunks``, an immutable segment), born now by its clock."""
+    now = cache.clock.seconds()
+    obj = CachedObject(path, 200, [(b"content-type", b"video/mp4"), (b"cache-control", IMMUTABLE)])
+    obj.chunks, obj.size, obj.complete = chunks, sum(map(len, chunks)), True
+    obj.born, obj.expires = now, now + 86400 * 365
+    cache.store.put(obj, now)
+
+
 def holding(clock: Clock, objects: dict[bytes, list[bytes]]) -> CachingResource:
-    """A cache holding whole ``objects`` (path: its chunks), born now, 3 s old by ``clock``'s end."""
+    """A proxy layer's cache holding whole ``objects`` (path: its chunks), 3 s old by ``clock``'s end."""
     cache = CachingResource("pop-proxy", lambda path: Deferred(), clock, CacheSettings())
     for path, chunks in objects.items():
-        obj = CachedObject(path, 200, [(b"content-type", b"video/mp4"), (b"cache-control", IMMUTABLE)])
-        obj.chunks, obj.size, obj.complete = chunks, sum(map(len, chunks)), True
-        obj.born, obj.expires = clock.seconds(), clock.seconds() + 86400 * 365
-        cache.store.put(obj, clock.seconds())
+        hold(cache, path, chunks)
     clock.advance(3)
     return cache
 
