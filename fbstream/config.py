@@ -266,8 +266,8 @@ API: dict[str, Setting] = {
 }
 
 GLB_REPORTS: dict[str, Setting] = {
-    "glb.url": Setting(str, "", "the global load balancer this PoP reports its load to, e.g. http://glb:8088 "
-                                "(empty: none)"),
+    "glb.url": Setting(str, "", "the global load balancer this PoP reports its load to, e.g. http://glb:8088, "
+                                "and whose map names the PoP in the live API's playback URLs (empty: none)"),
     "glb.name": Setting(str, "pop1", "this PoP's name at the balancer (one of its glb.pops)"),
     "glb.capacity": Setting(float, 5000.0, "viewers this PoP can serve; the balancer fills it to its headroom"),
     "glb.secret_file": Setting(str, "", "the balancer's bearer secret (empty: $FBSTREAM_GLB_SECRET; unset: none)"),

@@ -9,7 +9,8 @@ The ``glb`` role's HTTP side and its clock.
   ms}}``, for the network of the address it comes from; rate-limited per
   address.
 - ``GET /v1/map``: the PoPs for the asking client's network, best first,
-  with their URLs.
+  with their URLs. ``?client=<address>`` asks for another client's (the
+  live API, for the viewer calling it); with a secret, for its holders only.
 - ``GET /v1/steering``: the same order as a DASH Content Steering document
   (``PATHWAY-PRIORITY`` of PoP names, which are the MPD's BaseURL
   ``serviceLocation``\\s).
@@ -346,14 +347,23 @@ class V1Resource(Resource):
             self.glb.balancer.measured(network, pop, ms)
         return self._answer(request, 200, {"network": network})
 
-    def _ordered(self, request: Request) -> tuple[str, list[str]] | None:
+    def _ordered(self, request: Request, address: str | None = None) -> tuple[str, list[str]] | None:
         try:
-            return self.glb.order(self._client(request))
+            return self.glb.order(address if address is not None else self._client(request))
         except ValueError:
             return None
 
     def _map(self, request: Request) -> bytes:
-        found = self._ordered(request)
+        args: dict[bytes, list[bytes]] = request.args or {}
+        client = args.get(b"client")
+        address = None
+        if client:
+            # Another client's map places a viewer in its network: only
+            # for those the balancer trusts (a PoP's live API).
+            if not self._authorised(request):
+                return self._answer(request, 401, {"error": "a wrong or missing bearer secret"})
+            address = client[0].decode("ascii", "replace")
+        found = self._ordered(request, address)
         if found is None:
             return self._answer(request, 400, {"error": "no network for this client's address"})
         network, order = found

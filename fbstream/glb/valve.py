@@ -39,7 +39,7 @@ _ENTRY = re.compile(rb"(?:GET|HEAD) (/live/[A-Za-z0-9._~%!$&'()*+,;=:@-]{1,256}/
 MAX_POPS = 256
 MAX_NETWORKS = 10_000
 #: A PoP's URL goes into a header: printable ASCII only.
-_URL = re.compile(r"https?://[!-~]{1,300}")
+POP_URL = re.compile(r"https?://[!-~]{1,300}")
 
 
 class Valve:
@@ -69,7 +69,7 @@ class Valve:
                 raise ValueError("urls and maps: objects; spill: a list")
             viewers = float(answer["viewers"])
             urls = {str(name): str(url).rstrip("/") for name, url in answer["urls"].items()}
-            if len(urls) > MAX_POPS or not all(_URL.fullmatch(url) for url in urls.values()):
+            if len(urls) > MAX_POPS or not all(POP_URL.fullmatch(url) for url in urls.values()):
                 raise ValueError("urls: at most %d http(s) URLs" % (MAX_POPS,))
             spill = [str(name) for name in answer["spill"] if name in urls]
             maps = answer["maps"]

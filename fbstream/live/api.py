@@ -11,6 +11,12 @@ The live API, served by the PoP: ``/api/v1/live_videos``.
 
 Every call needs ``Authorization: Bearer <api key>``, or a browser session
 (:mod:`fbstream.live.login`).
+
+With a balancer (``pops_for``: the PoP's ``glb.url``), the playback URLs of
+the videos a ``GET`` shows are at the PoP the balancer's map puts first for
+the caller's network (``playback.pop`` names it); otherwise, and when the
+balancer names none, at ``api.playback_url``. A ``POST`` or ``DELETE`` is a
+broadcaster's call, not a viewer's, and places no viewer.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import hmac
 import json
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -71,9 +78,11 @@ class LiveVideosResource(Resource):
     log = Logger()
 
     def __init__(self, registry: Any, keys: KeyRing, settings: APISettings, clock: IReactorTime,
-                 sessions: Sessions | None = None) -> None:
+                 sessions: Sessions | None = None,
+                 pops_for: Callable[[str], Deferred[list[tuple[str, str]]]] | None = None) -> None:
         super().__init__()
         self.sessions = sessions
+        self.pops_for = pops_for
         self.creating = KeyedBuckets(settings.create_rate, settings.create_burst, max_keys=64)
         self.registry = registry
         self.keys = keys
@@ -136,9 +145,23 @@ class LiveVideosResource(Resource):
         d.addErrback(failed)
         return NOT_DONE_YET
 
+    def _playback(self, request: Request) -> Deferred[tuple[str, str | None]]:
+        """The base of a viewer's playback URLs, and the PoP it names (None: this PoP's ``api.playback_url``)."""
+        address = getattr(request.getClientAddress(), "host", None)
+        if self.pops_for is None or not isinstance(address, str):
+            return succeed((self.settings.playback_url, None))
+
+        def first(pops: list[tuple[str, str]]) -> tuple[str, str | None]:
+            if not pops:
+                return self.settings.playback_url, None
+            name, url = pops[0]
+            return url, name
+        return self.pops_for(address).addCallback(first)
+
     def _describe(self, record: VideoRecord, state: VideoState | None,
-                  token: str | None = None) -> dict[str, Any]:
+                  token: str | None = None, playback: tuple[str, str | None] | None = None) -> dict[str, Any]:
         s = self.settings
+        base, pop = playback or (s.playback_url, None)
         vid = record.id
         if record.ended:
             status = VideoStatus.ENDED
@@ -151,10 +174,12 @@ class LiveVideosResource(Resource):
             "title": record.title,
             "created": record.created,
             "playback": {
-                "dash": "%s/live/%s/manifest.mpd" % (s.playback_url, vid),
-                "hls": "%s/live/%s/master.m3u8" % (s.playback_url, vid),
+                "dash": "%s/live/%s/manifest.mpd" % (base, vid),
+                "hls": "%s/live/%s/master.m3u8" % (base, vid),
             },
         }
+        if pop is not None:
+            out["playback"]["pop"] = pop
         if state is not None and state.encoder:
             out["encoder"] = state.encoder
             out["fence"] = state.fence
@@ -206,7 +231,9 @@ class LiveVideosResource(Resource):
         if not 1 <= limit <= MAX_PAGE or (after and not VIDEO_ID.match(after)):
             return 400, {"error": "limit is 1 to %d; after is a video id" % (MAX_PAGE,)}
         page: VideoPage = yield self.registry.list_videos(limit, after or None)
-        out: dict[str, Any] = {"live_videos": [self._describe(v.record, v.state) for v in page.videos]}
+        playback = (yield self._playback(request)) if page.videos else None
+        out: dict[str, Any] = {"live_videos": [self._describe(v.record, v.state, playback=playback)
+                                               for v in page.videos]}
         if page.more:
             out["next"] = "/api/v1/live_videos?limit=%d&after=%s" % (limit, page.videos[-1].record.id)
         return 200, out
@@ -217,7 +244,8 @@ class LiveVideosResource(Resource):
         if record is None:
             return 404, {"error": "no such live video"}
         state = yield self.registry.read_state(vid)
-        return 200, self._describe(record, state)
+        playback = yield self._playback(request)
+        return 200, self._describe(record, state, playback=playback)
 
     @inlineCallbacks
     def _end(self, request: Request, vid: str) -> Any:

@@ -262,7 +262,14 @@ def live_api(service: RoleService, config: RoleConfig, process: Process, root: R
                            config["api.playback_url"].rstrip("/"))
     sessions = Sessions(api_key, process.reactor)
     v1 = Resource()
-    v1.putChild(b"live_videos", LiveVideosResource(registry, keys, settings, process.reactor, sessions))
+    pops_for = None
+    if config["glb.url"]:
+        # Viewers are given the PoP the balancer's map names for them.
+        from fbstream.glb.maps import MapAsker
+
+        secret = read_secret(config, "glb.secret_file", "FBSTREAM_GLB_SECRET", "the balancer's secret")
+        pops_for = MapAsker(process.reactor, config["glb.url"], secret).pops_for
+    v1.putChild(b"live_videos", LiveVideosResource(registry, keys, settings, process.reactor, sessions, pops_for))
     v1.putChild(b"session", SessionResource(sessions))
     api = Resource()
     api.putChild(b"v1", v1)

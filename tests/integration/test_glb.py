@@ -184,3 +184,23 @@ def test_hostile_reports_and_measurements_get_a_clear_400(world):
     _, answer = yield ask(base, "/v1/map", NEAR + ".9")
     assert answer["pops"][0]["name"] == "pop3"
     assert all(glb.glb.balancer.pops[name].reported > 0 for name in pops)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_live_api_s_map_for_a_caller_and_its_last_map_once_the_balancer_is_gone(world):
+    from fbstream.glb.maps import MapAsker
+
+    glb, services, base, pops = world
+    yield sleep(2.5)  # every PoP has reported
+    asker = MapAsker(reactor, base, None)
+    near = yield asker.pops_for(NEAR + ".9")
+    assert near == [(name, "http://127.0.0.1:%d" % (pops[name],)) for name in ("pop1", "pop2", "pop3")]
+    assert (yield asker.pops_for(FAR + ".9"))[0][0] == "pop3"
+    # An address the balancer cannot place is refused, and the caller gets no map.
+    response, answer = yield ask(base, "/v1/map?client=not-an-address", NEAR + ".9")
+    assert response.code == 400 and "network" in answer["error"]
+    # The balancer gone: a caller of a network asked before gets its last map, others none.
+    yield defer.maybeDeferred(glb.stopService)
+    assert (yield asker.pops_for(NEAR + ".10")) == near
+    assert (yield asker.pops_for("127.0.3.1")) == []
+    assert asker.failing

@@ -17,6 +17,7 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
 
 from .conftest import free_port, run, sleep
 from .test_glb import ViewerFactory
@@ -44,6 +45,17 @@ def fill(pop1_port, held):
         factory = ViewerFactory()
         reactor.connectTCP("127.0.0.1", pop1_port, factory)
         held.append((yield factory.connected))
+
+
+API_KEY = "steering-test-key"
+
+
+@defer.inlineCallbacks
+def api(base, method, path):
+    """A live API call with the key: its status and JSON answer."""
+    response = yield Agent(reactor).request(method, (base + path).encode(), Headers(
+        {b"authorization": [b"Bearer " + API_KEY.encode()]}))
+    return response.code, json.loads((yield readBody(response)))
 
 
 @defer.inlineCallbacks
@@ -137,7 +149,8 @@ def test_the_page_plays_from_its_map_s_pop_reports_its_round_trips_and_keeps_the
         return json.loads(out.decode().strip().splitlines()[-1])
 
     try:
-        with all_role_process(tmp_path, extra=extra, ports={"pop": pop1_port}) as (ports, log):
+        with all_role_process(tmp_path, extra=extra, ports={"pop": pop1_port},
+                              env=dict(os.environ, FBSTREAM_API_KEY=API_KEY)) as (ports, log):
             pop2.args = origin_pop_args("pop2", ports["origin"], glb_url, 100)
             pop2.start()
             code = yield wait_for_ok(pops["pop2"] + "/live/demo/manifest.mpd", 40)
@@ -145,6 +158,16 @@ def test_the_page_plays_from_its_map_s_pop_reports_its_round_trips_and_keeps_the
             yield fill(pop1_port, held)
             order = yield steered(glb_url, ["pop2", "pop1"])
             assert order == ["pop2", "pop1"], glb.glb.balancer.state(reactor.seconds())
+
+            # The live API at pop1 gives a viewer calling it pop2's playback
+            # URLs, by the balancer's map (a broadcaster creating the video
+            # is given pop1's own: that places no viewer).
+            code, created = yield api(pops["pop1"], b"POST", "/api/v1/live_videos")
+            assert code == 201 and created["playback"]["dash"].startswith(pops["pop1"] + "/live/"), created
+            code, shown = yield api(pops["pop1"], b"GET", "/api/v1/live_videos/" + created["id"])
+            assert code == 200 and shown["playback"]["pop"] == "pop2", shown
+            assert shown["playback"]["dash"] == "%s/live/%s/manifest.mpd" % (pops["pop2"], created["id"]), shown
+            assert shown["playback"]["hls"] == "%s/live/%s/master.m3u8" % (pops["pop2"], created["id"]), shown
 
             # The page at pop1 asks the balancer, plays from pop2, and
             # reports its round trips to both.
@@ -163,8 +186,11 @@ def test_the_page_plays_from_its_map_s_pop_reports_its_round_trips_and_keeps_the
             measured = glb.glb.balancer.rtts.get("127.0.0.0/24", {})
             assert set(measured) == {"pop1", "pop2"}, glb.glb.balancer.rtts
 
-            # The balancer gone, a viewer coming back plays by its last map.
+            # The balancer gone, a viewer coming back plays by its last map,
+            # and the live API gives its callers their network's last map.
             yield defer.maybeDeferred(glb.stopService)
+            code, shown = yield api(pops["pop1"], b"GET", "/api/v1/live_videos")
+            assert code == 200 and shown["live_videos"][0]["playback"]["pop"] == "pop2", shown
             seen = yield watch(15)
             summary = seen["summary"]
             why = "%s\nmap %s\nloaded from %s" % (json.dumps(summary), seen["samples"][-1].get("map"),
