@@ -22,6 +22,7 @@ from fbstream.config import load
 from fbstream.roles.build import build_role
 
 from .conftest import ROLES_REACTOR, ROOT, free_port, sleep
+from .topology import stop_balancer
 
 NEAR, FAR = "127.0.1", "127.0.2"
 #: The PoPs' capacities in viewers; pop1 is the nearest to NEAR and the smallest.
@@ -200,7 +201,7 @@ def test_the_live_api_s_map_for_a_caller_and_its_last_map_once_the_balancer_is_g
     response, answer = yield ask(base, "/v1/map?client=not-an-address", NEAR + ".9")
     assert response.code == 400 and "network" in answer["error"]
     # The balancer gone: a caller of a network asked before gets its last map, others none.
-    yield defer.maybeDeferred(glb.stopService)
+    yield stop_balancer(glb)
     assert (yield asker.pops_for(NEAR + ".10")) == near
     assert (yield asker.pops_for("127.0.3.1")) == []
     assert asker.failing

@@ -26,7 +26,7 @@ from fbstream.load.viewer import Settings
 
 from .conftest import free_port, sleep
 from .test_twistd import all_role_process, wait_for_ok
-from .topology import Node, origin_pop_args, start_balancer
+from .topology import Node, origin_pop_args, start_balancer, stop_balancer
 
 NEAR, FAR = "127.0.1", "127.0.2"
 CAPACITY = {"pop1": 40, "pop2": 400, "pop3": 400}
@@ -91,7 +91,7 @@ def test_a_herd_spills_before_its_pop_is_full_and_a_full_pop_redirects_new_viewe
             direct.sources.count = 100  # addresses of their own (.101 on)
             direct_done = direct.run(Scenario(viewers=direct_n, join_over=2.0, seconds=SECONDS - JOIN - 4))
             yield sleep(3.0)
-            yield defer.maybeDeferred(glb.stopService)
+            yield stop_balancer(glb)
             late = crowd(["127.0.1.0/24"], steered=False)
             late.sources.count = 200
             late_done = late.run(Scenario(viewers=3, join_over=1.0, seconds=5.0))

@@ -22,7 +22,7 @@ from twisted.web.http_headers import Headers
 from .conftest import free_port, run, sleep
 from .test_glb import ViewerFactory
 from .test_twistd import all_role_process, wait_for_ok
-from .topology import Node, origin_pop_args, start_balancer
+from .topology import Node, origin_pop_args, start_balancer, stop_balancer
 
 SECONDS = 25
 #: pop1's capacity: the viewers held open there fill it past its headroom.
@@ -188,7 +188,7 @@ def test_the_page_plays_from_its_map_s_pop_reports_its_round_trips_and_keeps_the
 
             # The balancer gone, a viewer coming back plays by its last map,
             # and the live API gives its callers their network's last map.
-            yield defer.maybeDeferred(glb.stopService)
+            yield stop_balancer(glb)
             code, shown = yield api(pops["pop1"], b"GET", "/api/v1/live_videos")
             assert code == 200 and shown["live_videos"][0]["playback"]["pop"] == "pop2", shown
             seen = yield watch(15)

@@ -224,3 +224,18 @@ def start_balancer(tmp_path, glb_port, urls, seed):
     ])["glb"], ROLES_REACTOR)
     glb.startService()
     return glb
+
+
+def stop_balancer(glb):
+    """
+    Stop the balancer ``start_balancer`` started as if its process died: its
+    port closed, and every connection to it too (the PoPs' reports and the
+    live API's questions hold theirs open; stopping the service alone
+    would leave them answered).
+    """
+    from twisted.internet import defer
+
+    stopped = defer.maybeDeferred(glb.stopService)
+    for wrapper in list(glb.site.limits.protocols):
+        wrapper.transport.abortConnection()
+    return stopped
