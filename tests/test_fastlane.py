@@ -185,6 +185,17 @@ def test_a_whole_hit_to_a_viewer_gone_mid_answer_is_let_go():
     clock.advance(3600)  # nothing of it is left to fire
 
 
+def test_an_empty_whole_hit_is_answered_whole_before_the_next():
+    clock = Clock()
+    cache = holding(clock, {b"/live/s/v/empty.m4s": [], b"/live/s/v/2.m4s": [b"next"]})
+    channel, transport, _, _ = lane(clock, cache)
+    # No socket under this transport: nothing leaves at once, not even the head.
+    channel.dataReceived(b"GET /live/s/v/empty.m4s HTTP/1.1\r\n\r\nGET /live/s/v/2.m4s HTTP/1.1\r\n\r\n")
+    empty, after = answers(transport.value())
+    assert (empty[0], empty[1][b"content-length"], empty[2]) == (b"HTTP/1.1 200 OK", b"0", b"")
+    assert after[2] == b"next" and channel.current is None
+
+
 def test_thousands_of_pipelined_hits_are_answered_in_order_without_recursing():
     clock = Clock()
     cache = holding(clock, {b"/live/s/v/%d.m4s" % n: [b"%d" % n] for n in range(3)})

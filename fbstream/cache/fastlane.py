@@ -194,7 +194,7 @@ class LaneRequest:
         self.sentLength = body_sent
         if body_sent:
             cache.m_bytes_served.inc(body_sent)
-        if body_sent >= obj.size:
+        if sent >= len(head) + obj.size:
             self.finish()
             return
         if sent < len(head):
