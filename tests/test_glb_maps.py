@@ -65,7 +65,7 @@ def test_with_the_balancer_failing_a_network_gets_its_last_map_and_an_unknown_on
         # Another address of the same /24: its network's last map.
         assert result(asker.pops_for("10.1.2.200")) == [("pop2", "http://pop2.example")], body
         assert result(asker.pops_for("10.9.9.9")) == [], body
-    assert asker.failing
+    assert asker.failing and asker.asking == 0
 
 
 def test_the_networks_kept_are_bounded_and_the_questions_in_flight_too():
@@ -73,14 +73,32 @@ def test_the_networks_kept_are_bounded_and_the_questions_in_flight_too():
     asker = MapAsker(Clock(), "http://glb", None, http=StubTreq(maps), max_networks=2)
     for address in ("10.0.1.1", "10.0.2.1", "10.0.3.1"):
         result(asker.pops_for(address))
-    assert list(asker.last) == ["10.0.2.0/24", "10.0.3.0/24"]
-    # No answer comes: past max_asking, the last map answers at once.
-    hanging = MapAsker(Clock(), "http://glb", None, http=_Hanging(), max_asking=2)
+    assert list(asker.last) == ["10.0.2.0/24", "10.0.3.0/24"] and asker.asking == 0
+    # No answer comes: past max_asking, the last map answers at once; the
+    # others get it once their timeout (over the whole answer) is up.
+    clock = Clock()
+    hanging = MapAsker(clock, "http://glb", None, http=_Hanging(), max_asking=2)
     hanging.last["10.0.1.0/24"] = [("pop1", "http://pop1")]
-    pending = [hanging.pops_for("10.0.1.1"), hanging.pops_for("10.0.1.2")]
+    pending = [hanging.pops_for("10.0.1.1"), hanging.pops_for("10.0.7.2")]
     assert result(hanging.pops_for("10.0.1.3")) == [("pop1", "http://pop1")]
-    assert all(not d.called for d in pending)
+    assert all(not d.called for d in pending) and hanging.asking == 2
+    clock.advance(hanging.timeout)
+    assert [result(d) for d in pending] == [[("pop1", "http://pop1")], []] and hanging.asking == 0
     assert result(hanging.pops_for("a name, not an address")) == []
+
+
+def test_a_listing_places_no_one_it_gives_the_network_s_last_map():
+    maps = Maps()
+    asker = MapAsker(Clock(), "http://glb", None, http=StubTreq(maps))
+    assert result(asker.pops_for("10.1.2.3", False)) == [] and maps.asked == []
+    result(asker.pops_for("10.1.2.3"))
+    assert result(asker.pops_for("10.1.2.4", False)) == [("pop2", "http://pop2.example")]
+    assert maps.asked == [b"10.1.2.3"]
+
+
+def test_a_balancer_url_treq_refuses_is_no_map_not_an_error():
+    asker = MapAsker(Clock(), "no scheme at all", None, http=StubTreq(Maps()))
+    assert result(asker.pops_for("10.1.2.3")) == [] and asker.asking == 0 and asker.failing
 
 
 class _Hanging:

@@ -4,9 +4,10 @@ The balancer's map for the live API's callers.
 A viewer's app asks the live API (at a PoP) for a live video, and the
 answer's playback URLs should name the PoP the balancer puts first for the
 viewer's network, as the page's own map does. The API asks ``GET
-/v1/map?client=<address>`` for each call that shows videos (each answer
-places a viewer, as a player's map does), with a short timeout: the API
-answers whether or not the balancer does. The last map of each network is
+/v1/map?client=<address>`` for each call that shows a video (each answer
+places a viewer, as a player's map does), with a short timeout over the
+whole answer: the API answers whether or not the balancer does. A listing
+of videos places no one: it gives the network's last map. The last map of each network is
 kept, for as many networks as :data:`MAX_NETWORKS`, least recently asked
 forgotten first: with the balancer gone or slow, a caller gets its
 network's last map, and with none, the PoP's own playback URL.
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -63,11 +64,13 @@ class MapAsker:
 
     def __init__(self, reactor: Any, url: str, secret: bytes | None, timeout: float = 1.0, http: Any = None,
                  max_networks: int = MAX_NETWORKS, max_asking: int = MAX_ASKING) -> None:
+        self.reactor = reactor
         self.url = url.rstrip("/") + "/v1/map"
         self.headers: dict[bytes | str, bytes | str] = (
             {b"authorization": b"Bearer " + secret} if secret is not None else {})
         self.timeout = timeout
-        self.http = http or HTTPClient(Agent(reactor, connectTimeout=timeout, pool=HTTPConnectionPool(reactor)))
+        self.pool = HTTPConnectionPool(reactor)
+        self.http = http or HTTPClient(Agent(reactor, connectTimeout=timeout, pool=self.pool))
         self.max_networks = max_networks
         self.max_asking = max_asking
         self.last: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()
@@ -75,24 +78,38 @@ class MapAsker:
         #: Whether the last question failed (said once, not each call).
         self.failing = False
 
-    def pops_for(self, address: str) -> Deferred[list[tuple[str, str]]]:
+    def pops_for(self, address: str, ask: bool = True) -> Deferred[list[tuple[str, str]]]:
+        """
+        The balancer's answer for a viewer at ``address`` (which places it),
+        or, if it cannot give one in time, or with ``ask`` false, its
+        network's last map.
+        """
         try:
             network = network_of(address)
         except ValueError:
             return succeed([])  # not an IP address (a UNIX socket): the PoP's own URL
-        if self.asking >= self.max_asking:
+        if not ask or self.asking >= self.max_asking:
             return succeed(self._last(network))
         self.asking += 1
-        d: Deferred[Any] = self.http.get("%s?client=%s" % (self.url, quote(address, safe="")), headers=self.headers,
-                          timeout=self.timeout)
+        d: Deferred[Any] = maybeDeferred(self.http.get, "%s?client=%s" % (self.url, quote(address, safe="")),
+                                         headers=self.headers)
         d.addCallback(self._answered)
-        d.addCallbacks(lambda pops: self._got(network, pops), lambda failure: self._failed(network, failure))
+        # The whole answer within the timeout, its body too (treq's own
+        # timeout ends at the response's head).
+        timer = self.reactor.callLater(self.timeout, d.cancel)
 
-        def done(result: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        def done(result: Any) -> Any:
             self.asking -= 1
+            if timer.active():
+                timer.cancel()
             return result
         d.addBoth(done)
+        d.addCallbacks(lambda pops: self._got(network, pops), lambda failure: self._failed(network, failure))
         return d
+
+    def close(self) -> Deferred[None]:
+        """Close the connections kept to the balancer (the PoP is stopping)."""
+        return self.pool.closeCachedConnections()
 
     def _answered(self, response: Any) -> Deferred[list[tuple[str, str]]]:
         body: Deferred[bytes] = response.content()

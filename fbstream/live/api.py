@@ -13,10 +13,12 @@ Every call needs ``Authorization: Bearer <api key>``, or a browser session
 (:mod:`fbstream.live.login`).
 
 With a balancer (``pops_for``: the PoP's ``glb.url``), the playback URLs of
-the videos a ``GET`` shows are at the PoP the balancer's map puts first for
-the caller's network (``playback.pop`` names it); otherwise, and when the
-balancer names none, at ``api.playback_url``. A ``POST`` or ``DELETE`` is a
-broadcaster's call, not a viewer's, and places no viewer.
+a video a ``GET .../<id>`` shows are at the PoP the balancer's map puts
+first for the caller's network (``playback.pop`` names it), which places a
+viewer there; otherwise, and when the balancer names none, at
+``api.playback_url``. A listing gives the network's last map, placing no
+one (an app that polls the list is not that many viewers), and a ``POST``
+or ``DELETE`` is a broadcaster's call: its own URLs.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class LiveVideosResource(Resource):
 
     def __init__(self, registry: Any, keys: KeyRing, settings: APISettings, clock: IReactorTime,
                  sessions: Sessions | None = None,
-                 pops_for: Callable[[str], Deferred[list[tuple[str, str]]]] | None = None) -> None:
+                 pops_for: Callable[[str, bool], Deferred[list[tuple[str, str]]]] | None = None) -> None:
         super().__init__()
         self.sessions = sessions
         self.pops_for = pops_for
@@ -145,8 +147,12 @@ class LiveVideosResource(Resource):
         d.addErrback(failed)
         return NOT_DONE_YET
 
-    def _playback(self, request: Request) -> Deferred[tuple[str, str | None]]:
-        """The base of a viewer's playback URLs, and the PoP it names (None: this PoP's ``api.playback_url``)."""
+    def _playback(self, request: Request, place: bool) -> Deferred[tuple[str, str | None]]:
+        """
+        The base of a viewer's playback URLs, and the PoP it names (None:
+        this PoP's ``api.playback_url``); ``place``: the viewer is placed
+        (the balancer is asked), else its network's last map is used.
+        """
         address = getattr(request.getClientAddress(), "host", None)
         if self.pops_for is None or not isinstance(address, str):
             return succeed((self.settings.playback_url, None))
@@ -156,7 +162,7 @@ class LiveVideosResource(Resource):
                 return self.settings.playback_url, None
             name, url = pops[0]
             return url, name
-        return self.pops_for(address).addCallback(first)
+        return self.pops_for(address, place).addCallback(first)
 
     def _describe(self, record: VideoRecord, state: VideoState | None,
                   token: str | None = None, playback: tuple[str, str | None] | None = None) -> dict[str, Any]:
@@ -231,7 +237,7 @@ class LiveVideosResource(Resource):
         if not 1 <= limit <= MAX_PAGE or (after and not VIDEO_ID.match(after)):
             return 400, {"error": "limit is 1 to %d; after is a video id" % (MAX_PAGE,)}
         page: VideoPage = yield self.registry.list_videos(limit, after or None)
-        playback = (yield self._playback(request)) if page.videos else None
+        playback = (yield self._playback(request, False)) if page.videos else None
         out: dict[str, Any] = {"live_videos": [self._describe(v.record, v.state, playback=playback)
                                                for v in page.videos]}
         if page.more:
@@ -244,7 +250,7 @@ class LiveVideosResource(Resource):
         if record is None:
             return 404, {"error": "no such live video"}
         state = yield self.registry.read_state(vid)
-        playback = yield self._playback(request)
+        playback = yield self._playback(request, True)
         return 200, self._describe(record, state, playback=playback)
 
     @inlineCallbacks

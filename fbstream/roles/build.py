@@ -35,6 +35,7 @@ from fbstream.relay.pull import Puller
 from fbstream.relay.relay import RelayIngest, Route
 from fbstream.roles.services import (
     BoundedRequest,
+    ForwardedRequest,
     LoginLink,
     RoleService,
     Stop,
@@ -241,6 +242,7 @@ def listen_http_workers(service: RoleService, config: RoleConfig, process: Proce
     from fbstream.roles.workers import WorkerPool
 
     limited = bounded_site(config, process.reactor, root, "%s-forwarded" % (config.role,))
+    limited.site.requestFactory = ForwardedRequest  # each request's client: the viewer its worker names
     forwarded = process.reactor.listenTCP(0, cast(Any, limited), interface="127.0.0.1")
     Stop(forwarded.stopListening).setServiceParent(service)
     service.workers = WorkerPool(process.reactor, config, count, config["http.listen"],
@@ -268,7 +270,9 @@ def live_api(service: RoleService, config: RoleConfig, process: Process, root: R
         from fbstream.glb.maps import MapAsker
 
         secret = read_secret(config, "glb.secret_file", "FBSTREAM_GLB_SECRET", "the balancer's secret")
-        pops_for = MapAsker(process.reactor, config["glb.url"], secret).pops_for
+        asker = MapAsker(process.reactor, config["glb.url"], secret)
+        Stop(asker.close).setServiceParent(service)
+        pops_for = asker.pops_for
     v1.putChild(b"live_videos", LiveVideosResource(registry, keys, settings, process.reactor, sessions, pops_for))
     v1.putChild(b"session", SessionResource(sessions))
     api = Resource()

@@ -7,11 +7,13 @@ relayed publishes and plays. :mod:`fbstream.roles.build` puts them together.
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import re
 from typing import Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -86,6 +88,30 @@ class BoundedRequest(Request):
             transport.loseConnection()
         else:
             transport.abortConnection()
+
+
+#: The viewer a PoP worker forwards a request for (its address), named by the worker.
+FORWARDED_CLIENT = b"x-fbstream-client"
+
+
+class ForwardedRequest(BoundedRequest):
+    """
+    A request a PoP worker forwarded to the PoP (the live API, on the PoP's
+    loopback port for its workers): its client is the viewer the worker
+    names in :data:`FORWARDED_CLIENT`, not the worker. The worker always
+    sets it, over any a viewer sent.
+    """
+
+    def getClientAddress(self) -> Any:
+        named = self.getHeader(FORWARDED_CLIENT)
+        if named:
+            try:
+                ip = ipaddress.ip_address(named.decode("ascii"))  # bytes would be a packed address
+            except (UnicodeDecodeError, ValueError):
+                pass
+            else:
+                return (IPv4Address if ip.version == 4 else IPv6Address)("TCP", str(ip), 0)
+        return super().getClientAddress()
 
 
 class RoleService(MultiService):

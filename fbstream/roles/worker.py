@@ -27,6 +27,7 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.resource import Resource
 
 from fbstream.config import RoleConfig
+from fbstream.roles.services import FORWARDED_CLIENT
 
 #: Seconds between updates of the worker's CPU counter.
 CPU_INTERVAL = 1.0
@@ -59,6 +60,19 @@ def _log_to_stdout() -> None:
     globalLogBeginner.beginLoggingTo([cast(ILogObserver, observe)], redirectStandardIO=False)
 
 
+class _Forward(ReverseProxyResource):
+    """Forwarded to the PoP, naming the viewer it is for (the PoP's live API places it by its network)."""
+
+    def render(self, request: Any) -> Any:
+        host = getattr(request.getClientAddress(), "host", None)
+        request.requestHeaders.setRawHeaders(FORWARDED_CLIENT, [host.encode() if isinstance(host, str) else b""])
+        return super().render(request)
+
+    def getChild(self, path: bytes, request: Any) -> Any:
+        child = super().getChild(path, request)
+        return _Forward(child.host, child.port, child.path, child.reactor)
+
+
 def serve(reactor: Any, spec: dict[str, Any]) -> MultiService:
     """The worker's service: the viewers' site on the inherited sockets."""
     from prometheus_client import Counter
@@ -72,7 +86,7 @@ def serve(reactor: Any, spec: dict[str, Any]) -> MultiService:
     root = Resource()
     proxy = build_proxy_layer(service, config, reactor, root)
     for name in (b"api", b"metrics"):
-        root.putChild(name, ReverseProxyResource("127.0.0.1", spec["forward_port"], b"/" + name))
+        root.putChild(name, _Forward("127.0.0.1", spec["forward_port"], b"/" + name))
     viewer_posts(service, config, reactor, root, proxy)  # here, where each viewer's address is known
     factory = bounded_site(config, reactor, root, "%s-http" % (config.role,), proxy)
     for fd, family in spec["sockets"]:
