@@ -24,9 +24,11 @@ answer goes out in one gathered system call: a head made once per object,
 its ``Age`` and ``Date``, and the object's own chunks, without a viewer, a
 body producer or a Deferred. Only what the socket does not take at once is
 read out by a :class:`~fbstream.httpbody.BodyProducer` as the client reads,
-so a slow client still holds no copy of the object. Requests are answered one at a time, in order; those that
-come meanwhile wait in a bounded buffer. An idle connection is closed after
-the site's timeout, as twisted.web does, by one sweep for them all.
+so a slow client still holds no copy of the object.
+
+Requests are answered one at a time, in order; those that come meanwhile
+wait in a bounded buffer. An idle connection is closed after the site's
+timeout, as twisted.web does, by one sweep for them all.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ SWEEP = 5.0
 
 #: The most pieces one gathered write hands the socket (the system's IOV_MAX is 1024).
 _MAX_PIECES = 512
+
+#: An answer's type when what renders it names none (twisted.web's default).
+_DEFAULT_TYPE = b"text/plain; charset=utf-8"
 
 _HEAD_END = b"\r\n\r\n"
 _LIVE = b"/live/"
@@ -168,7 +173,7 @@ class LaneRequest:
                 self.persistent = False
         if not self.persistent:
             headers[b"connection"] = b"close"
-        headers.setdefault(b"content-type", b"text/plain; charset=utf-8")
+        headers.setdefault(b"content-type", _DEFAULT_TYPE)
         headers[b"date"] = _DATE.now()
         return status_and_headers(self.clientproto, self.code, self.code_message, headers.items()) + b"\r\n"
 
@@ -181,7 +186,7 @@ class LaneRequest:
         head = obj.front_head
         if head is None:
             headers = {name.lower(): value for name, value in cache.answer_headers(obj, b"HIT")}
-            headers.setdefault(b"content-type", b"text/plain; charset=utf-8")
+            headers.setdefault(b"content-type", _DEFAULT_TYPE)
             code = obj.code
             head = obj.front_head = status_and_headers(
                 b"HTTP/1.1", code, RESPONSES.get(code, b"Unknown Status"), headers.items())

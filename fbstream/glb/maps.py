@@ -7,10 +7,12 @@ viewer's network, as the page's own map does. The API asks ``GET
 /v1/map?client=<address>`` for each call that shows a video (each answer
 places a viewer, as a player's map does), with a short timeout over the
 whole answer: the API answers whether or not the balancer does. A listing
-of videos places no one: it gives the network's last map. The last map of each network is
-kept, for as many networks as :data:`MAX_NETWORKS`, least recently asked
-forgotten first: with the balancer gone or slow, a caller gets its
-network's last map, and with none, the PoP's own playback URL.
+of videos places no one: it gives the network's last map.
+
+The last map of each network is kept, for as many networks as
+:data:`MAX_NETWORKS`, least recently asked forgotten first: with the
+balancer gone or slow, a caller gets its network's last map, and with
+none, the PoP's own playback URL.
 """
 
 from __future__ import annotations
@@ -69,8 +71,11 @@ class MapAsker:
         self.headers: dict[bytes | str, bytes | str] = (
             {b"authorization": b"Bearer " + secret} if secret is not None else {})
         self.timeout = timeout
-        self.pool = HTTPConnectionPool(reactor)
-        self.http = http or HTTPClient(Agent(reactor, connectTimeout=timeout, pool=self.pool))
+        self.pool: HTTPConnectionPool | None = None
+        if http is None:
+            self.pool = HTTPConnectionPool(reactor)
+            http = HTTPClient(Agent(reactor, connectTimeout=timeout, pool=self.pool))
+        self.http = http
         self.max_networks = max_networks
         self.max_asking = max_asking
         self.last: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()
@@ -109,7 +114,7 @@ class MapAsker:
 
     def close(self) -> Deferred[None]:
         """Close the connections kept to the balancer (the PoP is stopping)."""
-        return self.pool.closeCachedConnections()
+        return self.pool.closeCachedConnections() if self.pool is not None else succeed(None)
 
     def _answered(self, response: Any) -> Deferred[list[tuple[str, str]]]:
         body: Deferred[bytes] = response.content()

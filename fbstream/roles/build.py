@@ -269,8 +269,7 @@ def live_api(service: RoleService, config: RoleConfig, process: Process, root: R
         # Viewers are given the PoP the balancer's map names for them.
         from fbstream.glb.maps import MapAsker
 
-        secret = read_secret(config, "glb.secret_file", "FBSTREAM_GLB_SECRET", "the balancer's secret")
-        asker = MapAsker(process.reactor, config["glb.url"], secret)
+        asker = MapAsker(process.reactor, config["glb.url"], glb_secret(config))
         Stop(asker.close).setServiceParent(service)
         pops_for = asker.pops_for
     v1.putChild(b"live_videos", LiveVideosResource(registry, keys, settings, process.reactor, sessions, pops_for))
@@ -494,6 +493,11 @@ def build_glb(config: RoleConfig, process: Process) -> RoleService:
     return service
 
 
+def glb_secret(config: RoleConfig) -> bytes | None:
+    """The secret a PoP presents to its balancer (``glb.secret_file`` or ``$FBSTREAM_GLB_SECRET``), if any."""
+    return read_secret(config, "glb.secret_file", "FBSTREAM_GLB_SECRET", "the balancer's secret")
+
+
 def load_reporter(config: RoleConfig, reactor: Any, part: int, limits: ConnectionLimits, proxy: Any) -> Any:
     """
     This PoP process's reports to the balancer at ``glb.url``: its viewer
@@ -502,7 +506,7 @@ def load_reporter(config: RoleConfig, reactor: Any, part: int, limits: Connectio
     """
     from fbstream.glb.report import Counts, LoadReporter
 
-    secret = read_secret(config, "glb.secret_file", "FBSTREAM_GLB_SECRET", "the balancer's secret")
+    secret = glb_secret(config)
 
     def counts() -> Counts:
         return Counts(proxy.m_requests._value.get(), proxy.m_bytes_served._value.get())
